@@ -1,0 +1,85 @@
+# tf-fixed-loss-scale: user targets. Flags come only from config.mk, written by
+# configure.sh (Bazel reads the same values from .configure.bazelrc).
+#   make            build the op library into python/fixed_loss_scale/
+#   make demo       set up .venv, build, install, run demo/demo.py
+#   make test       set up .venv, build, install, run the whole test suite
+#   make wheel      build dist/*.whl containing the library
+#   make bazel      build the same library with Bazel (through bazelisk)
+SHELL := /bin/bash
+.DEFAULT_GOAL := all
+
+VENV := .venv
+VENV_PY := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.requirements-installed
+# The Python to build against; a different one can be given: make PYTHON=python3
+PYTHON ?= $(VENV_PY)
+PYTEST_ARGS ?=
+
+PKG_DIR := python/fixed_loss_scale
+LIB := $(PKG_DIR)/_fixed_loss_scale_ops.so
+BUILD_DIR := build
+
+ifeq ($(PYTHON),$(VENV_PY))
+CONFIG_DEPS := $(VENV_STAMP)
+endif
+
+# config.mk is (re)made before anything else whenever it is missing or stale.
+ifeq ($(filter clean venv,$(MAKECMDGOALS)),)
+-include config.mk
+endif
+config.mk: configure.sh $(CONFIG_DEPS)
+	PYTHON=$(PYTHON) ./configure.sh
+
+$(VENV_STAMP): requirements.txt
+	@test -x $(VENV_PY) || python3 -m venv $(VENV)
+	$(VENV_PY) -m pip install --quiet --upgrade pip
+	$(VENV_PY) -m pip install --quiet -r requirements.txt
+	@touch $@
+
+.PHONY: all venv install demo test wheel bazel clean
+venv: $(VENV_STAMP)
+
+# ---- the op library -------------------------------------------------------
+CXX ?= g++
+CXXFLAGS_COMMON := -std=c++17 -O3 -fPIC -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-deprecated-declarations \
+                   -fvisibility-inlines-hidden -I. -I$(TF_INCLUDE) $(TF_DEFINES)
+CPU_CXXFLAGS := $(CXXFLAGS_COMMON)
+LDFLAGS_TF := -shared -L$(TF_LIBDIR) -l:$(TF_LIBNAME) -Wl,-rpath,'$$ORIGIN/../tensorflow'
+
+CPU_SRCS := tf_ops/cc/ops/fixed_loss_scale_ops.cc \
+            tf_ops/cc/kernels/fixed_loss_scale_kernels.cc \
+            tf_ops/cc/kernels/fixed_loss_scale_cpu.cc \
+            tf_ops/cc/kernels/multi_tensor_scale_cpu.cc
+CPU_OBJS := $(patsubst %.cc,$(BUILD_DIR)/%.o,$(CPU_SRCS))
+HEADERS := $(wildcard tf_ops/cc/kernels/*.h tf_ops/cuda/*.h)
+
+$(BUILD_DIR)/%.o: %.cc $(HEADERS) config.mk
+	@mkdir -p $(dir $@)
+	$(CXX) $(CPU_CXXFLAGS) -c $< -o $@
+
+$(LIB): $(CPU_OBJS) config.mk
+	$(CXX) -o $@ $(CPU_OBJS) $(LDFLAGS_TF)
+
+all: $(LIB)
+
+# The package installed into .venv in editable mode: `import fixed_loss_scale`
+# works from any directory and always sees the library just built.
+INSTALL_STAMP := $(VENV)/.fixed-loss-scale-installed
+$(INSTALL_STAMP): setup.py $(VENV_STAMP)
+	$(VENV_PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $@
+install: $(LIB) $(INSTALL_STAMP)
+
+demo: install
+	$(VENV_PY) demo/demo.py
+
+test: install
+	$(VENV_PY) -m pytest tests $(PYTEST_ARGS)
+
+wheel: $(LIB)
+	rm -rf $(BUILD_DIR)/wheel
+	$(PYTHON) -m pip wheel --quiet --no-deps --no-build-isolation -w dist .
+
+clean:
+	rm -rf $(BUILD_DIR) dist *.egg-info python/*.egg-info $(LIB) config.mk .configure.bazelrc \
+	       $(PKG_DIR)/_build_info.json $(INSTALL_STAMP)

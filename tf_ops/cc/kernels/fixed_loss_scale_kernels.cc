@@ -1,0 +1,118 @@
+// OpKernels for FixedScaleLoss and FixedUnscaleGrads: validate the attr, forward
+// each input buffer to its output when TensorFlow allows (in place) or allocate
+// a new one, then make one MultiTensorScale<Device> call for the whole list.
+#include <cmath>
+#include <vector>
+
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/types.h"
+#include "tf_ops/cc/kernels/fixed_loss_scale.h"
+
+namespace fixed_loss_scale {
+namespace {
+
+using tensorflow::DataType;
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+
+absl::StatusOr<DType> ToDType(DataType dtype) {
+  switch (dtype) {
+    case tensorflow::DT_HALF:
+      return DType::kHalf;
+    case tensorflow::DT_BFLOAT16:
+      return DType::kBFloat16;
+    case tensorflow::DT_FLOAT:
+      return DType::kFloat;
+    case tensorflow::DT_DOUBLE:
+      return DType::kDouble;
+    default:
+      return tensorflow::errors::InvalidArgument(
+          "unsupported dtype ", tensorflow::DataTypeString(dtype),
+          "; expected half, bfloat16, float or double");
+  }
+}
+
+// Forwards input `index` to output `index` when its buffer may be reused, else
+// allocates; returns the span that scales it.
+absl::StatusOr<TensorSpan> PrepareOutput(OpKernelContext* context, int index) {
+  const Tensor& input = context->input(index);
+  Tensor* output = nullptr;
+  TF_RETURN_IF_ERROR(
+      context->forward_input_or_allocate_output({index}, index, input.shape(), &output));
+  TF_ASSIGN_OR_RETURN(DType dtype, ToDType(input.dtype()));
+  return TensorSpan{input.data(), output->data(), input.NumElements(), dtype};
+}
+
+// Shared by both ops: holds the validated `loss_scale` attr.
+class FixedLossScaleOpBase : public OpKernel {
+ public:
+  explicit FixedLossScaleOpBase(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("loss_scale", &loss_scale_));
+    OP_REQUIRES(context, std::isfinite(loss_scale_) && loss_scale_ >= 1.0f,
+                tensorflow::errors::InvalidArgument(
+                    type_string(), ": loss_scale must be finite and >= 1, got ", loss_scale_));
+  }
+
+ protected:
+  // Scales inputs [0, num_inputs) into outputs of the same index.
+  template <typename Device>
+  void ScaleAllInputs(OpKernelContext* context, ScaleFactor factor) {
+    std::vector<TensorSpan> spans;
+    spans.reserve(context->num_inputs());
+    for (int i = 0; i < context->num_inputs(); ++i) {
+      absl::StatusOr<TensorSpan> span = PrepareOutput(context, i);
+      OP_REQUIRES_OK(context, span.status());
+      if (span->num_elements > 0) spans.push_back(*span);
+    }
+    if (spans.empty()) return;
+    OP_REQUIRES_OK(context, MultiTensorScale<Device>()(context, spans, factor));
+  }
+
+  float loss_scale_ = 1.0f;
+};
+
+template <typename Device>
+class FixedScaleLossOp : public FixedLossScaleOpBase {
+ public:
+  using FixedLossScaleOpBase::FixedLossScaleOpBase;
+  void Compute(OpKernelContext* context) override {
+    ScaleAllInputs<Device>(context, ScaleFactorFor(loss_scale_));
+  }
+};
+
+template <typename Device>
+class FixedUnscaleGradsOp : public FixedLossScaleOpBase {
+ public:
+  using FixedLossScaleOpBase::FixedLossScaleOpBase;
+  void Compute(OpKernelContext* context) override {
+    ScaleAllInputs<Device>(context, ReciprocalFactorFor(loss_scale_));
+  }
+};
+
+}  // namespace
+
+#define REGISTER_FIXED_LOSS_SCALE_KERNELS(DEVICE, DEVICE_TYPE)                         \
+  REGISTER_KERNEL_BUILDER(Name("FixedScaleLoss")                                       \
+                              .Device(DEVICE)                                          \
+                              .TypeConstraint("T", {tensorflow::DT_HALF,               \
+                                                    tensorflow::DT_BFLOAT16,           \
+                                                    tensorflow::DT_FLOAT,              \
+                                                    tensorflow::DT_DOUBLE}),           \
+                          FixedScaleLossOp<DEVICE_TYPE>);                              \
+  REGISTER_KERNEL_BUILDER(Name("FixedUnscaleGrads")                                    \
+                              .Device(DEVICE)                                          \
+                              .TypeConstraint("T", {tensorflow::DT_HALF,               \
+                                                    tensorflow::DT_BFLOAT16,           \
+                                                    tensorflow::DT_FLOAT,              \
+                                                    tensorflow::DT_DOUBLE}),           \
+                          FixedUnscaleGradsOp<DEVICE_TYPE>)
+
+REGISTER_FIXED_LOSS_SCALE_KERNELS(tensorflow::DEVICE_CPU, Eigen::ThreadPoolDevice);
+#if GOOGLE_CUDA
+REGISTER_FIXED_LOSS_SCALE_KERNELS(tensorflow::DEVICE_GPU, Eigen::GpuDevice);
+#endif
+#undef REGISTER_FIXED_LOSS_SCALE_KERNELS
+
+}  // namespace fixed_loss_scale

@@ -1,0 +1,172 @@
+// Element math shared by every kernel of this library: "x * factor in the op's
+// math type, rounded once to the storage type".
+//
+// This header has no dependency (no TensorFlow, no Eigen, no CUDA header) so
+// that the same code runs in the CPU core, in the CUDA kernel and in host-only
+// tests built with plain g++. Half and bfloat16 are handled as raw 16-bit
+// patterns; conversions are written out here rather than borrowed from Eigen or
+// cuda_fp16.h so that CPU and GPU round bit-identically, NaN payloads included.
+//
+// NOTE [rounding]: half and bfloat16 are widened to float32 exactly, multiplied
+// by a float32 factor and rounded once, to nearest-even, back to 16 bits. This
+// is what TensorFlow's CPU Mul does for these types, and what numpy gives for
+// `(x.astype(np.float32) * f).astype(np.float16)`. float32 uses the float32
+// factor, float64 a float64 factor (see ScaleFactor).
+//
+// NOTE [NaN payloads]: x86 keeps the payload of a NaN operand (quietened) through
+// a multiply; CUDA returns a canonical NaN. ScaleFloat/ScaleDouble return the
+// quietened input NaN explicitly so both devices agree bit for bit with numpy.
+// float16 keeps the top payload bits (as numpy and x86 F16C do); bfloat16 NaN
+// becomes the canonical 0x7fc0 with the input's sign (as Eigen and ml_dtypes do).
+#ifndef FIXED_LOSS_SCALE_SCALE_MATH_H_
+#define FIXED_LOSS_SCALE_SCALE_MATH_H_
+
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#define FLS_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define FLS_HOST_DEVICE inline
+#endif
+
+namespace fixed_loss_scale {
+
+// Storage types a kernel sees. The numbering is part of the GPU chunk table.
+enum class DType : uint8_t { kHalf = 0, kBFloat16 = 1, kFloat = 2, kDouble = 3 };
+
+FLS_HOST_DEVICE int64_t DTypeSize(DType dtype) {
+  return dtype == DType::kDouble ? 8 : dtype == DType::kFloat ? 4 : 2;
+}
+
+// The multiplier, in both precisions: float32 for half/bfloat16/float32,
+// float64 for float64. For FixedUnscaleGrads, `f` is `1.0f / loss_scale` and `d`
+// is `1.0 / double(loss_scale)`; for FixedScaleLoss both are the scale itself.
+struct ScaleFactor {
+  float f;
+  double d;
+};
+
+FLS_HOST_DEVICE ScaleFactor ScaleFactorFor(float multiplier) {
+  return ScaleFactor{multiplier, static_cast<double>(multiplier)};
+}
+
+FLS_HOST_DEVICE ScaleFactor ReciprocalFactorFor(float loss_scale) {
+  return ScaleFactor{1.0f / loss_scale, 1.0 / static_cast<double>(loss_scale)};
+}
+
+template <typename To, typename From>
+FLS_HOST_DEVICE To BitCast(From from) {
+  static_assert(sizeof(To) == sizeof(From), "BitCast needs equal sizes");
+  To to;
+  memcpy(&to, &from, sizeof(To));
+  return to;
+}
+
+FLS_HOST_DEVICE float HalfBitsToFloat(uint16_t h) {
+  const uint32_t kShiftedExponent = 0x7c00u << 13;
+  uint32_t bits = (h & 0x7fffu) << 13;
+  const uint32_t exponent = kShiftedExponent & bits;
+  bits += (127 - 15) << 23;
+  if (exponent == kShiftedExponent) {
+    bits += (128 - 16) << 23;  // Inf or NaN: payload kept.
+  } else if (exponent == 0) {
+    // Subnormal half: renormalise with one exact float subtraction. Both
+    // operands and the result are normal floats, so flush-to-zero modes (which
+    // TensorFlow turns on in its CPU threads) do not affect it.
+    bits += 1u << 23;
+    bits = BitCast<uint32_t>(BitCast<float>(bits) - BitCast<float>(113u << 23));
+  }
+  bits |= static_cast<uint32_t>(h & 0x8000u) << 16;
+  return BitCast<float>(bits);
+}
+
+FLS_HOST_DEVICE uint16_t FloatToHalfBits(float value) {
+  uint32_t bits = BitCast<uint32_t>(value);
+  const uint32_t sign = bits & 0x80000000u;
+  bits ^= sign;
+  uint16_t out;
+  if (bits >= ((127u + 16u) << 23)) {
+    // Overflow to Inf; NaN keeps its top payload bits and is made quiet (the
+    // same as x86 F16C and numpy).
+    out = bits > 0x7f800000u
+              ? static_cast<uint16_t>(0x7e00u | ((bits & 0x7fffffu) >> 13))
+              : static_cast<uint16_t>(0x7c00u);
+  } else if (bits < (113u << 23)) {
+    // Result is subnormal or zero: adding this magic number aligns the ten
+    // mantissa bits at the bottom, and the float addition rounds to nearest
+    // even for us.
+    const uint32_t kDenormMagic = ((127u - 15u) + (23u - 10u) + 1u) << 23;
+    const float sum = BitCast<float>(bits) + BitCast<float>(kDenormMagic);
+    out = static_cast<uint16_t>(BitCast<uint32_t>(sum) - kDenormMagic);
+  } else {
+    const uint32_t mantissa_odd = (bits >> 13) & 1u;
+    bits += (static_cast<uint32_t>(15 - 127) << 23) + 0xfffu;  // rebias, round
+    bits += mantissa_odd;                                       // ties to even
+    out = static_cast<uint16_t>(bits >> 13);
+  }
+  return static_cast<uint16_t>(out | (sign >> 16));
+}
+
+FLS_HOST_DEVICE float BFloat16BitsToFloat(uint16_t b) {
+  return BitCast<float>(static_cast<uint32_t>(b) << 16);
+}
+
+FLS_HOST_DEVICE uint16_t FloatToBFloat16Bits(float value) {
+  const uint32_t bits = BitCast<uint32_t>(value);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) {
+    // NaN: the canonical quiet NaN with the input's sign, as Eigen and
+    // ml_dtypes (numpy's bfloat16) produce.
+    return static_cast<uint16_t>(((bits >> 16) & 0x8000u) | 0x7fc0u);
+  }
+  const uint32_t rounding_bias = 0x7fffu + ((bits >> 16) & 1u);  // ties to even
+  return static_cast<uint16_t>((bits + rounding_bias) >> 16);
+}
+
+// x * factor with the input NaN returned (quietened) as-is: see NOTE [NaN payloads].
+FLS_HOST_DEVICE float ScaleFloat(float x, float factor) {
+  const uint32_t bits = BitCast<uint32_t>(x);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return BitCast<float>(bits | 0x00400000u);
+  return x * factor;
+}
+
+FLS_HOST_DEVICE double ScaleDouble(double x, double factor) {
+  const uint64_t bits = BitCast<uint64_t>(x);
+  if ((bits & 0x7fffffffffffffffull) > 0x7ff0000000000000ull) {
+    return BitCast<double>(bits | 0x0008000000000000ull);
+  }
+  return x * factor;
+}
+
+FLS_HOST_DEVICE uint16_t ScaleHalfBits(uint16_t h, float factor) {
+  return FloatToHalfBits(ScaleFloat(HalfBitsToFloat(h), factor));
+}
+
+FLS_HOST_DEVICE uint16_t ScaleBFloat16Bits(uint16_t b, float factor) {
+  return FloatToBFloat16Bits(ScaleFloat(BFloat16BitsToFloat(b), factor));
+}
+
+// Scales element `i` of a tensor stored as `dtype`. `in` and `out` may alias.
+FLS_HOST_DEVICE void ScaleElement(DType dtype, const void* in, void* out, int64_t i,
+                                  ScaleFactor factor) {
+  switch (dtype) {
+    case DType::kHalf:
+      static_cast<uint16_t*>(out)[i] =
+          ScaleHalfBits(static_cast<const uint16_t*>(in)[i], factor.f);
+      break;
+    case DType::kBFloat16:
+      static_cast<uint16_t*>(out)[i] =
+          ScaleBFloat16Bits(static_cast<const uint16_t*>(in)[i], factor.f);
+      break;
+    case DType::kFloat:
+      static_cast<float*>(out)[i] = ScaleFloat(static_cast<const float*>(in)[i], factor.f);
+      break;
+    case DType::kDouble:
+      static_cast<double*>(out)[i] = ScaleDouble(static_cast<const double*>(in)[i], factor.d);
+      break;
+  }
+}
+
+}  // namespace fixed_loss_scale
+
+#endif  // FIXED_LOSS_SCALE_SCALE_MATH_H_
