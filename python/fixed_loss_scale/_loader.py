@@ -1,0 +1,60 @@
+"""Loads the op library that `make` builds into this package's directory.
+
+The library is loaded by absolute path from this directory only (never from the
+current directory or a search path), once per process. A missing library, or one
+built for another TensorFlow, raises an ImportError that names both versions and
+the command that rebuilds it: graph-mode code must never fall back silently to
+Python arithmetic.
+"""
+
+import json
+import os
+
+import tensorflow as tf
+
+LIBRARY_NAME = "_fixed_loss_scale_ops.so"
+BUILD_INFO_NAME = "_build_info.json"
+REBUILD_COMMAND = "make clean && make  (in the tf-fixed-loss-scale source tree)"
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_ops_module = None
+
+
+def library_path():
+  """Absolute path of the op library inside this package."""
+  return os.path.join(_PACKAGE_DIR, LIBRARY_NAME)
+
+
+def _built_for_tf_version():
+  """The TensorFlow version recorded at build time, or None if unknown."""
+  try:
+    with open(os.path.join(_PACKAGE_DIR, BUILD_INFO_NAME)) as f:
+      return json.load(f).get("tf_version")
+  except (OSError, ValueError):
+    return None
+
+
+def _load_error(reason, built_for):
+  return ImportError(
+      f"fixed_loss_scale: {reason}\n"
+      f"  library:                {library_path()}\n"
+      f"  built for TensorFlow:   {built_for or 'unknown'}\n"
+      f"  running TensorFlow:     {tf.__version__}\n"
+      f"  rebuild with:           {REBUILD_COMMAND}")
+
+
+def load_ops():
+  """Returns the generated op module, loading the library on first use."""
+  global _ops_module
+  if _ops_module is not None:
+    return _ops_module
+  built_for = _built_for_tf_version()
+  if not os.path.isfile(library_path()):
+    raise _load_error("the op library is missing (the package was not built)", built_for)
+  if built_for != tf.__version__:
+    raise _load_error("the op library was built for another TensorFlow version", built_for)
+  try:
+    _ops_module = tf.load_op_library(library_path())
+  except (tf.errors.NotFoundError, OSError) as error:
+    raise _load_error(f"the op library failed to load: {error}", built_for) from error
+  return _ops_module

@@ -1,0 +1,82 @@
+"""scale_loss / unscale_gradients: custom ops in graphs, plain arithmetic elsewhere.
+
+Inside a graph (tf.function, TF1 Session graphs, tf.distribute replicas) these
+emit FixedScaleLoss and one FixedUnscaleGrads for all dense gradients. Executing
+eagerly, or inside an XLA context (jit_compile=True, where custom ops have no
+kernel), they compute the same numbers with TensorFlow arithmetic: half and
+bfloat16 in float32 rounded once, float32 with the float32 reciprocal, float64
+with the float64 reciprocal of the float32 scale.
+"""
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.python.ops import control_flow_util
+
+from fixed_loss_scale import ops
+
+
+def uses_custom_ops():
+  """True where the custom ops run: building a graph that XLA does not compile."""
+  if tf.executing_eagerly():
+    return False
+  graph = tf.compat.v1.get_default_graph()
+  return not control_flow_util.GraphOrParentsInXlaContext(graph)
+
+
+def _multiply(x, factor32, factor64):
+  """x * factor with the ops' numerics (see the module docstring)."""
+  if x.dtype == tf.float64:
+    return x * tf.constant(factor64, tf.float64)
+  if x.dtype == tf.float32:
+    return x * tf.constant(factor32, tf.float32)
+  return tf.cast(tf.cast(x, tf.float32) * tf.constant(factor32, tf.float32), x.dtype)
+
+
+def scale_loss(loss, loss_scale):
+  """Returns `loss * loss_scale` (FixedScaleLoss in graphs)."""
+  loss_scale = ops.validate_loss_scale(loss_scale)
+  if uses_custom_ops():
+    return ops.fixed_scale_loss(loss, loss_scale)
+  loss = ops.as_float_tensor(loss, "FixedScaleLoss", "loss")
+  scale32 = np.float32(loss_scale)
+  return _multiply(loss, scale32, float(scale32))
+
+
+def _dense_part(grad):
+  """The tensor a gradient's unscaling applies to: IndexedSlices scale their values."""
+  return grad.values if isinstance(grad, tf.IndexedSlices) else grad
+
+
+def _rebuild(grad, unscaled):
+  if isinstance(grad, tf.IndexedSlices):
+    return tf.IndexedSlices(unscaled, grad.indices, grad.dense_shape)
+  return unscaled
+
+
+def unscale_gradients(grads, loss_scale):
+  """Returns `grads` with every gradient divided by `loss_scale`.
+
+  `grads` is any nested structure; None stays None, tf.IndexedSlices keep their
+  indices and dense shape, and the structure is preserved. In graphs all dense
+  parts go through a single FixedUnscaleGrads op.
+  """
+  loss_scale = ops.validate_loss_scale(loss_scale)
+  flat = tf.nest.flatten(grads)
+  positions = [i for i, g in enumerate(flat) if g is not None]
+  dense = [
+      ops.as_float_tensor(_dense_part(flat[i]), "FixedUnscaleGrads", f"grads[{i}]")
+      for i in positions
+  ]
+  if not dense:
+    return grads
+  if uses_custom_ops():
+    unscaled = ops.fixed_unscale_grads(dense, loss_scale)
+  else:
+    scale32 = np.float32(loss_scale)
+    reciprocal32 = np.float32(1) / scale32
+    reciprocal64 = 1.0 / float(scale32)
+    unscaled = [_multiply(g, reciprocal32, reciprocal64) for g in dense]
+  result = list(flat)
+  for i, u in zip(positions, unscaled):
+    result[i] = _rebuild(flat[i], u)
+  return tf.nest.pack_sequence_as(grads, result)

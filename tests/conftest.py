@@ -1,0 +1,96 @@
+"""Shared fixtures and numpy oracles for the test suite.
+
+The oracles are written from the ops' contract with numpy only (they never call
+the code under test): half and bfloat16 in float32 rounded once, float32 with the
+float32 reciprocal, float64 with the float64 reciprocal of the float32 scale.
+TensorFlow's CPU kernels run with flush-to-zero, so float32/float64 subnormals
+in inputs or results become zero there; `flush_subnormals` models that.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import ml_dtypes  # noqa: E402  (installed with TensorFlow)
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import fixed_loss_scale  # noqa: E402,F401  (loads the library)
+
+NP_DTYPES = {
+    tf.float16: np.float16,
+    tf.bfloat16: ml_dtypes.bfloat16,
+    tf.float32: np.float32,
+    tf.float64: np.float64,
+}
+ALL_DTYPES = list(NP_DTYPES)
+
+
+def flush_subnormals(x):
+  """Zeroes float32/float64 subnormals (keeping the sign), as FTZ/DAZ do."""
+  x = np.array(x, copy=True)
+  tiny = np.finfo(x.dtype).tiny
+  mask = (np.abs(x) < tiny) & (x != 0)
+  x[mask] = np.copysign(0, x[mask])
+  return x
+
+
+def _compute_in(x, factor32, factor64):
+  """x * factor in the op's math type, rounded once to x's dtype."""
+  x = np.asarray(x)
+  if x.dtype == np.float64:
+    return flush_subnormals(flush_subnormals(x) * np.float64(factor64))
+  wide = flush_subnormals(x.astype(np.float32))
+  return flush_subnormals(wide * np.float32(factor32)).astype(x.dtype)
+
+
+def reference_unscale(x, loss_scale):
+  """numpy oracle for FixedUnscaleGrads on one tensor."""
+  scale32 = np.float32(loss_scale)
+  return _compute_in(x, np.float32(1) / scale32, 1.0 / np.float64(scale32))
+
+
+def reference_scale(x, loss_scale):
+  """numpy oracle for FixedScaleLoss."""
+  scale32 = np.float32(loss_scale)
+  return _compute_in(x, scale32, np.float64(scale32))
+
+
+def assert_bitwise_equal(actual, expected):
+  """Equal bit patterns; NaNs need only be NaN with the same sign."""
+  actual, expected = np.asarray(actual), np.asarray(expected)
+  assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
+  assert actual.shape == expected.shape, (actual.shape, expected.shape)
+  wide_a = actual.astype(np.float64)
+  wide_e = expected.astype(np.float64)
+  nan_a, nan_e = np.isnan(wide_a), np.isnan(wide_e)
+  np.testing.assert_array_equal(nan_a, nan_e)
+  np.testing.assert_array_equal(np.signbit(wide_a[nan_a]), np.signbit(wide_e[nan_e]))
+  uint = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[actual.dtype.itemsize]
+  bits_a = actual.view(uint)[~nan_a]
+  bits_e = expected.view(uint)[~nan_e]
+  mismatch = np.flatnonzero(bits_a != bits_e)
+  assert mismatch.size == 0, (
+      f"{mismatch.size} elements differ, first at {mismatch[0]}: "
+      f"{actual[~nan_a][mismatch[0]]!r} != {expected[~nan_e][mismatch[0]]!r}")
+
+
+def random_values(rng, shape, np_dtype):
+  """Normal values spread over many binades, as gradients are."""
+  wide = rng.standard_normal(shape) * np.exp2(rng.integers(-12, 8, size=shape))
+  return wide.astype(np_dtype)
+
+
+def graph_op_types(concrete_function):
+  """Op types in a concrete function's graph, nested function bodies included."""
+  graph = concrete_function.graph
+  types = [op.type for op in graph.get_operations()]
+  for function in graph._functions.values():  # pylint: disable=protected-access
+    types.extend(node.op for node in function.definition.node_def)
+  return types
+
+
+@pytest.fixture
+def rng():
+  return np.random.default_rng(1234)
