@@ -39,6 +39,11 @@ def flush_subnormals(x):
 def _compute_in(x, factor32, factor64):
   """x * factor in the op's math type, rounded once to x's dtype."""
   x = np.asarray(x)
+  with np.errstate(over="ignore", invalid="ignore"):
+    return _compute_in_quietly(x, factor32, factor64)
+
+
+def _compute_in_quietly(x, factor32, factor64):
   if x.dtype == np.float64:
     return flush_subnormals(flush_subnormals(x) * np.float64(factor64))
   wide = flush_subnormals(x.astype(np.float32))

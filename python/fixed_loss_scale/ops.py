@@ -38,7 +38,7 @@ def validate_loss_scale(value, what="loss_scale"):
     raise ValueError(f"{what} must be finite, got {value}")
   if value < 1:
     raise ValueError(f"{what} must be at least 1, got {value}")
-  if not math.isfinite(float(np.float32(value))):
+  if value > float(np.finfo(np.float32).max):
     raise ValueError(f"{what} must fit in float32, got {value}")
   return value
 
