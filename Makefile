@@ -76,9 +76,11 @@ demo: install
 test: install
 	$(VENV_PY) -m pytest tests $(PYTEST_ARGS)
 
+WHEEL_DIR ?= dist
 wheel: $(LIB)
-	rm -rf $(BUILD_DIR)/wheel
-	$(PYTHON) -m pip wheel --quiet --no-deps --no-build-isolation -w dist .
+	rm -rf $(BUILD_DIR)/lib $(BUILD_DIR)/bdist.*
+	$(PYTHON) -m pip wheel --quiet --no-deps --no-build-isolation -w $(WHEEL_DIR) .
+	@ls -1 $(WHEEL_DIR)/*.whl
 
 clean:
 	rm -rf $(BUILD_DIR) dist *.egg-info python/*.egg-info $(LIB) config.mk .configure.bazelrc \
