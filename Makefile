@@ -85,3 +85,13 @@ wheel: $(LIB)
 clean:
 	rm -rf $(BUILD_DIR) dist *.egg-info python/*.egg-info $(LIB) config.mk .configure.bazelrc \
 	       $(PKG_DIR)/_build_info.json $(INSTALL_STAMP)
+
+# ---- Bazel ----------------------------------------------------------------------
+# make bazel   the same library built by Bazel through bazelisk, copied to
+#              build/bazel/_fixed_loss_scale_ops.so (docs/BAZEL.md). Installs
+#              Bazel/bazelisk when absent; config.mk first, as configure.sh also
+#              writes the .configure.bazelrc that Bazel reads.
+BAZEL_ARGS ?=
+bazel: config.mk
+	tools/bazel_build.sh $(BAZEL_ARGS)
+# ---- end Bazel ------------------------------------------------------------------

@@ -1,0 +1,103 @@
+"""`make bazel` builds the op library with Bazel (through bazelisk, see
+docs/BAZEL.md), and that library loads and computes what numpy computes.
+
+Skipped, with the reason tools/bazel_build.sh gives, only where Bazel cannot be
+installed here (not root and absent, or apt/npm failing); any other failure of
+the build fails the test.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BAZEL_LIB = os.path.join(ROOT, "build", "bazel", "_fixed_loss_scale_ops.so")
+# tools/bazel_build.sh starts this line, and exits 3, when Bazel cannot be had.
+CANNOT_INSTALL = "bazel_build: cannot get Bazel here:"
+# A cold build is about a minute on 2 cores; installing Bazel with apt adds a few.
+BUILD_TIMEOUT_S = 780
+
+
+def _venv_python():
+  venv_python = os.path.join(ROOT, ".venv", "bin", "python")
+  return venv_python if os.path.exists(venv_python) else sys.executable
+
+
+def _run_make_bazel():
+  # FLS_BAZEL_SHUTDOWN: the Bazel server must not outlive the test run.
+  env = dict(os.environ, FLS_BAZEL_SHUTDOWN="1")
+  process = subprocess.Popen(["make", "-C", ROOT, "bazel"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, env=env,
+                             start_new_session=True)
+  try:
+    output, _ = process.communicate(timeout=BUILD_TIMEOUT_S)
+  except subprocess.TimeoutExpired:
+    os.killpg(process.pid, signal.SIGKILL)  # make, the script and the Bazel client
+    output, _ = process.communicate()
+    pytest.fail(f"make bazel took over {BUILD_TIMEOUT_S}s:\n{output[-6000:]}")
+  return process.returncode, output
+
+
+@pytest.fixture(scope="module")
+def bazel_lib():
+  returncode, output = _run_make_bazel()
+  if returncode != 0:
+    reasons = [line for line in output.splitlines() if line.startswith(CANNOT_INSTALL)]
+    if reasons:
+      pytest.skip(reasons[-1])
+    pytest.fail(f"make bazel failed ({returncode}):\n{output[-8000:]}")
+  assert os.path.isfile(BAZEL_LIB), output[-4000:]
+  return BAZEL_LIB
+
+
+# Runs in a fresh .venv Python: the suite's own process already loaded the
+# Make-built library, and TensorFlow refuses to register the same ops twice.
+_CHECK = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+
+lib = tf.load_op_library(sys.argv[1])
+scale = 1024.0
+factor = np.float32(1) / np.float32(scale)
+rng = np.random.default_rng(7)
+# Normal values whose results stay normal in float16: no flush-to-zero questions.
+g32 = (rng.standard_normal(1000) * np.exp2(rng.integers(-2, 12, 1000))).astype(np.float32)
+g32[:3] = [0.0, -0.0, np.inf]
+g16 = g32.astype(np.float16)
+
+def same_bits(actual, expected):
+  actual, expected = np.asarray(actual), np.asarray(expected)
+  uint = {2: np.uint16, 4: np.uint32}[expected.dtype.itemsize]
+  return actual.dtype == expected.dtype and bool(np.all(actual.view(uint) == expected.view(uint)))
+
+eager32, eager16 = lib.fixed_unscale_grads([g32, g16], loss_scale=scale)
+graph = tf.function(lambda a, b: lib.fixed_unscale_grads([a, b], loss_scale=scale))
+graph32, graph16 = graph(tf.constant(g32), tf.constant(g16))
+expect32 = g32 * factor
+expect16 = (g16.astype(np.float32) * factor).astype(np.float16)  # float32, rounded once
+loss = lib.fixed_scale_loss(tf.constant(0.375, tf.float16), loss_scale=scale)
+print(json.dumps({
+    "ops": sorted(name for name in dir(lib) if name[0].isupper()),
+    "unscale_float32": same_bits(eager32, expect32) and same_bits(graph32, expect32),
+    "unscale_float16": same_bits(eager16, expect16) and same_bits(graph16, expect16),
+    "scale_loss": [str(loss.dtype.name), float(loss.numpy())],
+}))
+"""
+
+
+@pytest.mark.slow
+def test_bazel_built_library_loads_and_matches_numpy(bazel_lib):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  result = subprocess.run([_venv_python(), "-c", _CHECK, bazel_lib], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=300)
+  assert result.returncode == 0, result.stderr[-6000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert {"FixedScaleLoss", "FixedUnscaleGrads"} <= set(report["ops"]), report
+  assert report["unscale_float32"], report
+  assert report["unscale_float16"], report
+  assert report["scale_loss"] == ["float16", 384.0], report
