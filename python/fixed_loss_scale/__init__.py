@@ -10,11 +10,23 @@ from fixed_loss_scale.loss_scale import FixedLossScale
 from fixed_loss_scale.loss_scale import deserialize
 from fixed_loss_scale.loss_scale import get
 from fixed_loss_scale.loss_scale import serialize
+from fixed_loss_scale.optimizer import MixedPrecisionLossScaleOptimizer
 from fixed_loss_scale.scaling import scale_loss
 from fixed_loss_scale.scaling import unscale_gradients
 
+# The Keras 3 wrapper is imported here (TensorFlow 2.21 imports Keras anyway) so
+# that importing this package registers it for keras.models.load_model.
+try:
+  import keras as _keras
+except ImportError:  # TensorFlow without Keras: the TF1 wrapper still works.
+  _keras = None
+if _keras is not None and _keras.backend.backend() == "tensorflow":
+  from fixed_loss_scale import keras  # noqa: F401  (fixed_loss_scale.keras.FixedLossScaleOptimizer)
+del _keras
+
 __all__ = [
     "FixedLossScale",
+    "MixedPrecisionLossScaleOptimizer",
     "deserialize",
     "get",
     "ops",

@@ -1,0 +1,94 @@
+"""MixedPrecisionLossScaleOptimizer for `tf.compat.v1.train` optimizers, with a fixed scale.
+
+A subclass of TensorFlow's own compat wrapper
+(`tf.compat.v1.mixed_precision.MixedPrecisionLossScaleOptimizer`) that keeps all
+of its behaviour -- `minimize`, `compute_gradients`/`apply_gradients`, callable
+losses, `global_step`, tf.distribute handling, checkpoint dependencies
+(`base_optimizer`, `loss_scale`) -- and changes only the two places where it
+touches the scale:
+
+- the loss is scaled by `FixedScaleLoss` (TF: `loss * cast(scale, loss.dtype)`);
+- all gradients are unscaled by a single `FixedUnscaleGrads` op (TF: one
+  `grad * (1 / scale)` per gradient, with a float32 reciprocal, which fails for
+  float16, bfloat16 and float64 gradients).
+
+Eagerly and inside XLA (`jit_compile=True`) the same numbers come from plain
+arithmetic (see `fixed_loss_scale.scaling`). For float32 the results are
+bit-identical to TF's wrapper with the same scale.
+"""
+
+from tensorflow.python.training import optimizer as tf1_optimizer
+from tensorflow.python.training.experimental import loss_scale as tf_loss_scale
+from tensorflow.python.training.experimental import loss_scale_optimizer as tf_lso
+
+from fixed_loss_scale import loss_scale as loss_scale_module
+
+
+def as_fixed_loss_scale(loss_scale):
+  """Returns `loss_scale` as a `fixed_loss_scale.FixedLossScale`.
+
+  Accepts a Python or numpy number, this package's `FixedLossScale`, or TF's own
+  `tf.compat.v1.mixed_precision.FixedLossScale` (converted, same value).
+
+  Raises:
+    ValueError: for None, 'dynamic', a DynamicLossScale or anything else that is
+      not a fixed scale, and for numbers that are not a usable scale.
+  """
+  if isinstance(loss_scale, loss_scale_module.FixedLossScale):
+    return loss_scale
+  if isinstance(loss_scale, tf_loss_scale.FixedLossScale):
+    return loss_scale_module.FixedLossScale(loss_scale._loss_scale_value)  # pylint: disable=protected-access
+  if loss_scale is None or isinstance(loss_scale, (str, tf_loss_scale.LossScale, dict)):
+    raise ValueError(
+        f"loss_scale must be a number or a FixedLossScale, got {loss_scale!r}; for dynamic "
+        "loss scaling use tf.compat.v1.mixed_precision.MixedPrecisionLossScaleOptimizer")
+  try:
+    return loss_scale_module.FixedLossScale(loss_scale)
+  except TypeError as error:
+    raise ValueError(f"loss_scale must be a number or a FixedLossScale: {error}") from None
+
+
+class MixedPrecisionLossScaleOptimizer(tf_lso.MixedPrecisionLossScaleOptimizer):
+  """Wraps a `tf.compat.v1.train.Optimizer` and applies a fixed loss scale.
+
+  Usage is the same as TF's compat wrapper:
+
+  ```python
+  opt = tf.compat.v1.train.MomentumOptimizer(0.1, 0.9)
+  opt = fixed_loss_scale.MixedPrecisionLossScaleOptimizer(opt, loss_scale=1024)
+  train_op = opt.minimize(loss, global_step=global_step)
+  ```
+
+  Args:
+    opt: The `tf.compat.v1.train.Optimizer` to wrap.
+    loss_scale: A Python or numpy number (at least 1, finite, fits float32) or a
+      `FixedLossScale` (this package's or TF's compat one).
+
+  Raises:
+    ValueError: if `opt` is not a TF1 optimizer or `loss_scale` is not a usable
+      fixed scale (dynamic scaling is TF's own wrapper's job).
+  """
+
+  def __init__(self, opt, loss_scale):
+    if not isinstance(opt, tf1_optimizer.Optimizer):
+      raise ValueError('"opt" must be an instance of tf.compat.v1.train.Optimizer, but got: '
+                       f"{type(opt)}")
+    super().__init__(opt, as_fixed_loss_scale(loss_scale))
+
+  @property
+  def loss_scale(self):
+    """The `FixedLossScale` in use."""
+    return self._loss_scale
+
+  def _scale_loss(self, loss):
+    loss_scale = self._loss_scale
+    if callable(loss):
+
+      def scaled_loss():
+        return loss_scale.scale_loss(loss())
+
+      return scaled_loss
+    return loss_scale.scale_loss(loss)
+
+  def _unscale_grads(self, grads):
+    return list(self._loss_scale.unscale_gradients(list(grads)))
