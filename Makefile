@@ -95,3 +95,22 @@ BAZEL_ARGS ?=
 bazel: config.mk
 	tools/bazel_build.sh $(BAZEL_ARGS)
 # ---- end Bazel ------------------------------------------------------------------
+
+# ---- Reliability ----------------------------------------------------------------
+# make sanitizer-test   the CPU core (multi_tensor_scale_cpu.cc, no TensorFlow)
+#                       built with ASan+UBSan into a standalone test
+#                       (tf_ops/tests/cpu_core_sanitizer_test.cc), run once per
+#                       CPU path; unsupported paths fall back to the best one.
+.PHONY: sanitizer-test
+SANITIZER_TEST := $(BUILD_DIR)/tests/cpu_core_sanitizer_test
+SANITIZER_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+$(SANITIZER_TEST): tf_ops/tests/cpu_core_sanitizer_test.cc tf_ops/cc/kernels/multi_tensor_scale_cpu.cc $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CXX) -std=c++17 -O1 -g -Wall -Wextra $(SANITIZER_FLAGS) -I. -o $@ \
+	    tf_ops/tests/cpu_core_sanitizer_test.cc tf_ops/cc/kernels/multi_tensor_scale_cpu.cc
+sanitizer-test: $(SANITIZER_TEST)
+	@for path in scalar avx2 avx512; do \
+	  FIXED_LOSS_SCALE_CPU_PATH=$$path ASAN_OPTIONS=halt_on_error=1:detect_stack_use_after_return=1 \
+	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 $(SANITIZER_TEST) || exit 1; \
+	done
+# ---- end Reliability ------------------------------------------------------------

@@ -1,0 +1,647 @@
+// Standalone test of the CPU core (multi_tensor_scale_cpu.cc), built without
+// TensorFlow under AddressSanitizer and UndefinedBehaviorSanitizer by
+// `make sanitizer-test`:
+//
+//   g++ -fsanitize=address,undefined -fno-sanitize-recover=all -I. (this file)
+//       tf_ops/cc/kernels/multi_tensor_scale_cpu.cc
+//
+// Every result is checked against a scalar reference written here from the
+// IEEE definitions (ldexp/frexp/nearbyint in double, float128 for double), not
+// against scale_math.h. Buffers are exact-size heap blocks (ASan catches a read
+// or write one byte past the end) with guard bytes in front of each output and
+// between outputs and inputs where room allows; data pointers are element
+// aligned but deliberately not vector aligned.
+//
+// Cases: every dtype, sizes 0..17 and around powers of two up to 65537, eight
+// alignments, in place and out of place, many loss scales; every float16 and
+// bfloat16 bit pattern; random float/double bit patterns (NaN, Inf, subnormal,
+// +-0); 10,000 tensors in one call; random partitions of the byte space through
+// ScaleByteRange, checking every element is written exactly once and that a
+// range writes exactly the elements whose first byte it holds.
+//
+// Usage: cpu_core_sanitizer_test [seed]   (exit 0 and "PASSED" on success)
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <algorithm>
+#include <memory>
+#include <new>
+#include <random>
+#include <string>
+#include <vector>
+
+#if defined(__SSE2__)
+#include <xmmintrin.h>
+#endif
+
+#include "tf_ops/cc/kernels/multi_tensor_scale_cpu.h"
+
+namespace fls = fixed_loss_scale;
+using fls::DType;
+
+namespace {
+
+// ---- floating-point environment ----------------------------------------------
+// TensorFlow runs kernels with flush-to-zero and denormals-are-zero set (MXCSR
+// FTZ|DAZ on x86); a plain process has both off. Every test runs in both modes:
+// the core is called under `g_ftz`, the reference always runs in the default
+// environment and models the flushing explicitly.
+bool g_ftz = false;
+
+class ScopedCoreEnvironment {
+ public:
+  ScopedCoreEnvironment() {
+#if defined(__SSE2__)
+    saved_ = _mm_getcsr();
+    if (g_ftz) _mm_setcsr(saved_ | 0x8040u);  // FTZ (bit 15) | DAZ (bit 6)
+#endif
+  }
+  ~ScopedCoreEnvironment() {
+#if defined(__SSE2__)
+    _mm_setcsr(saved_);
+#endif
+  }
+
+ private:
+  unsigned saved_ = 0;
+};
+
+// The core's entry points, called in the environment of the current mode.
+void CoreScaleByteRange(const std::vector<fls::TensorSpan>& spans,
+                        const std::vector<int64_t>& offsets, int64_t begin, int64_t end,
+                        fls::ScaleFactor factor) {
+  ScopedCoreEnvironment environment;
+  fls::ScaleByteRange(spans, offsets, begin, end, factor);
+}
+void CoreScaleElements(const fls::TensorSpan& span, int64_t first, int64_t last,
+                       fls::ScaleFactor factor) {
+  ScopedCoreEnvironment environment;
+  fls::ScaleElements(span, first, last, factor);
+}
+
+// ---- failure reporting ------------------------------------------------------
+long g_checks = 0;
+long g_failures = 0;
+
+#define EXPECT(cond, ...)                                           \
+  do {                                                              \
+    ++g_checks;                                                     \
+    if (!(cond)) {                                                  \
+      if (++g_failures <= 20) {                                     \
+        std::fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
+        std::fprintf(stderr, __VA_ARGS__);                          \
+        std::fprintf(stderr, "\n");                                 \
+      }                                                             \
+    }                                                               \
+  } while (0)
+
+const char* Name(DType d) {
+  switch (d) {
+    case DType::kHalf: return "half";
+    case DType::kBFloat16: return "bfloat16";
+    case DType::kFloat: return "float";
+    case DType::kDouble: return "double";
+  }
+  return "?";
+}
+
+int Size(DType d) { return d == DType::kDouble ? 8 : d == DType::kFloat ? 4 : 2; }
+
+// ---- the independent scalar reference ---------------------------------------
+// An element is carried as its raw bits in a uint64_t; NaN results are only
+// compared for NaN-ness and sign (the ops' contract; payloads are unspecified).
+
+double HalfToDouble(uint64_t h) {
+  const int sign = (h >> 15) & 1, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
+  double v;
+  if (exponent == 0x1f) v = mantissa ? NAN : INFINITY;
+  else if (exponent == 0) v = std::ldexp(mantissa, -24);
+  else v = std::ldexp(1024 + mantissa, exponent - 25);
+  return sign ? -v : v;
+}
+
+double BFloat16ToDouble(uint64_t b) {
+  const int sign = (b >> 15) & 1, exponent = (b >> 7) & 0xff, mantissa = b & 0x7f;
+  double v;
+  if (exponent == 0xff) v = mantissa ? NAN : INFINITY;
+  else if (exponent == 0) v = std::ldexp(mantissa, -133);
+  else v = std::ldexp(128 + mantissa, exponent - 134);
+  return sign ? -v : v;
+}
+
+// Rounds a finite or infinite double to a binary format with `mantissa_bits`
+// stored bits and `exponent_bits` exponent bits, nearest-even, IEEE gradual
+// underflow; returns the bits (a quiet NaN for NaN).
+uint64_t RoundToSmallFloat(double v, int mantissa_bits, int exponent_bits) {
+  const int bias = (1 << (exponent_bits - 1)) - 1;
+  const int min_exp = 1 - bias;
+  const uint64_t sign = std::signbit(v) ? 1ull << (mantissa_bits + exponent_bits) : 0;
+  const uint64_t inf = ((1ull << exponent_bits) - 1) << mantissa_bits;
+  double a = std::fabs(v);
+  if (std::isnan(a)) return inf | (1ull << (mantissa_bits - 1));  // a quiet NaN
+  if (std::isinf(a)) return sign | inf;
+  if (a == 0) return sign;
+  int e;
+  std::frexp(a, &e);  // a = m * 2^e, m in [0.5, 1)
+  const int exp = std::max(e - 1, min_exp);
+  const double ulp = std::ldexp(1.0, exp - mantissa_bits);
+  const double q = std::nearbyint(a / ulp);  // exact division by a power of two
+  const double r = q * ulp;
+  if (r == 0) return sign;
+  std::frexp(r, &e);
+  const int re = e - 1;
+  if (re < min_exp) return sign | static_cast<uint64_t>(r / std::ldexp(1.0, min_exp - mantissa_bits));
+  if (re + bias >= (1 << exponent_bits) - 1) return sign | inf;
+  const uint64_t mant = static_cast<uint64_t>(r / std::ldexp(1.0, re - mantissa_bits)) -
+                        (1ull << mantissa_bits);
+  return sign | (static_cast<uint64_t>(re + bias) << mantissa_bits) | mant;
+}
+
+// Under FTZ/DAZ a float subnormal operand or result is +-0.
+double FlushFloat(double v) {
+  return g_ftz && v != 0 && std::fabs(v) < 0x1p-126 ? std::copysign(0.0, v) : v;
+}
+double FlushDouble(double v) {
+  return g_ftz && v != 0 && std::fabs(v) < 0x1p-1022 ? std::copysign(0.0, v) : v;
+}
+
+// The float32 product, rounded once (the double product of two floats is
+// exact), with FTZ/DAZ applied to both operands (a loss scale above 2^126 has a
+// subnormal reciprocal) and to the result.
+float Float32Product(double x, float f) {
+  return static_cast<float>(
+      FlushFloat(static_cast<float>(FlushFloat(x) * FlushFloat(static_cast<double>(f)))));
+}
+
+bool RefIsNaN(DType d, uint64_t in_bits) {
+  switch (d) {
+    case DType::kHalf: return (in_bits & 0x7fff) > 0x7c00;
+    case DType::kBFloat16: return (in_bits & 0x7fff) > 0x7f80;
+    case DType::kFloat: return (in_bits & 0x7fffffffu) > 0x7f800000u;
+    case DType::kDouble: return (in_bits & 0x7fffffffffffffffull) > 0x7ff0000000000000ull;
+  }
+  return false;
+}
+
+bool IsNegative(DType d, uint64_t bits) { return (bits >> (8 * Size(d) - 1)) & 1; }
+
+uint64_t Reference(DType d, uint64_t in_bits, float f, double df) {
+  switch (d) {
+    case DType::kHalf: {
+      const float p = Float32Product(HalfToDouble(in_bits), f);
+      return RoundToSmallFloat(p, 10, 5);
+    }
+    case DType::kBFloat16: {
+      const float p = Float32Product(BFloat16ToDouble(in_bits), f);
+      return RoundToSmallFloat(p, 7, 8);
+    }
+    case DType::kFloat: {
+      float x;
+      uint32_t b = static_cast<uint32_t>(in_bits);
+      std::memcpy(&x, &b, 4);
+      const float p = Float32Product(x, f);
+      uint32_t out;
+      std::memcpy(&out, &p, 4);
+      return out;
+    }
+    case DType::kDouble: {
+      double x;
+      std::memcpy(&x, &in_bits, 8);
+#if defined(__SIZEOF_FLOAT128__)
+      const double p = FlushDouble(static_cast<double>(static_cast<__float128>(FlushDouble(x)) *
+                                                       static_cast<__float128>(FlushDouble(df))));
+#else
+      const double p = FlushDouble(FlushDouble(x) * FlushDouble(df));
+#endif
+      uint64_t out;
+      std::memcpy(&out, &p, 8);
+      return out;
+    }
+  }
+  return 0;
+}
+
+bool Matches(DType d, uint64_t in_bits, uint64_t out_bits, float f, double df) {
+  if (RefIsNaN(d, in_bits)) {
+    return RefIsNaN(d, out_bits) && IsNegative(d, out_bits) == IsNegative(d, in_bits);
+  }
+  const uint64_t expected = Reference(d, in_bits, f, df);
+  // A NaN made from a number (Inf times a flushed factor) has no defined sign.
+  if (RefIsNaN(d, expected)) return RefIsNaN(d, out_bits);
+  return out_bits == expected;
+}
+
+// ---- buffers ------------------------------------------------------------------
+constexpr int kGuard = 64;
+constexpr uint8_t kGuardByte = 0xA5;
+constexpr uint8_t kSentinelByte = 0xCD;
+
+// A 64-byte aligned heap block of exactly `guard + misalign + bytes` bytes: the
+// guard bytes, `misalign` more guard bytes, then the data, which ends exactly at
+// the end of the block so that ASan reports any access one byte past it. The
+// data pointer is `misalign` bytes past a 64-byte boundary.
+class Buffer {
+ public:
+  Buffer(int64_t bytes, int misalign, int guard) : lead_(guard + misalign) {
+    const size_t size = static_cast<size_t>(std::max<int64_t>(lead_ + bytes, 1));
+    raw_ = static_cast<uint8_t*>(::operator new(size, std::align_val_t{64}));
+    std::memset(raw_, kGuardByte, size);
+  }
+  ~Buffer() { ::operator delete(raw_, std::align_val_t{64}); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+
+  uint8_t* data() { return raw_ + lead_; }
+  bool GuardsIntact() const {
+    for (int i = 0; i < lead_; ++i) {
+      if (raw_[i] != kGuardByte) return false;
+    }
+    return true;
+  }
+
+ private:
+  uint8_t* raw_ = nullptr;
+  int lead_;
+};
+
+uint64_t LoadBits(const uint8_t* p, DType d, int64_t i) {
+  uint64_t v = 0;
+  std::memcpy(&v, p + i * Size(d), Size(d));
+  return v;
+}
+
+void StoreBits(uint8_t* p, DType d, int64_t i, uint64_t v) { std::memcpy(p + i * Size(d), &v, Size(d)); }
+
+// Random bits of dtype `d`, weighted towards the interesting classes.
+uint64_t RandomBits(std::mt19937_64& rng, DType d) {
+  const int bits = 8 * Size(d);
+  const uint64_t mask = bits == 64 ? ~0ull : (1ull << bits) - 1;
+  const uint64_t sign = 1ull << (bits - 1);
+  const int mant = d == DType::kHalf ? 10 : d == DType::kBFloat16 ? 7 : d == DType::kFloat ? 23 : 52;
+  const uint64_t exp_all = (mask & ~sign) >> mant << mant;  // exponent field all ones
+  const uint64_t mant_mask = (1ull << mant) - 1;
+  const uint64_t r = rng();
+  const uint64_t s = (rng() & 1) ? sign : 0;
+  switch (rng() % 8) {
+    case 0: return s;                                   // +-0
+    case 1: return s | exp_all;                         // +-Inf
+    case 2: return s | exp_all | ((r & mant_mask) | 1); // NaN (any payload)
+    case 3: return s | ((r & mant_mask) | 1);           // subnormal
+    case 4: return s | (exp_all - (1ull << mant)) | (r & mant_mask);  // largest binade
+    default: return r & mask;                           // anything
+  }
+}
+
+// Ordinary values whose scaling by a factor in (0, 1) neither underflows nor
+// reaches a fixed point, so that scaling twice is visible.
+uint64_t OrdinaryBits(std::mt19937_64& rng, DType d) {
+  const int mant = d == DType::kHalf ? 10 : d == DType::kBFloat16 ? 7 : d == DType::kFloat ? 23 : 52;
+  const int bias = d == DType::kHalf ? 15 : d == DType::kBFloat16 || d == DType::kFloat ? 127 : 1023;
+  const int exponent = bias + static_cast<int>(rng() % 5);  // [1, 32)
+  return (static_cast<uint64_t>(exponent) << mant) | (rng() & ((1ull << mant) - 1));
+}
+
+const DType kDTypes[] = {DType::kHalf, DType::kBFloat16, DType::kFloat, DType::kDouble};
+
+fls::ScaleFactor Unscale(float loss_scale) {
+  return fls::ScaleFactor{1.0f / loss_scale, 1.0 / static_cast<double>(loss_scale)};
+}
+
+// One tensor of a test: input bits, the buffers and the span.
+struct Case {
+  DType dtype;
+  int64_t n;
+  std::vector<uint64_t> input;
+  std::unique_ptr<Buffer> in;
+  std::unique_ptr<Buffer> out;  // null when in place
+  fls::TensorSpan span;
+};
+
+std::unique_ptr<Case> MakeCase(DType d, int64_t n, int in_misalign_elems, int out_misalign_elems,
+                               bool in_place, std::mt19937_64& rng, bool ordinary = false) {
+  auto c = std::make_unique<Case>();
+  c->dtype = d;
+  c->n = n;
+  c->input.resize(n);
+  for (auto& v : c->input) v = ordinary ? OrdinaryBits(rng, d) : RandomBits(rng, d);
+  c->in.reset(new Buffer(n * Size(d), in_misalign_elems * Size(d), kGuard));
+  for (int64_t i = 0; i < n; ++i) StoreBits(c->in->data(), d, i, c->input[i]);
+  if (!in_place) {
+    c->out.reset(new Buffer(n * Size(d), out_misalign_elems * Size(d), kGuard));
+    std::memset(c->out->data(), kSentinelByte, n * Size(d));
+  }
+  uint8_t* out = in_place ? c->in->data() : c->out->data();
+  c->span = fls::TensorSpan{c->in->data(), out, n, d};
+  return c;
+}
+
+// Checks every element (written once with `factor`), the input when out of
+// place, and the guards.
+void CheckCase(const Case& c, fls::ScaleFactor factor, const std::string& what) {
+  const uint8_t* out = static_cast<const uint8_t*>(c.span.out);
+  int bad = 0;
+  for (int64_t i = 0; i < c.n; ++i) {
+    const uint64_t got = LoadBits(out, c.dtype, i);
+    if (!Matches(c.dtype, c.input[i], got, factor.f, factor.d)) {
+      if (++bad <= 3) {
+        EXPECT(false, "%s %s n=%lld element %lld: in 0x%llx out 0x%llx expected 0x%llx (f=%a)",
+               what.c_str(), Name(c.dtype), (long long)c.n, (long long)i,
+               (unsigned long long)c.input[i], (unsigned long long)got,
+               (unsigned long long)Reference(c.dtype, c.input[i], factor.f, factor.d), factor.f);
+      }
+    }
+  }
+  EXPECT(bad == 0, "%s %s n=%lld: %d wrong elements", what.c_str(), Name(c.dtype), (long long)c.n, bad);
+  if (c.out) {
+    for (int64_t i = 0; i < c.n; ++i) {
+      if (LoadBits(c.in->data(), c.dtype, i) != c.input[i]) {
+        EXPECT(false, "%s %s: input element %lld modified by an out-of-place call", what.c_str(),
+               Name(c.dtype), (long long)i);
+        break;
+      }
+    }
+    EXPECT(c.out->GuardsIntact(), "%s %s n=%lld: output guard bytes overwritten", what.c_str(),
+           Name(c.dtype), (long long)c.n);
+  }
+  EXPECT(c.in->GuardsIntact(), "%s %s n=%lld: input guard bytes overwritten", what.c_str(),
+         Name(c.dtype), (long long)c.n);
+}
+
+void RunWhole(std::vector<std::unique_ptr<Case>>& cases, fls::ScaleFactor factor) {
+  std::vector<fls::TensorSpan> spans;
+  for (auto& c : cases) spans.push_back(c->span);
+  const std::vector<int64_t> offsets = fls::ByteOffsets(spans);
+  CoreScaleByteRange(spans, offsets, 0, offsets.back(), factor);
+}
+
+// ---- the tests ----------------------------------------------------------------
+
+// ByteOffsets: sizes, running sums, the total at the end.
+void TestByteOffsets(std::mt19937_64& rng) {
+  std::vector<fls::TensorSpan> spans;
+  int64_t expected_total = 0;
+  EXPECT(fls::ByteOffsets(spans).size() == 1 && fls::ByteOffsets(spans)[0] == 0,
+         "ByteOffsets of an empty list must be {0}");
+  std::vector<int64_t> expected{0};
+  for (int i = 0; i < 100; ++i) {
+    const DType d = kDTypes[rng() % 4];
+    const int64_t n = rng() % 7;
+    spans.push_back(fls::TensorSpan{nullptr, nullptr, n, d});
+    expected_total += n * Size(d);
+    expected.push_back(expected_total);
+  }
+  EXPECT(fls::ByteOffsets(spans) == expected, "ByteOffsets running sums differ");
+  // Sizes beyond 2^31 elements and bytes must not overflow.
+  spans.assign({fls::TensorSpan{nullptr, nullptr, (int64_t{1} << 31) + 3, DType::kHalf},
+                fls::TensorSpan{nullptr, nullptr, (int64_t{1} << 33) + 1, DType::kDouble}});
+  const std::vector<int64_t> big = fls::ByteOffsets(spans);
+  EXPECT(big.size() == 3 && big[1] == (int64_t{1} << 32) + 6 &&
+             big[2] == big[1] + (int64_t{1} << 36) + 8,
+         "ByteOffsets overflows on large sizes");
+}
+
+// One tensor per call: every dtype, odd and power-of-two sizes, eight
+// alignments, in place and out of place, several loss scales.
+void TestSizesAndAlignments(std::mt19937_64& rng) {
+  std::vector<int64_t> sizes;
+  for (int64_t n = 0; n <= 17; ++n) sizes.push_back(n);
+  for (int64_t p : {31, 32, 33, 63, 64, 65, 127, 128, 129, 255, 256, 257, 1023, 1024, 1025,
+                    4095, 4097, 65537}) {
+    sizes.push_back(p);
+  }
+  const float scales[] = {1.0f, 2.0f, 3.0f, 1000.0f, 1024.0f, 12345.678f, 16777216.0f};
+  long runs = 0;
+  for (DType d : kDTypes) {
+    for (int64_t n : sizes) {
+      for (int misalign = 0; misalign < 8; ++misalign) {
+        for (int in_place = 0; in_place < 2; ++in_place) {
+          const float s = scales[rng() % (sizeof(scales) / sizeof(scales[0]))];
+          const fls::ScaleFactor factor = (rng() & 1) ? Unscale(s) : fls::ScaleFactor{s, double(s)};
+          std::vector<std::unique_ptr<Case>> cases;
+          cases.push_back(MakeCase(d, n, misalign, (misalign * 3 + 1) % 8, in_place, rng));
+          CoreScaleElements(cases[0]->span, 0, n, factor);
+          CheckCase(*cases[0], factor, "ScaleElements");
+          // The same through ScaleByteRange over the whole byte space.
+          cases[0] = MakeCase(d, n, (misalign + 5) % 8, misalign, in_place, rng);
+          RunWhole(cases, factor);
+          CheckCase(*cases[0], factor, "ScaleByteRange");
+          runs += 2;
+        }
+      }
+    }
+  }
+  std::printf("  sizes/alignments: %ld calls\n", runs);
+}
+
+// Every float16 and bfloat16 bit pattern, several scales, in place and not.
+void TestAllSixteenBitPatterns(std::mt19937_64& rng) {
+  const float scales[] = {1.0f, 2.0f, 3.0f, 7.0f, 1000.0f, 32768.0f, 65536.0f, 12345.678f,
+                          16777216.0f, 3.0e38f};
+  for (DType d : {DType::kHalf, DType::kBFloat16}) {
+    for (float s : scales) {
+      for (int in_place = 0; in_place < 2; ++in_place) {
+        for (bool unscale : {true, false}) {
+          const fls::ScaleFactor factor = unscale ? Unscale(s) : fls::ScaleFactor{s, double(s)};
+          std::vector<std::unique_ptr<Case>> cases;
+          cases.push_back(MakeCase(d, 65536, 1, 3, in_place, rng));
+          for (int64_t i = 0; i < 65536; ++i) {
+            cases[0]->input[i] = i;
+            StoreBits(cases[0]->in->data(), d, i, i);
+          }
+          RunWhole(cases, factor);
+          CheckCase(*cases[0], factor, unscale ? "all patterns, unscale" : "all patterns, scale");
+        }
+      }
+    }
+  }
+}
+
+// Random float32/float64 bit patterns (NaN, Inf, subnormals, +-0 and the rest).
+void TestRandomWide(std::mt19937_64& rng) {
+  for (DType d : {DType::kFloat, DType::kDouble}) {
+    for (int trial = 0; trial < 40; ++trial) {
+      // Random loss scales in [1, 2^24], powers of two every fourth trial.
+      float s = trial % 4 == 0 ? std::ldexp(1.0f, static_cast<int>(rng() % 25))
+                               : std::ldexp(1.0f + (rng() % (1u << 23)) / float(1u << 23),
+                                            static_cast<int>(rng() % 24));
+      const fls::ScaleFactor factor = (trial & 1) ? Unscale(s) : fls::ScaleFactor{s, double(s)};
+      std::vector<std::unique_ptr<Case>> cases;
+      cases.push_back(MakeCase(d, 5000 + rng() % 100, rng() % 8, rng() % 8, trial % 3 == 0, rng));
+      RunWhole(cases, factor);
+      CheckCase(*cases[0], factor, "random wide");
+    }
+  }
+}
+
+// 10,000 tensors of mixed dtypes and sizes 0..9 in one call.
+void TestManyTensors(std::mt19937_64& rng) {
+  for (int trial = 0; trial < 3; ++trial) {
+    std::vector<std::unique_ptr<Case>> cases;
+    for (int i = 0; i < 10000; ++i) {
+      cases.push_back(MakeCase(kDTypes[rng() % 4], rng() % 10, rng() % 8, rng() % 8,
+                               (rng() % 3) == 0, rng));
+    }
+    const fls::ScaleFactor factor = Unscale(trial == 0 ? 1024.0f : trial == 1 ? 3.0f : 65000.0f);
+    RunWhole(cases, factor);
+    for (auto& c : cases) CheckCase(*c, factor, "10000 tensors");
+  }
+}
+
+// Random partitions of the byte space into ranges (cut points anywhere, inside
+// elements too, empty ranges included), run in random order: every element must
+// be written exactly once. Out of place with sentinel outputs shows no element is
+// skipped; in place with ordinary values shows none is scaled twice.
+void TestRandomPartitions(std::mt19937_64& rng) {
+  long ranges = 0;
+  for (int trial = 0; trial < 300; ++trial) {
+    const bool in_place = trial & 1;
+    std::vector<std::unique_ptr<Case>> cases;
+    const int num = 1 + rng() % 40;
+    for (int i = 0; i < num; ++i) {
+      const int64_t n = (rng() % 5 == 0) ? 0 : 1 + rng() % 300;
+      cases.push_back(MakeCase(kDTypes[rng() % 4], n, rng() % 8, rng() % 8, in_place, rng,
+                               /*ordinary=*/true));
+    }
+    std::vector<fls::TensorSpan> spans;
+    for (auto& c : cases) spans.push_back(c->span);
+    const std::vector<int64_t> offsets = fls::ByteOffsets(spans);
+    const int64_t total = offsets.back();
+    std::vector<int64_t> cuts{0, total};
+    const int num_cuts = rng() % 30;
+    for (int i = 0; i < num_cuts; ++i) cuts.push_back(total == 0 ? 0 : rng() % (total + 1));
+    std::sort(cuts.begin(), cuts.end());
+    std::vector<std::pair<int64_t, int64_t>> pieces;
+    for (size_t i = 0; i + 1 < cuts.size(); ++i) pieces.emplace_back(cuts[i], cuts[i + 1]);
+    std::shuffle(pieces.begin(), pieces.end(), rng);
+    const fls::ScaleFactor factor = Unscale((trial % 3 == 0) ? 2.0f : 3.0f);
+    for (const auto& piece : pieces) {
+      CoreScaleByteRange(spans, offsets, piece.first, piece.second, factor);
+    }
+    ranges += pieces.size();
+    for (auto& c : cases) CheckCase(*c, factor, in_place ? "partition, in place" : "partition");
+  }
+  std::printf("  random partitions: 300 lists, %ld ranges\n", ranges);
+}
+
+// A single byte range writes exactly the elements whose first byte lies in it
+// (NOTE [byte sharding]) and leaves every other element untouched.
+void TestSingleRangeOwnership(std::mt19937_64& rng) {
+  for (int trial = 0; trial < 300; ++trial) {
+    std::vector<std::unique_ptr<Case>> cases;
+    const int num = 1 + rng() % 12;
+    for (int i = 0; i < num; ++i) {
+      cases.push_back(MakeCase(kDTypes[rng() % 4], rng() % 40, rng() % 8, rng() % 8,
+                               /*in_place=*/false, rng, /*ordinary=*/true));
+    }
+    std::vector<fls::TensorSpan> spans;
+    for (auto& c : cases) spans.push_back(c->span);
+    const std::vector<int64_t> offsets = fls::ByteOffsets(spans);
+    const int64_t total = offsets.back();
+    int64_t a = total == 0 ? 0 : rng() % (total + 1), b = total == 0 ? 0 : rng() % (total + 1);
+    if (a > b) std::swap(a, b);
+    const fls::ScaleFactor factor = Unscale(4.0f);
+    CoreScaleByteRange(spans, offsets, a, b, factor);
+    for (size_t t = 0; t < cases.size(); ++t) {
+      const Case& c = *cases[t];
+      const int sz = Size(c.dtype);
+      for (int64_t i = 0; i < c.n; ++i) {
+        const int64_t first_byte = offsets[t] + i * sz;
+        const bool owned = first_byte >= a && first_byte < b;
+        const uint8_t* p = static_cast<const uint8_t*>(c.span.out) + i * sz;
+        bool untouched = true;
+        for (int k = 0; k < sz; ++k) untouched &= p[k] == kSentinelByte;
+        if (owned) {
+          EXPECT(Matches(c.dtype, c.input[i], LoadBits(p, c.dtype, 0), factor.f, factor.d),
+                 "range [%lld,%lld) did not write owned element %lld of tensor %zu",
+                 (long long)a, (long long)b, (long long)i, t);
+        } else {
+          EXPECT(untouched, "range [%lld,%lld) wrote element %lld of tensor %zu (first byte %lld)",
+                 (long long)a, (long long)b, (long long)i, t, (long long)first_byte);
+        }
+      }
+      EXPECT(c.out->GuardsIntact(), "single range: guard bytes overwritten");
+    }
+  }
+}
+
+// Degenerate lists: no spans, only empty spans (null pointers included, as an
+// empty tensor may have none), empty ranges and ranges past the end.
+void TestDegenerate(std::mt19937_64& rng) {
+  std::vector<fls::TensorSpan> none;
+  CoreScaleByteRange(none, fls::ByteOffsets(none), 0, 0, Unscale(2.0f));
+  std::vector<fls::TensorSpan> empties{{nullptr, nullptr, 0, DType::kHalf},
+                                       {nullptr, nullptr, 0, DType::kDouble}};
+  CoreScaleByteRange(empties, fls::ByteOffsets(empties), 0, 0, Unscale(2.0f));
+  std::vector<std::unique_ptr<Case>> cases;
+  cases.push_back(MakeCase(DType::kFloat, 5, 1, 2, false, rng, true));
+  std::vector<fls::TensorSpan> spans{empties[0], cases[0]->span, empties[1]};
+  const std::vector<int64_t> offsets = fls::ByteOffsets(spans);
+  CoreScaleByteRange(spans, offsets, 7, 7, Unscale(2.0f));      // empty range
+  CoreScaleByteRange(spans, offsets, 20, 20, Unscale(2.0f));    // empty range at the end
+  for (int64_t i = 0; i < 5 * 4; ++i) {
+    EXPECT(static_cast<const uint8_t*>(cases[0]->span.out)[i] == kSentinelByte,
+           "an empty byte range wrote byte %lld", (long long)i);
+  }
+  CoreScaleElements(cases[0]->span, 3, 3, Unscale(2.0f));      // empty element range
+  CoreScaleElements(cases[0]->span, 4, 2, Unscale(2.0f));      // reversed element range
+  for (int64_t i = 0; i < 5 * 4; ++i) {
+    EXPECT(static_cast<const uint8_t*>(cases[0]->span.out)[i] == kSentinelByte,
+           "an empty element range wrote byte %lld", (long long)i);
+  }
+  CoreScaleByteRange(spans, offsets, 0, offsets.back(), Unscale(2.0f));
+  CheckCase(*cases[0], Unscale(2.0f), "empty spans around a tensor");
+}
+
+// The reference itself, on values worked by hand.
+void TestReference() {
+  const float third = 1.0f / 3.0f;
+  EXPECT(Reference(DType::kHalf, 0x3c00, 0.5f, 0.5) == 0x3800, "half 1 * 0.5");
+  EXPECT(Reference(DType::kHalf, 0x7bff, 2.0f, 2.0) == 0x7c00, "half max * 2 = inf");
+  EXPECT(Reference(DType::kHalf, 0x0001, 0.5f, 0.5) == 0x0000, "half min subnormal / 2 = 0 (tie to even)");
+  EXPECT(Reference(DType::kHalf, 0x0003, 0.5f, 0.5) == 0x0002, "half 3 ulp / 2 = 2 ulp (tie to even)");
+  EXPECT(Reference(DType::kHalf, 0x3c00, third, third) == 0x3555, "half 1/3");
+  EXPECT(Reference(DType::kHalf, 0x8400, 0.5f, 0.5) == 0x8200, "half -min normal / 2");
+  EXPECT(Reference(DType::kBFloat16, 0x3f80, third, third) == 0x3eab, "bfloat16 1/3");
+  EXPECT(Reference(DType::kBFloat16, 0x7f7f, 2.0f, 2.0) == 0x7f80, "bfloat16 max * 2 = inf");
+  EXPECT(Reference(DType::kFloat, 0x3f800000, third, third) == 0x3eaaaaab, "float 1/3");
+  EXPECT(Reference(DType::kFloat, 0x00000001, 0.5f, 0.5) == 0, "float min subnormal / 2");
+  EXPECT(Reference(DType::kDouble, 0x3ff0000000000000ull, third, 1.0 / 3.0) == 0x3fd5555555555555ull,
+         "double 1/3");
+  EXPECT(RoundToSmallFloat(65519.0, 10, 5) == 0x7bff && RoundToSmallFloat(65520.0, 10, 5) == 0x7c00,
+         "half overflow threshold");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const uint64_t seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 20240601;
+  const char* path = std::getenv("FIXED_LOSS_SCALE_CPU_PATH");
+  std::printf("cpu_core_sanitizer_test seed %llu, FIXED_LOSS_SCALE_CPU_PATH=%s\n",
+              (unsigned long long)seed, path ? path : "(unset: best path)");
+  TestReference();
+  for (bool ftz : {false, true}) {
+#if !defined(__SSE2__)
+    if (ftz) break;
+#endif
+    g_ftz = ftz;
+    std::printf(" mode: %s\n", ftz ? "FTZ|DAZ (as in TensorFlow's threads)" : "IEEE (no flushing)");
+    std::mt19937_64 rng(seed);
+    TestByteOffsets(rng);
+    TestDegenerate(rng);
+    TestSizesAndAlignments(rng);
+    TestAllSixteenBitPatterns(rng);
+    TestRandomWide(rng);
+    TestManyTensors(rng);
+    TestRandomPartitions(rng);
+    TestSingleRangeOwnership(rng);
+  }
+  std::printf("%ld checks, %ld failures\n", g_checks, g_failures);
+  if (g_failures) {
+    std::printf("FAILED\n");
+    return 1;
+  }
+  std::printf("PASSED\n");
+  return 0;
+}
