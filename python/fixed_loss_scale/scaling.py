@@ -32,6 +32,9 @@ def _multiply(x, factor32, factor64):
   return tf.cast(tf.cast(x, tf.float32) * tf.constant(factor32, tf.float32), x.dtype)
 
 
+# No data-dependent control flow: AutoGraph need not convert it (and would warn
+# that it cannot read the generated op wrappers' source).
+@tf.autograph.experimental.do_not_convert
 def scale_loss(loss, loss_scale):
   """Returns `loss * loss_scale` (FixedScaleLoss in graphs)."""
   loss_scale = ops.validate_loss_scale(loss_scale)
@@ -53,6 +56,7 @@ def _rebuild(grad, unscaled):
   return unscaled
 
 
+@tf.autograph.experimental.do_not_convert
 def unscale_gradients(grads, loss_scale):
   """Returns `grads` with every gradient divided by `loss_scale`.
 
