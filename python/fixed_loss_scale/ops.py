@@ -7,6 +7,7 @@ graph mode and eagerly. Both ops are linear, so each is its own gradient.
 
 import math
 import numbers
+import reprlib
 
 import numpy as np
 import tensorflow as tf
@@ -15,6 +16,8 @@ from fixed_loss_scale import _loader
 
 SUPPORTED_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 _SUPPORTED_NAMES = "half, bfloat16, float32, float64"
+# The largest loss scale whose float32 reciprocal is a normal number (2**-126).
+MAX_LOSS_SCALE = 2.0**126
 
 _raw_ops = _loader.load_ops()
 
@@ -24,7 +27,7 @@ def validate_loss_scale(value, what="loss_scale"):
 
   Accepts Python and numpy real scalars (and one-element numpy arrays); rejects
   bool, strings, tensors and anything else with a TypeError, and values below 1,
-  NaN, Inf or too large for float32 with a ValueError.
+  NaN, Inf or above MAX_LOSS_SCALE (2**126) with a ValueError.
   """
   if isinstance(value, np.ndarray):
     if value.size != 1:
@@ -33,13 +36,21 @@ def validate_loss_scale(value, what="loss_scale"):
   if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
     raise TypeError(f"{what} must be a Python or numpy int or float, got "
                     f"{type(value).__name__}: {value!r}")
-  value = float(value)
+  try:
+    value = float(value)
+  except OverflowError:  # an int or Fraction beyond any float
+    raise ValueError(f"{what} must fit in float32, got {reprlib.repr(value)}") from None
   if math.isnan(value) or math.isinf(value):
     raise ValueError(f"{what} must be finite, got {value}")
   if value < 1:
     raise ValueError(f"{what} must be at least 1, got {value}")
   if value > float(np.finfo(np.float32).max):
     raise ValueError(f"{what} must fit in float32, got {value}")
+  if float(np.float32(value)) > MAX_LOSS_SCALE:
+    # 1/loss_scale would be a float32 subnormal, which TensorFlow's CPU threads
+    # flush to zero: gradients would silently become 0 and Inf would become NaN.
+    raise ValueError(f"{what} must be at most 2**126 (its float32 reciprocal must be a "
+                     f"normal number), got {value}")
   return value
 
 

@@ -50,9 +50,13 @@ class FixedLossScaleOpBase : public OpKernel {
  public:
   explicit FixedLossScaleOpBase(OpKernelConstruction* context) : OpKernel(context) {
     OP_REQUIRES_OK(context, context->GetAttr("loss_scale", &loss_scale_));
-    OP_REQUIRES(context, std::isfinite(loss_scale_) && loss_scale_ >= 1.0f,
-                tensorflow::errors::InvalidArgument(
-                    type_string(), ": loss_scale must be finite and >= 1, got ", loss_scale_));
+    // Above 2^126 the reciprocal is a float32 subnormal, flushed to zero here.
+    OP_REQUIRES(context,
+                std::isfinite(loss_scale_) && loss_scale_ >= 1.0f && loss_scale_ <= 0x1p126f,
+                tensorflow::errors::InvalidArgument(type_string(),
+                                                    ": loss_scale must be finite, >= 1 and <= "
+                                                    "2^126, got ",
+                                                    loss_scale_));
   }
 
  protected:

@@ -17,9 +17,11 @@ using tensorflow::shape_inference::ShapeHandle;
 absl::Status ValidateLossScale(InferenceContext* c) {
   float loss_scale = 0.0f;
   TF_RETURN_IF_ERROR(c->GetAttr("loss_scale", &loss_scale));
-  if (!std::isfinite(loss_scale) || loss_scale < 1.0f) {
-    return tensorflow::errors::InvalidArgument("loss_scale must be finite and >= 1, got ",
-                                               loss_scale);
+  // Above 2^126 the float32 reciprocal is subnormal, which TensorFlow's CPU
+  // threads flush to zero (FTZ/DAZ): gradients would silently become 0.
+  if (!std::isfinite(loss_scale) || loss_scale < 1.0f || loss_scale > 0x1p126f) {
+    return tensorflow::errors::InvalidArgument(
+        "loss_scale must be finite, >= 1 and <= 2^126, got ", loss_scale);
   }
   return absl::OkStatus();
 }
@@ -45,7 +47,7 @@ REGISTER_OP("FixedScaleLoss")
     .Attr("loss_scale: float")
     .SetShapeFn(ScaleLossShape)
     .Doc(R"doc(
-Multiplies `loss` by the constant `loss_scale` (finite, >= 1).
+Multiplies `loss` by the constant `loss_scale` (finite, >= 1, <= 2^126).
 
 half and bfloat16 are computed in float32 and rounded once; float and double in
 their own precision.
