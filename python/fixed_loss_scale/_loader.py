@@ -7,6 +7,7 @@ the command that rebuilds it: graph-mode code must never fall back silently to
 Python arithmetic.
 """
 
+import functools
 import json
 import os
 
@@ -54,7 +55,31 @@ def load_ops():
   if built_for != tf.__version__:
     raise _load_error("the op library was built for another TensorFlow version", built_for)
   try:
-    _ops_module = tf.load_op_library(library_path())
+    module = tf.load_op_library(library_path())
   except (tf.errors.NotFoundError, OSError) as error:
     raise _load_error(f"the op library failed to load: {error}", built_for) from error
+  _name_op_in_type_errors(module)
+  _ops_module = module
   return _ops_module
+
+
+def _name_op_in_type_errors(module):
+  """Makes the generated wrappers' graph-mode TypeErrors name the op.
+
+  TensorFlow's message for a bad input dtype names the argument and the dtype
+  ("Value passed to parameter 'grads' has DataType int32 ...") but not the op.
+  """
+  for function_name, op_type in (("fixed_scale_loss", "FixedScaleLoss"),
+                                 ("fixed_unscale_grads", "FixedUnscaleGrads")):
+    generated = getattr(module, function_name)
+
+    @functools.wraps(generated)
+    def wrapper(*args, _generated=generated, _op_type=op_type, **kwargs):
+      try:
+        return _generated(*args, **kwargs)
+      except TypeError as error:
+        if _op_type in str(error):
+          raise
+        raise TypeError(f"{_op_type}: {error}") from error
+
+    setattr(module, function_name, wrapper)
