@@ -1,0 +1,137 @@
+"""tf.distribute: MirroredStrategy on two logical CPUs, MultiWorkerMirroredStrategy on loopback.
+
+Logical devices must be set before TensorFlow initializes its devices, so the
+MirroredStrategy runs happen in one subprocess (tests/workers/mirrored_checks.py)
+that writes its op placements, outputs and final weights; the assertions here
+compare them with the numpy oracles, TF's compat wrapper and Keras's
+loss_scale_factor run under the same strategy, and a single-device run. The
+multi-worker test starts two worker processes (tests/workers/multi_worker.py)
+on 127.0.0.1 with bounded waits and compares their final weights.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import assert_bitwise_equal
+from conftest import reference_scale
+from conftest import reference_unscale
+from workers import multi_worker
+from workers.cluster import run_cluster
+
+WORKERS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workers")
+CPU0 = "/job:localhost/replica:0/task:0/device:CPU:0"
+CPU1 = "/job:localhost/replica:0/task:0/device:CPU:1"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def mirrored(tmp_path_factory):
+  out = tmp_path_factory.mktemp("mirrored")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  proc = subprocess.run(
+      [sys.executable, os.path.join(WORKERS_DIR, "mirrored_checks.py"), str(out)],
+      capture_output=True, text=True, timeout=300, env=env, check=False)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+  with open(out / "results.json") as f:
+    results = json.load(f)
+  arrays = dict(np.load(out / "arrays.npz"))
+  assert results["logical_cpus"] == 2
+  return results, arrays
+
+
+def _by_device(pairs):
+  placed = {}
+  for op_type, device in pairs:
+    placed.setdefault(device, []).append(op_type)
+  return {device: sorted(types) for device, types in placed.items()}
+
+
+def test_ops_run_once_per_replica_on_its_device(mirrored):
+  results, _ = mirrored
+  assert _by_device(results["per_replica_ops"]) == {
+      CPU0: ["FixedScaleLoss", "FixedUnscaleGrads"],
+      CPU1: ["FixedScaleLoss", "FixedUnscaleGrads"],
+  }
+
+
+def test_per_replica_results_match_single_device_oracle(mirrored):
+  _, arrays = mirrored
+  for replica in (0, 1):
+    assert_bitwise_equal(arrays[f"per_replica_out_loss_{replica}"],
+                         reference_scale(arrays["per_replica_in_loss"][replica], 1024))
+    for name in ("g16", "g32", "g64"):
+      assert_bitwise_equal(arrays[f"per_replica_out_{name}_{replica}"],
+                           reference_unscale(arrays[f"per_replica_in_{name}"][replica], 1024))
+
+
+def test_cross_replica_update_and_call(mirrored):
+  results, _ = mirrored
+  assert results["cross_replica_eager_update"] == [True, True]  # (None, True)
+  assert results["cross_replica_graph_update"] == ["NoOp", True]
+  assert results["cross_replica_call"] == results["cross_replica_graph_call"] == 1024.0
+
+
+def test_tf1_wrapper_under_mirrored_strategy(mirrored):
+  results, arrays = mirrored
+  # Bit-identical to TF's compat wrapper under the same strategy...
+  assert_bitwise_equal(arrays["tf1_ours_mirrored"], arrays["tf1_theirs_mirrored"])
+  # ...close to one device on the whole batch (the all-reduce sums two halves)...
+  np.testing.assert_allclose(arrays["tf1_ours_mirrored"], arrays["tf1_ours_single"],
+                             rtol=1e-5, atol=1e-6)
+  # ...with each replica scaling its loss (and its gradient) and unscaling once.
+  assert _by_device(results["tf1_ours_mirrored_ops"]) == {
+      CPU0: ["FixedScaleLoss", "FixedScaleLoss", "FixedUnscaleGrads"],
+      CPU1: ["FixedScaleLoss", "FixedScaleLoss", "FixedUnscaleGrads"],
+  }
+  assert results["tf1_theirs_mirrored_ops"] == []
+
+
+def test_keras_fit_under_mirrored_strategy(mirrored):
+  results, arrays = mirrored
+  assert results["keras_ours_mirrored_optimizer"] == "FixedLossScaleOptimizer"
+  assert results["keras_ours_mirrored_jit_compile"] is False  # Keras: no auto-XLA with tf.distribute
+  for i in range(4):
+    assert_bitwise_equal(arrays[f"keras_ours_mirrored_{i}"], arrays[f"keras_factor_mirrored_{i}"])
+    np.testing.assert_allclose(arrays[f"keras_ours_mirrored_{i}"], arrays[f"keras_ours_single_{i}"],
+                               rtol=1e-3, atol=1e-4)
+  assert results["keras_ours_mirrored_loss"] == results["keras_factor_mirrored_loss"]
+  losses = results["keras_ours_mirrored_loss"]
+  assert losses[-1] < losses[0]
+  assert _by_device(results["keras_ours_mirrored_ops"]) == {
+      CPU0: ["FixedScaleLoss", "FixedScaleLoss", "FixedUnscaleGrads"],
+      CPU1: ["FixedScaleLoss", "FixedScaleLoss", "FixedUnscaleGrads"],
+  }
+  assert results["keras_factor_mirrored_ops"] == []
+
+
+def test_multi_worker_mirrored_two_processes_on_loopback(tmp_path):
+  steps = 5
+  workers = run_cluster(2, ["--out", str(tmp_path), "--steps", str(steps), "--wrappers",
+                            "tf1,keras", "--deadline-s", "200"],
+                        log_dir=str(tmp_path), timeout_s=240)
+  for worker in workers:
+    assert worker.returncode == 0, f"worker {worker.index}:\n{worker.log[-4000:]}"
+  weights = [dict(np.load(tmp_path / f"worker{i}.npz")) for i in (0, 1)]
+  summaries = []
+  for i in (0, 1):
+    with open(tmp_path / f"worker{i}.json") as f:
+      summaries.append(json.load(f))
+  assert sorted(weights[0]) == ["keras_b", "keras_w", "tf1_b", "tf1_w"]
+  expected_w, expected_b = multi_worker.reference_weights(seed=0, steps=steps)
+  for name in weights[0]:
+    assert_bitwise_equal(weights[0][name], weights[1][name])  # the two workers agree exactly
+  for wrapper, rtol in (("tf1", 1e-5), ("keras", 2e-2)):  # keras: float16 compute
+    np.testing.assert_allclose(weights[0][f"{wrapper}_w"], expected_w, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(weights[0][f"{wrapper}_b"], expected_b, rtol=rtol, atol=rtol)
+    for summary in summaries:
+      assert summary["num_replicas"] == 2
+      info = summary[wrapper]
+      assert info["steps"] == steps and len(info["losses"]) == steps
+      assert info["losses"][-1] < info["losses"][0]
+      assert info["op_types"] == ["FixedScaleLoss", "FixedScaleLoss", "FixedUnscaleGrads"]
