@@ -86,6 +86,26 @@ clean:
 	rm -rf $(BUILD_DIR) dist *.egg-info python/*.egg-info $(LIB) config.mk .configure.bazelrc \
 	       $(PKG_DIR)/_build_info.json $(INSTALL_STAMP)
 
+# ---- Benchmarks ----------------------------------------------------------------
+# make bench           the full benchmark (docs/BENCHMARKS.md): table on stdout,
+#                      results in docs/bench/results.json and docs/bench/results.png
+# make simd-test-lib   the CPU core alone (no TensorFlow) behind a C entry point,
+#                      loaded by tests/test_simd_paths.py to compare every CPU path
+.PHONY: bench simd-test-lib
+BENCH_ARGS ?=
+bench: install
+	@mkdir -p docs/bench
+	$(VENV_PY) -m fixed_loss_scale.bench --json docs/bench/results.json \
+	    --plot docs/bench/results.png $(BENCH_ARGS)
+
+SIMD_TEST_LIB := $(BUILD_DIR)/tests/libfls_simd_paths.so
+$(SIMD_TEST_LIB): tests/cc/simd_paths_shim.cc tf_ops/cc/kernels/multi_tensor_scale_cpu.cc $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CXX) -std=c++17 -O3 -fPIC -shared -Wall -Wextra -I. -o $@ \
+	    tests/cc/simd_paths_shim.cc tf_ops/cc/kernels/multi_tensor_scale_cpu.cc
+simd-test-lib: $(SIMD_TEST_LIB)
+# ---- end Benchmarks -------------------------------------------------------------
+
 # ---- Bazel ----------------------------------------------------------------------
 # make bazel   the same library built by Bazel through bazelisk, copied to
 #              build/bazel/_fixed_loss_scale_ops.so (docs/BAZEL.md). Installs

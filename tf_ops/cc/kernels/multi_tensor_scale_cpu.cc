@@ -2,17 +2,99 @@
 #include "tf_ops/cc/kernels/multi_tensor_scale_cpu.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "tf_ops/cc/kernels/scale_simd_x86.h"
 
 namespace fixed_loss_scale {
 namespace {
 
-// One tight loop per storage type; the per-element switch of ScaleElement stays
-// out of the hot path so the compiler can vectorise each loop.
-template <typename Storage, typename ElementFn>
-void ScaleLoop(const void* in, void* out, int64_t first, int64_t last, ElementFn element_fn) {
-  const Storage* src = static_cast<const Storage*>(in);
-  Storage* dst = static_cast<Storage*>(out);
-  for (int64_t i = first; i < last; ++i) dst[i] = element_fn(src[i]);
+// One loop per storage type and path, over elements [0, n) of src/dst.
+struct PathLoops {
+  void (*half)(const uint16_t* src, uint16_t* dst, int64_t n, float f);
+  void (*bfloat16)(const uint16_t* src, uint16_t* dst, int64_t n, float f);
+  void (*float32)(const float* src, float* dst, int64_t n, float f);
+  void (*float64)(const double* src, double* dst, int64_t n, double f);
+};
+
+// The portable loops: one tight loop per storage type, so the per-element switch
+// of ScaleElement stays out of the hot path.
+void ScalarHalf(const uint16_t* src, uint16_t* dst, int64_t n, float f) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = ScaleHalfBits(src[i], f);
+}
+void ScalarBFloat16(const uint16_t* src, uint16_t* dst, int64_t n, float f) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = ScaleBFloat16Bits(src[i], f);
+}
+void ScalarFloat(const float* src, float* dst, int64_t n, float f) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = ScaleFloat(src[i], f);
+}
+void ScalarDouble(const double* src, double* dst, int64_t n, double f) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = ScaleDouble(src[i], f);
+}
+
+constexpr PathLoops kScalarLoops = {ScalarHalf, ScalarBFloat16, ScalarFloat, ScalarDouble};
+#if defined(FLS_HAVE_X86_SIMD)
+constexpr PathLoops kAvx2Loops = {simd::ScaleHalfAvx2, simd::ScaleBFloat16Avx2,
+                                  simd::ScaleFloatAvx2, simd::ScaleDoubleAvx2};
+constexpr PathLoops kAvx512Loops = {simd::ScaleHalfAvx512, simd::ScaleBFloat16Avx512,
+                                    simd::ScaleFloatAvx512, simd::ScaleDoubleAvx512};
+#endif
+
+const PathLoops& LoopsFor(CpuPath path) {
+#if defined(FLS_HAVE_X86_SIMD)
+  if (path == CpuPath::kAvx512) return kAvx512Loops;
+  if (path == CpuPath::kAvx2) return kAvx2Loops;
+#endif
+  return kScalarLoops;
+}
+
+CpuPath BestSupportedPath() {
+  if (CpuPathSupported(CpuPath::kAvx512)) return CpuPath::kAvx512;
+  if (CpuPathSupported(CpuPath::kAvx2)) return CpuPath::kAvx2;
+  return CpuPath::kScalar;
+}
+
+CpuPath ChoosePath() {
+  CpuPath path = BestSupportedPath();
+  const char* requested = std::getenv("FIXED_LOSS_SCALE_CPU_PATH");
+  if (requested == nullptr) return path;
+  for (CpuPath candidate : {CpuPath::kScalar, CpuPath::kAvx2, CpuPath::kAvx512}) {
+    if (std::strcmp(requested, CpuPathName(candidate)) == 0 && CpuPathSupported(candidate) &&
+        candidate < path) {
+      path = candidate;
+    }
+  }
+  return path;
+}
+
+const PathLoops& ActiveLoops() {
+  static const PathLoops& loops = LoopsFor(ActiveCpuPath());
+  return loops;
+}
+
+void ScaleWith(const PathLoops& loops, const TensorSpan& span, int64_t first, int64_t last,
+               ScaleFactor factor) {
+  if (first >= last) return;
+  const int64_t n = last - first;
+  switch (span.dtype) {
+    case DType::kHalf:
+      loops.half(static_cast<const uint16_t*>(span.in) + first,
+                 static_cast<uint16_t*>(span.out) + first, n, factor.f);
+      break;
+    case DType::kBFloat16:
+      loops.bfloat16(static_cast<const uint16_t*>(span.in) + first,
+                     static_cast<uint16_t*>(span.out) + first, n, factor.f);
+      break;
+    case DType::kFloat:
+      loops.float32(static_cast<const float*>(span.in) + first,
+                    static_cast<float*>(span.out) + first, n, factor.f);
+      break;
+    case DType::kDouble:
+      loops.float64(static_cast<const double*>(span.in) + first,
+                    static_cast<double*>(span.out) + first, n, factor.d);
+      break;
+  }
 }
 
 // Smallest element index of a span whose first byte is at or after `byte`.
@@ -23,6 +105,40 @@ int64_t FirstElementAtOrAfter(int64_t byte, int64_t span_offset, int64_t element
 
 }  // namespace
 
+bool CpuPathSupported(CpuPath path) {
+  switch (path) {
+    case CpuPath::kScalar:
+      return true;
+#if defined(FLS_HAVE_X86_SIMD)
+    case CpuPath::kAvx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") &&
+             __builtin_cpu_supports("fma");
+    case CpuPath::kAvx512:
+      return CpuPathSupported(CpuPath::kAvx2) && __builtin_cpu_supports("avx512f") &&
+             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+#endif
+    default:
+      return false;
+  }
+}
+
+CpuPath ActiveCpuPath() {
+  static const CpuPath path = ChoosePath();
+  return path;
+}
+
+const char* CpuPathName(CpuPath path) {
+  switch (path) {
+    case CpuPath::kScalar:
+      return "scalar";
+    case CpuPath::kAvx2:
+      return "avx2";
+    case CpuPath::kAvx512:
+      return "avx512";
+  }
+  return "unknown";
+}
+
 std::vector<int64_t> ByteOffsets(const std::vector<TensorSpan>& spans) {
   std::vector<int64_t> offsets(spans.size() + 1, 0);
   for (size_t i = 0; i < spans.size(); ++i) {
@@ -32,30 +148,19 @@ std::vector<int64_t> ByteOffsets(const std::vector<TensorSpan>& spans) {
 }
 
 void ScaleElements(const TensorSpan& span, int64_t first, int64_t last, ScaleFactor factor) {
-  if (first >= last) return;
-  switch (span.dtype) {
-    case DType::kHalf:
-      ScaleLoop<uint16_t>(span.in, span.out, first, last,
-                          [f = factor.f](uint16_t x) { return ScaleHalfBits(x, f); });
-      break;
-    case DType::kBFloat16:
-      ScaleLoop<uint16_t>(span.in, span.out, first, last,
-                          [f = factor.f](uint16_t x) { return ScaleBFloat16Bits(x, f); });
-      break;
-    case DType::kFloat:
-      ScaleLoop<float>(span.in, span.out, first, last,
-                       [f = factor.f](float x) { return ScaleFloat(x, f); });
-      break;
-    case DType::kDouble:
-      ScaleLoop<double>(span.in, span.out, first, last,
-                        [d = factor.d](double x) { return ScaleDouble(x, d); });
-      break;
-  }
+  ScaleWith(ActiveLoops(), span, first, last, factor);
+}
+
+void ScaleElementsWithPath(CpuPath path, const TensorSpan& span, int64_t first, int64_t last,
+                           ScaleFactor factor) {
+  ScaleWith(LoopsFor(CpuPathSupported(path) ? path : CpuPath::kScalar), span, first, last,
+            factor);
 }
 
 void ScaleByteRange(const std::vector<TensorSpan>& spans,
                     const std::vector<int64_t>& byte_offsets, int64_t byte_begin,
                     int64_t byte_end, ScaleFactor factor) {
+  const PathLoops& loops = ActiveLoops();
   // The first span that ends after byte_begin; spans are visited until one
   // starts at or after byte_end.
   size_t i = std::upper_bound(byte_offsets.begin() + 1, byte_offsets.end(), byte_begin) -
@@ -65,7 +170,7 @@ void ScaleByteRange(const std::vector<TensorSpan>& spans,
     const int64_t first = FirstElementAtOrAfter(byte_begin, byte_offsets[i], element_size);
     const int64_t last = std::min(
         spans[i].num_elements, FirstElementAtOrAfter(byte_end, byte_offsets[i], element_size));
-    ScaleElements(spans[i], first, last, factor);
+    ScaleWith(loops, spans[i], first, last, factor);
   }
 }
 

@@ -36,8 +36,25 @@ void ScaleByteRange(const std::vector<TensorSpan>& spans,
                     const std::vector<int64_t>& byte_offsets, int64_t byte_begin,
                     int64_t byte_end, ScaleFactor factor);
 
-// Scales elements [first, last) of one span.
+// Scales elements [first, last) of one span, with the active CpuPath.
 void ScaleElements(const TensorSpan& span, int64_t first, int64_t last, ScaleFactor factor);
+
+// NOTE [CPU paths]: the element loops exist as portable scalar code (the
+// functions of scale_math.h) and, on x86-64, as AVX2+F16C and AVX-512 loops
+// that give the same bits (scale_simd_x86.h). The best path this CPU supports
+// is picked once, at first use; the environment variable
+// FIXED_LOSS_SCALE_CPU_PATH=scalar|avx2|avx512 picks a lower one (an
+// unsupported or unknown value is ignored), for benchmarks and tests.
+enum class CpuPath : uint8_t { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+
+// Whether this build and this CPU can run `path` (kScalar always can).
+bool CpuPathSupported(CpuPath path);
+// The path ScaleElements and ScaleByteRange use in this process.
+CpuPath ActiveCpuPath();
+const char* CpuPathName(CpuPath path);
+// ScaleElements with an explicit path, which must be supported (tests).
+void ScaleElementsWithPath(CpuPath path, const TensorSpan& span, int64_t first, int64_t last,
+                           ScaleFactor factor);
 
 }  // namespace fixed_loss_scale
 

@@ -1,0 +1,62 @@
+// A C entry point to the CPU core for tests/test_simd_paths.py (ctypes): runs
+// one CpuPath over a buffer under a chosen MXCSR state. Built without any
+// TensorFlow header by `make simd-test-lib`.
+#include <cstdint>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
+
+#include "tf_ops/cc/kernels/multi_tensor_scale_cpu.h"
+
+using fixed_loss_scale::CpuPath;
+using fixed_loss_scale::DType;
+using fixed_loss_scale::ScaleFactor;
+using fixed_loss_scale::TensorSpan;
+
+extern "C" {
+
+int fls_cpu_path_supported(int path) {
+  return fixed_loss_scale::CpuPathSupported(static_cast<CpuPath>(path)) ? 1 : 0;
+}
+
+int fls_active_cpu_path() { return static_cast<int>(fixed_loss_scale::ActiveCpuPath()); }
+
+// out[first:last] = in[first:last] * factor with `path`; `dtype` numbers as
+// fixed_loss_scale::DType. With ftz_daz != 0 the MXCSR flush-to-zero and
+// denormals-are-zero bits are set for the call (as in TensorFlow's threads),
+// otherwise cleared; the caller's MXCSR is restored afterwards.
+void fls_scale(int path, int dtype, const void* in, void* out, int64_t num_elements,
+               int64_t first, int64_t last, float factor_f, double factor_d, int ftz_daz) {
+#if defined(__x86_64__)
+  const unsigned int saved = _mm_getcsr();
+  const unsigned int kFtzDaz = 0x8040u;
+  _mm_setcsr(ftz_daz ? (saved | kFtzDaz) : (saved & ~kFtzDaz));
+#endif
+  const TensorSpan span{in, out, num_elements, static_cast<DType>(dtype)};
+  fixed_loss_scale::ScaleElementsWithPath(static_cast<CpuPath>(path), span, first, last,
+                                          ScaleFactor{factor_f, factor_d});
+#if defined(__x86_64__)
+  _mm_setcsr(saved);
+#endif
+}
+
+// Scales a list of tensors with the active path through ScaleByteRange, one call
+// per range [cuts[k], cuts[k+1]) of the concatenated byte space (any cut points:
+// the ranges need not fall on element boundaries).
+void fls_scale_list(int num_tensors, const int* dtypes, const void* const* ins,
+                    void* const* outs, const int64_t* num_elements, const int64_t* cuts,
+                    int num_cuts, float factor_f, double factor_d) {
+  std::vector<TensorSpan> spans;
+  for (int i = 0; i < num_tensors; ++i) {
+    spans.push_back(TensorSpan{ins[i], outs[i], num_elements[i], static_cast<DType>(dtypes[i])});
+  }
+  const std::vector<int64_t> offsets = fixed_loss_scale::ByteOffsets(spans);
+  for (int k = 0; k + 1 < num_cuts; ++k) {
+    fixed_loss_scale::ScaleByteRange(spans, offsets, cuts[k], cuts[k + 1],
+                                     ScaleFactor{factor_f, factor_d});
+  }
+}
+
+}  // extern "C"

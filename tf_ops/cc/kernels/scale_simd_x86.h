@@ -1,0 +1,256 @@
+// x86 SIMD loops for the CPU core (multi_tensor_scale_cpu.cc): the same results,
+// bit for bit, as the scalar element functions of scale_math.h, for every input
+// and under both MXCSR states TensorFlow uses (flush-to-zero/denormals-are-zero
+// on or off). Compiled with per-function `target` attributes, so the library
+// keeps running on any x86-64; the caller picks a level at run time.
+//
+// Why these instructions give the scalar results (tests/test_simd_paths.py checks
+// every half and bfloat16 pattern):
+// - float/double: the scale factor is never NaN, and an x86 multiply with one
+//   NaN operand returns that NaN quietened, which is ScaleFloat/ScaleDouble.
+//   FTZ/DAZ act on the vector multiply exactly as on the scalar one.
+// - half: VCVTPH2PS widens exactly (half subnormals become normal floats, DAZ is
+//   not applied to half inputs; a signalling NaN is quietened with its payload, as
+//   ScaleFloat does after HalfBitsToFloat). VCVTPS2PH with an explicit
+//   round-to-nearest-even immediate narrows like FloatToHalfBits: overflow to Inf,
+//   NaN quiet with the top payload bits. Float subnormal products (possible only
+//   without FTZ) are below half's rounding range and give +-0 either way.
+// - bfloat16: done in integer lanes (shift, multiply, ties-to-even add, NaN ->
+//   sign|0x7fc0), the same operations as FloatToBFloat16Bits. The AVX512_BF16
+//   convert instruction is not used: it always flushes float subnormals, which
+//   the scalar code does only under FTZ.
+#ifndef FIXED_LOSS_SCALE_SCALE_SIMD_X86_H_
+#define FIXED_LOSS_SCALE_SCALE_SIMD_X86_H_
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define FLS_HAVE_X86_SIMD 1
+
+// GCC 12 reports its own _mm512_undefined_* helpers as maybe-uninitialized
+// wherever they are inlined; the warning is about the compiler's header.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "tf_ops/cc/kernels/scale_math.h"
+
+namespace fixed_loss_scale {
+namespace simd {
+
+#define FLS_TARGET_AVX2 __attribute__((target("avx2,f16c,fma")))
+#define FLS_TARGET_AVX512 __attribute__((target("avx2,f16c,fma,avx512f,avx512bw,avx512vl")))
+
+// Each loop handles elements [0, n) of src/dst (which may alias exactly) and
+// finishes the remainder with the scalar functions, which give the same bits.
+
+// ---- AVX2 + F16C: 8 floats per register -----------------------------------------
+
+FLS_TARGET_AVX2 inline void ScaleFloatAvx2(const float* src, float* dst, int64_t n, float f) {
+  const __m256 vf = _mm256_set1_ps(f);
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m256 a = _mm256_loadu_ps(src + i);
+    const __m256 b = _mm256_loadu_ps(src + i + 8);
+    const __m256 c = _mm256_loadu_ps(src + i + 16);
+    const __m256 d = _mm256_loadu_ps(src + i + 24);
+    _mm256_storeu_ps(dst + i, _mm256_mul_ps(a, vf));
+    _mm256_storeu_ps(dst + i + 8, _mm256_mul_ps(b, vf));
+    _mm256_storeu_ps(dst + i + 16, _mm256_mul_ps(c, vf));
+    _mm256_storeu_ps(dst + i + 24, _mm256_mul_ps(d, vf));
+  }
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_mul_ps(_mm256_loadu_ps(src + i), vf));
+  for (; i < n; ++i) dst[i] = ScaleFloat(src[i], f);
+}
+
+FLS_TARGET_AVX2 inline void ScaleDoubleAvx2(const double* src, double* dst, int64_t n, double f) {
+  const __m256d vf = _mm256_set1_pd(f);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256d a = _mm256_loadu_pd(src + i);
+    const __m256d b = _mm256_loadu_pd(src + i + 4);
+    const __m256d c = _mm256_loadu_pd(src + i + 8);
+    const __m256d d = _mm256_loadu_pd(src + i + 12);
+    _mm256_storeu_pd(dst + i, _mm256_mul_pd(a, vf));
+    _mm256_storeu_pd(dst + i + 4, _mm256_mul_pd(b, vf));
+    _mm256_storeu_pd(dst + i + 8, _mm256_mul_pd(c, vf));
+    _mm256_storeu_pd(dst + i + 12, _mm256_mul_pd(d, vf));
+  }
+  for (; i + 4 <= n; i += 4) _mm256_storeu_pd(dst + i, _mm256_mul_pd(_mm256_loadu_pd(src + i), vf));
+  for (; i < n; ++i) dst[i] = ScaleDouble(src[i], f);
+}
+
+FLS_TARGET_AVX2 inline __m128i ScaleHalf8Avx2(__m128i h, __m256 vf) {
+  return _mm256_cvtps_ph(_mm256_mul_ps(_mm256_cvtph_ps(h), vf),
+                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
+FLS_TARGET_AVX2 inline void ScaleHalfAvx2(const uint16_t* src, uint16_t* dst, int64_t n, float f) {
+  const __m256 vf = _mm256_set1_ps(f);
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 8));
+    const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 16));
+    const __m128i d = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 24));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), ScaleHalf8Avx2(a, vf));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i + 8), ScaleHalf8Avx2(b, vf));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i + 16), ScaleHalf8Avx2(c, vf));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i + 24), ScaleHalf8Avx2(d, vf));
+  }
+  for (; i + 8 <= n; i += 8) {
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), ScaleHalf8Avx2(a, vf));
+  }
+  for (; i < n; ++i) dst[i] = ScaleHalfBits(src[i], f);
+}
+
+// Eight bfloat16 -> float -> * f -> bfloat16, each result in the low 16 bits of
+// a 32-bit lane.
+FLS_TARGET_AVX2 inline __m256i ScaleBFloat16x8Avx2(__m128i b, __m256 vf) {
+  const __m256 x = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(b), 16));
+  const __m256 p = _mm256_mul_ps(x, vf);
+  const __m256i bits = _mm256_castps_si256(p);
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  const __m256i rounded = _mm256_srli_epi32(
+      _mm256_add_epi32(bits, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff))), 16);
+  const __m256i nan = _mm256_or_si256(
+      _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(0x8000)),
+      _mm256_set1_epi32(0x7fc0));
+  const __m256i is_nan = _mm256_castps_si256(_mm256_cmp_ps(p, p, _CMP_UNORD_Q));
+  return _mm256_blendv_epi8(rounded, nan, is_nan);
+}
+
+FLS_TARGET_AVX2 inline void ScaleBFloat16Avx2(const uint16_t* src, uint16_t* dst, int64_t n,
+                                              float f) {
+  const __m256 vf = _mm256_set1_ps(f);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 8));
+    // packus works per 128-bit lane: [a0-3 b0-3 | a4-7 b4-7]; the permute
+    // restores element order. Lane values are <= 0xffff, so nothing saturates.
+    const __m256i packed = _mm256_packus_epi32(ScaleBFloat16x8Avx2(a, vf), ScaleBFloat16x8Avx2(b, vf));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
+                        _mm256_permute4x64_epi64(packed, 0xd8));
+  }
+  for (; i < n; ++i) dst[i] = ScaleBFloat16Bits(src[i], f);
+}
+
+// ---- AVX-512: 16 floats per register ------------------------------------------
+
+FLS_TARGET_AVX512 inline void ScaleFloatAvx512(const float* src, float* dst, int64_t n, float f) {
+  const __m512 vf = _mm512_set1_ps(f);
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    const __m512 a = _mm512_loadu_ps(src + i);
+    const __m512 b = _mm512_loadu_ps(src + i + 16);
+    const __m512 c = _mm512_loadu_ps(src + i + 32);
+    const __m512 d = _mm512_loadu_ps(src + i + 48);
+    _mm512_storeu_ps(dst + i, _mm512_mul_ps(a, vf));
+    _mm512_storeu_ps(dst + i + 16, _mm512_mul_ps(b, vf));
+    _mm512_storeu_ps(dst + i + 32, _mm512_mul_ps(c, vf));
+    _mm512_storeu_ps(dst + i + 48, _mm512_mul_ps(d, vf));
+  }
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, _mm512_mul_ps(_mm512_loadu_ps(src + i), vf));
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    _mm512_mask_storeu_ps(dst + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, src + i), vf));
+  }
+}
+
+FLS_TARGET_AVX512 inline void ScaleDoubleAvx512(const double* src, double* dst, int64_t n,
+                                                double f) {
+  const __m512d vf = _mm512_set1_pd(f);
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512d a = _mm512_loadu_pd(src + i);
+    const __m512d b = _mm512_loadu_pd(src + i + 8);
+    const __m512d c = _mm512_loadu_pd(src + i + 16);
+    const __m512d d = _mm512_loadu_pd(src + i + 24);
+    _mm512_storeu_pd(dst + i, _mm512_mul_pd(a, vf));
+    _mm512_storeu_pd(dst + i + 8, _mm512_mul_pd(b, vf));
+    _mm512_storeu_pd(dst + i + 16, _mm512_mul_pd(c, vf));
+    _mm512_storeu_pd(dst + i + 24, _mm512_mul_pd(d, vf));
+  }
+  for (; i + 8 <= n; i += 8) _mm512_storeu_pd(dst + i, _mm512_mul_pd(_mm512_loadu_pd(src + i), vf));
+  if (i < n) {
+    const __mmask8 m = static_cast<__mmask8>((1u << (n - i)) - 1);
+    _mm512_mask_storeu_pd(dst + i, m, _mm512_mul_pd(_mm512_maskz_loadu_pd(m, src + i), vf));
+  }
+}
+
+FLS_TARGET_AVX512 inline __m256i ScaleHalf16Avx512(__m256i h, __m512 vf) {
+  return _mm512_cvtps_ph(_mm512_mul_ps(_mm512_cvtph_ps(h), vf),
+                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
+FLS_TARGET_AVX512 inline void ScaleHalfAvx512(const uint16_t* src, uint16_t* dst, int64_t n,
+                                              float f) {
+  const __m512 vf = _mm512_set1_ps(f);
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i + 16));
+    const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i + 32));
+    const __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i + 48));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), ScaleHalf16Avx512(a, vf));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i + 16), ScaleHalf16Avx512(b, vf));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i + 32), ScaleHalf16Avx512(c, vf));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i + 48), ScaleHalf16Avx512(d, vf));
+  }
+  for (; i + 16 <= n; i += 16) {
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), ScaleHalf16Avx512(a, vf));
+  }
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m256i a = _mm256_maskz_loadu_epi16(m, src + i);
+    _mm256_mask_storeu_epi16(dst + i, m, ScaleHalf16Avx512(a, vf));
+  }
+}
+
+FLS_TARGET_AVX512 inline __m256i ScaleBFloat16x16Avx512(__m256i b, __m512 vf) {
+  const __m512 x = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
+  const __m512 p = _mm512_mul_ps(x, vf);
+  const __m512i bits = _mm512_castps_si512(p);
+  const __m512i high = _mm512_srli_epi32(bits, 16);
+  const __m512i odd = _mm512_and_si512(high, _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_srli_epi32(
+      _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))), 16);
+  const __m512i nan =
+      _mm512_or_si512(_mm512_and_si512(high, _mm512_set1_epi32(0x8000)), _mm512_set1_epi32(0x7fc0));
+  const __mmask16 is_nan = _mm512_cmp_ps_mask(p, p, _CMP_UNORD_Q);
+  return _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(rounded, is_nan, nan));
+}
+
+FLS_TARGET_AVX512 inline void ScaleBFloat16Avx512(const uint16_t* src, uint16_t* dst, int64_t n,
+                                                  float f) {
+  const __m512 vf = _mm512_set1_ps(f);
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i + 16));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), ScaleBFloat16x16Avx512(a, vf));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i + 16), ScaleBFloat16x16Avx512(b, vf));
+  }
+  for (; i + 16 <= n; i += 16) {
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), ScaleBFloat16x16Avx512(a, vf));
+  }
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m256i a = _mm256_maskz_loadu_epi16(m, src + i);
+    _mm256_mask_storeu_epi16(dst + i, m, ScaleBFloat16x16Avx512(a, vf));
+  }
+}
+
+#undef FLS_TARGET_AVX2
+#undef FLS_TARGET_AVX512
+
+}  // namespace simd
+}  // namespace fixed_loss_scale
+
+#pragma GCC diagnostic pop
+#endif  // x86-64 with GCC or Clang
+#endif  // FIXED_LOSS_SCALE_SCALE_SIMD_X86_H_
