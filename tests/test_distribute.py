@@ -110,6 +110,18 @@ def test_keras_fit_under_mirrored_strategy(mirrored):
   assert results["keras_factor_mirrored_ops"] == []
 
 
+def test_keras_custom_loops_under_mirrored_strategy(mirrored):
+  # The tf.keras 2 style (get_unscaled_gradients, then apply_gradients, which
+  # must not unscale again) in each replica thread equals the Keras 3 style.
+  _, arrays = mirrored
+  for part in ("w", "b"):
+    assert_bitwise_equal(arrays[f"keras_loop_tf_keras2_style_{part}"],
+                         arrays[f"keras_loop_keras3_style_{part}"])
+    np.testing.assert_allclose(arrays[f"keras_loop_keras3_style_{part}"],
+                               arrays[f"keras_loop_single_{part}"], rtol=1e-5, atol=1e-6)
+  assert np.abs(arrays["keras_loop_keras3_style_w"] - arrays["keras_loop_w0"]).min() > 1e-3
+
+
 def test_multi_worker_mirrored_two_processes_on_loopback(tmp_path):
   steps = 5
   workers = run_cluster(2, ["--out", str(tmp_path), "--steps", str(steps), "--wrappers",

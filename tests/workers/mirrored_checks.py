@@ -151,6 +151,43 @@ def keras_fit(arrays, results, name, make_optimizer, strategy, auto_scale_loss=T
   keras.mixed_precision.set_global_policy("float32")
 
 
+def keras_custom_loop(arrays, name, strategy, tf_keras2_style):
+  """Keras wrapper in a strategy.run loop: Keras 3 style (scale_loss, apply) or
+  tf.keras 2 style (get_scaled_loss, get_unscaled_gradients, apply_gradients)."""
+  x, y, w0 = tf1_data()
+  with strategy.scope():
+    layer = keras.layers.Dense(1, kernel_initializer=keras.initializers.Constant(w0))
+    layer.build((None, 6))
+    variables = [layer.kernel, layer.bias]
+    opt = FixedLossScaleOptimizer(keras.optimizers.SGD(0.05, momentum=0.9), 512)
+    opt.build(variables)
+
+  def replica_fn():
+    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+    if strategy.num_replicas_in_sync == 1:
+      xs, ys = tf.reshape(x, (16, 6)), tf.reshape(y, (16, 1))
+    else:
+      xs, ys = tf.gather(x, replica), tf.gather(y, replica)
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(tf.square(layer(xs) - ys)) / 16.0
+      scaled = opt.get_scaled_loss(loss) if tf_keras2_style else opt.scale_loss(loss)
+    grads = tape.gradient(scaled, variables)
+    if tf_keras2_style:
+      opt.apply_gradients(zip(opt.get_unscaled_gradients(grads), variables))
+    else:
+      opt.apply(grads, variables)
+
+  @tf.function
+  def step():
+    strategy.run(replica_fn)
+
+  for _ in range(4):
+    step()
+  arrays["keras_loop_w0"] = w0
+  arrays[f"keras_loop_{name}_w"] = layer.kernel.numpy()
+  arrays[f"keras_loop_{name}_b"] = layer.bias.numpy()
+
+
 def main(out_dir):
   arrays, results = {}, {}
   results["logical_cpus"] = len(tf.config.list_logical_devices("CPU"))
@@ -169,6 +206,9 @@ def main(out_dir):
             auto_scale_loss=False)
   keras_fit(arrays, results, "ours_single",
             lambda: FixedLossScaleOptimizer(keras.optimizers.Adam(1e-2), 1024), single)
+  keras_custom_loop(arrays, "keras3_style", mirrored, tf_keras2_style=False)
+  keras_custom_loop(arrays, "tf_keras2_style", mirrored, tf_keras2_style=True)
+  keras_custom_loop(arrays, "single", single, tf_keras2_style=False)
   np.savez(os.path.join(out_dir, "arrays.npz"), **arrays)
   with open(os.path.join(out_dir, "results.json"), "w") as f:
     json.dump(results, f)
