@@ -64,6 +64,7 @@ def _fit(optimizer, jit_compile=False, auto_scale_loss=True, epochs=2, model=Non
   return model, [w.numpy() for w in model.trainable_weights], history.history["loss"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jit_compile", [False, True])
 @pytest.mark.parametrize("scale", [128, 1024])
 def test_fit_mixed_float16_bit_identical_to_loss_scale_factor(mixed_float16, jit_compile, scale):
@@ -111,6 +112,7 @@ def _fake_gpu_list(original):
   return list_physical_devices
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("machine", ["this_machine", "with_gpu"])
 def test_jit_compile_auto(mixed_float16, monkeypatch, machine):
   # Keras resolves "auto" from the devices, the distribution strategy, op
