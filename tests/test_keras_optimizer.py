@@ -263,7 +263,7 @@ def test_constructor_and_delegation():
   assert FixedLossScaleOptimizer(keras.optimizers.SGD(), fls.FixedLossScale(8)).loss_scale == 8.0
   assert FixedLossScaleOptimizer(
       keras.optimizers.SGD(), tf.compat.v1.mixed_precision.FixedLossScale(8)).loss_scale == 8.0
-  for bad in (None, "dynamic", 0.5, float("inf")):
+  for bad in (None, "dynamic", "8", 0.5, float("inf")):
     with pytest.raises(ValueError):
       FixedLossScaleOptimizer(keras.optimizers.SGD(), bad)
   with pytest.raises(ValueError, match="inner_optimizer"):

@@ -24,25 +24,12 @@ import warnings
 
 import keras
 
-from fixed_loss_scale import loss_scale as loss_scale_module
 from fixed_loss_scale import scaling
+from fixed_loss_scale.optimizer import as_fixed_loss_scale
 
 if keras.backend.backend() != "tensorflow":
   raise ImportError("fixed_loss_scale.keras needs the TensorFlow Keras backend; "
                     f"KERAS_BACKEND is {keras.backend.backend()!r}")
-
-
-def _loss_scale_value(loss_scale):
-  """A number or a FixedLossScale (this package's or TF's) as a Python float."""
-  if isinstance(loss_scale, loss_scale_module.FixedLossScale):
-    return loss_scale.loss_scale_value
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  if isinstance(loss_scale, tf.compat.v1.mixed_precision.FixedLossScale):
-    return loss_scale_module.FixedLossScale(loss_scale._loss_scale_value).loss_scale_value  # pylint: disable=protected-access
-  if loss_scale is None or isinstance(loss_scale, (str, tf.compat.v1.mixed_precision.LossScale)):
-    raise ValueError(f"loss_scale must be a number or a FixedLossScale, got {loss_scale!r}; "
-                     "for dynamic loss scaling use keras.optimizers.LossScaleOptimizer")
-  return loss_scale_module.FixedLossScale(loss_scale).loss_scale_value
 
 
 class _UnscaledByCaller:
@@ -119,7 +106,8 @@ class FixedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     if isinstance(inner_optimizer, keras.optimizers.LossScaleOptimizer):
       raise ValueError("inner_optimizer is already a LossScaleOptimizer; wrap its "
                        "inner_optimizer instead")
-    loss_scale = _loss_scale_value(loss_scale)
+    loss_scale = as_fixed_loss_scale(
+        loss_scale, dynamic_hint="keras.optimizers.LossScaleOptimizer").loss_scale_value
     # LossScaleOptimizer.__init__ is skipped: it sets up dynamic scaling.
     keras.optimizers.Optimizer.__init__(self, learning_rate=0.0, name=name)
     self.inner_optimizer = inner_optimizer

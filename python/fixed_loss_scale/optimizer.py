@@ -24,7 +24,8 @@ from tensorflow.python.training.experimental import loss_scale_optimizer as tf_l
 from fixed_loss_scale import loss_scale as loss_scale_module
 
 
-def as_fixed_loss_scale(loss_scale):
+def as_fixed_loss_scale(
+    loss_scale, dynamic_hint="tf.compat.v1.mixed_precision.MixedPrecisionLossScaleOptimizer"):
   """Returns `loss_scale` as a `fixed_loss_scale.FixedLossScale`.
 
   Accepts a Python or numpy number, this package's `FixedLossScale`, or TF's own
@@ -41,7 +42,7 @@ def as_fixed_loss_scale(loss_scale):
   if loss_scale is None or isinstance(loss_scale, (str, tf_loss_scale.LossScale, dict)):
     raise ValueError(
         f"loss_scale must be a number or a FixedLossScale, got {loss_scale!r}; for dynamic "
-        "loss scaling use tf.compat.v1.mixed_precision.MixedPrecisionLossScaleOptimizer")
+        f"loss scaling use {dynamic_hint}")
   try:
     return loss_scale_module.FixedLossScale(loss_scale)
   except TypeError as error:
