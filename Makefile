@@ -72,6 +72,7 @@ install: $(LIB) $(INSTALL_STAMP)
 
 demo: install
 	$(VENV_PY) demo/demo.py
+	$(VENV_PY) demo/integrations.py
 
 test: install
 	$(VENV_PY) -m pytest tests $(PYTEST_ARGS)
