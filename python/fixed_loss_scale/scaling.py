@@ -29,7 +29,15 @@ def _multiply(x, factor32, factor64):
     return x * tf.constant(factor64, tf.float64)
   if x.dtype == tf.float32:
     return x * tf.constant(factor32, tf.float32)
-  return tf.cast(tf.cast(x, tf.float32) * tf.constant(factor32, tf.float32), x.dtype)
+  y = tf.cast(tf.cast(x, tf.float32) * tf.constant(factor32, tf.float32), x.dtype)
+  if x.dtype == tf.bfloat16:
+    # TF's vectorised float32->bfloat16 Cast drops the sign of NaN; the op (and
+    # ml_dtypes) give sign|0x7fc0. Only a NaN input gives NaN (the factor is a
+    # finite normal number), so restore the input's sign there.
+    sign = tf.bitwise.bitwise_and(tf.bitcast(x, tf.uint16), tf.constant(0x8000, tf.uint16))
+    nan = tf.bitwise.bitwise_or(sign, tf.constant(0x7FC0, tf.uint16))
+    y = tf.bitcast(tf.where(tf.math.is_nan(x), nan, tf.bitcast(y, tf.uint16)), tf.bfloat16)
+  return y
 
 
 # No data-dependent control flow: AutoGraph need not convert it (and would warn
