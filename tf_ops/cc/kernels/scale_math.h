@@ -167,6 +167,103 @@ FLS_HOST_DEVICE void ScaleElement(DType dtype, const void* in, void* out, int64_
   }
 }
 
+// NOTE [flush to zero in software]: TensorFlow runs its CPU kernels with the
+// x86 MXCSR flush-to-zero and denormals-are-zero bits set, so the float32 and
+// float64 multiplies above see a subnormal input as zero of the same sign, and
+// return zero with the product's sign for a tiny result. x86 detects tininess
+// after rounding: the exact product is rounded to the type's precision as if
+// the exponent range were unbounded, and flushed if that is below the smallest
+// normal (so a product just under it that rounds up to it survives, while one
+// that IEEE arithmetic rounds up to it from further below is flushed).
+// The *Flushed functions below give those results in IEEE arithmetic, with no
+// floating-point mode: the GPU kernel has no float64 flush mode, and nvcc's
+// -ftz does not promise x86's tininess rule. The GPU kernel uses them so its
+// results are bit-identical to the CPU kernels' inside TensorFlow. They must
+// themselves run with FTZ/DAZ off (the GPU default without --use_fast_math).
+
+// A subnormal as zero of the same sign (DAZ).
+FLS_HOST_DEVICE float FlushSubnormal(float x) {
+  const uint32_t bits = BitCast<uint32_t>(x);
+  return (bits & 0x7f800000u) == 0 ? BitCast<float>(bits & 0x80000000u) : x;
+}
+
+FLS_HOST_DEVICE double FlushSubnormal(double x) {
+  const uint64_t bits = BitCast<uint64_t>(x);
+  return (bits & 0x7ff0000000000000ull) == 0 ? BitCast<double>(bits & 0x8000000000000000ull)
+                                              : x;
+}
+
+// ScaleFloat as the CPU computes it under FTZ/DAZ.
+FLS_HOST_DEVICE float ScaleFloatFlushed(float x, float factor) {
+  const uint32_t bits = BitCast<uint32_t>(x);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return BitCast<float>(bits | 0x00400000u);
+  x = FlushSubnormal(x);
+  factor = FlushSubnormal(factor);
+  const float product = x * factor;
+  const uint32_t product_bits = BitCast<uint32_t>(product);
+  if ((product_bits & 0x7fffffffu) > 0x00800000u) return product;  // above FLT_MIN
+  // |product| <= FLT_MIN. Rounded with an unbounded exponent the product is
+  // (x * 2^64) * factor / 2^64: with factor 0 or normal, |x| <= 1 here, so
+  // x * 2^64 is exact and the scaled product a normal float rounded once.
+  const float scaled = (x * 0x1p64f) * factor;
+  const uint32_t scaled_magnitude = BitCast<uint32_t>(scaled) & 0x7fffffffu;
+  if (scaled_magnitude < BitCast<uint32_t>(0x1p-62f)) {
+    return BitCast<float>(product_bits & 0x80000000u);
+  }
+  return product;
+}
+
+// ScaleDouble as the CPU computes it under FTZ/DAZ (see ScaleFloatFlushed,
+// with 2^128 for 2^64).
+FLS_HOST_DEVICE double ScaleDoubleFlushed(double x, double factor) {
+  const uint64_t bits = BitCast<uint64_t>(x);
+  if ((bits & 0x7fffffffffffffffull) > 0x7ff0000000000000ull) {
+    return BitCast<double>(bits | 0x0008000000000000ull);
+  }
+  x = FlushSubnormal(x);
+  factor = FlushSubnormal(factor);
+  const double product = x * factor;
+  const uint64_t product_bits = BitCast<uint64_t>(product);
+  if ((product_bits & 0x7fffffffffffffffull) > 0x0010000000000000ull) return product;
+  const double scaled = (x * 0x1p128) * factor;
+  const uint64_t scaled_magnitude = BitCast<uint64_t>(scaled) & 0x7fffffffffffffffull;
+  if (scaled_magnitude < BitCast<uint64_t>(0x1p-894)) {
+    return BitCast<double>(product_bits & 0x8000000000000000ull);
+  }
+  return product;
+}
+
+FLS_HOST_DEVICE uint16_t ScaleHalfBitsFlushed(uint16_t h, float factor) {
+  return FloatToHalfBits(ScaleFloatFlushed(HalfBitsToFloat(h), factor));
+}
+
+FLS_HOST_DEVICE uint16_t ScaleBFloat16BitsFlushed(uint16_t b, float factor) {
+  return FloatToBFloat16Bits(ScaleFloatFlushed(BFloat16BitsToFloat(b), factor));
+}
+
+// ScaleElement as the CPU computes it under FTZ/DAZ, in IEEE arithmetic.
+FLS_HOST_DEVICE void ScaleElementFlushed(DType dtype, const void* in, void* out, int64_t i,
+                                         ScaleFactor factor) {
+  switch (dtype) {
+    case DType::kHalf:
+      static_cast<uint16_t*>(out)[i] =
+          ScaleHalfBitsFlushed(static_cast<const uint16_t*>(in)[i], factor.f);
+      break;
+    case DType::kBFloat16:
+      static_cast<uint16_t*>(out)[i] =
+          ScaleBFloat16BitsFlushed(static_cast<const uint16_t*>(in)[i], factor.f);
+      break;
+    case DType::kFloat:
+      static_cast<float*>(out)[i] =
+          ScaleFloatFlushed(static_cast<const float*>(in)[i], factor.f);
+      break;
+    case DType::kDouble:
+      static_cast<double*>(out)[i] =
+          ScaleDoubleFlushed(static_cast<const double*>(in)[i], factor.d);
+      break;
+  }
+}
+
 }  // namespace fixed_loss_scale
 
 #endif  // FIXED_LOSS_SCALE_SCALE_MATH_H_
