@@ -57,8 +57,62 @@ $(BUILD_DIR)/%.o: %.cc $(HEADERS) config.mk
 	@mkdir -p $(dir $@)
 	$(CXX) $(CPU_CXXFLAGS) -c $< -o $@
 
-$(LIB): $(CPU_OBJS) config.mk
-	$(CXX) -o $@ $(CPU_OBJS) $(LDFLAGS_TF)
+# ---- CUDA -----------------------------------------------------------------------
+# With WITH_CUDA=1 (configure.sh found nvcc) the library also holds the GPU
+# kernels (docs/GPU.md): nvcc compiles tf_ops/cuda/multi_tensor_scale.cu for
+# $(CUDA_ARCHS) plus PTX for $(CUDA_PTX_ARCH); g++ compiles the TensorFlow
+# adapter and the kernel registrations with GOOGLE_CUDA against the CUDA headers
+# in TensorFlow's wheel. The static CUDA runtime is linked in with its symbols
+# kept private, so the library loads where there is no GPU and no CUDA.
+#   make host-emulation-test   the kernel body run on the host for every
+#                              (block, thread) of its launches (g++ only)
+#   make launcher-driver       tf_ops/cuda/launcher_driver, built by nvcc alone
+#   make gpu-check             launcher_driver check on a GPU (GPU_CHECK_ARGS=--quick)
+#   make gpu-bench             launcher_driver bench, then the PyTorch arms
+.PHONY: host-emulation-test launcher-driver gpu-check gpu-bench
+GPU_OBJS :=
+GPU_LDFLAGS :=
+HOST_EMULATION_TEST := $(BUILD_DIR)/tests/host_emulation_test
+LAUNCHER_DRIVER := $(BUILD_DIR)/cuda/launcher_driver
+GPU_CHECK_ARGS ?=
+ifeq ($(WITH_CUDA),1)
+NVCC_GENCODE := $(foreach arch,$(CUDA_ARCHS),-gencode arch=compute_$(arch:sm_%=%),code=$(arch)) \
+                -gencode arch=$(CUDA_PTX_ARCH),code=$(CUDA_PTX_ARCH)
+NVCC_FLAGS := -std=c++17 -O3 -I. $(NVCC_GENCODE) -Xcompiler -fPIC,-Wall,-Wextra
+CUDA_LAUNCHER_OBJ := $(BUILD_DIR)/tf_ops/cuda/multi_tensor_scale.o
+GPU_OBJS := $(CUDA_LAUNCHER_OBJ) $(BUILD_DIR)/tf_ops/cc/kernels/fixed_loss_scale_gpu.o
+GPU_LDFLAGS := $(CUDART_STATIC) -Wl,--exclude-libs,$(notdir $(CUDART_STATIC)) -lrt -ldl -lpthread
+$(BUILD_DIR)/tf_ops/cc/kernels/fixed_loss_scale_kernels.o \
+$(BUILD_DIR)/tf_ops/cc/kernels/fixed_loss_scale_gpu.o: \
+    CPU_CXXFLAGS := $(CXXFLAGS_COMMON) -DGOOGLE_CUDA=1 -DEIGEN_USE_GPU -I$(TF_CUDA_INCLUDE)
+$(CUDA_LAUNCHER_OBJ): tf_ops/cuda/multi_tensor_scale.cu $(HEADERS) config.mk
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCC_FLAGS) -c $< -o $@
+$(LAUNCHER_DRIVER): tf_ops/cuda/launcher_driver.cu $(CUDA_LAUNCHER_OBJ) tf_ops/tests/gpu_kernel_cases.h $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCC_FLAGS) -o $@ $< $(CUDA_LAUNCHER_OBJ)
+launcher-driver: $(LAUNCHER_DRIVER)
+gpu-check: $(LAUNCHER_DRIVER)
+	$(LAUNCHER_DRIVER) check $(GPU_CHECK_ARGS)
+gpu-bench: $(LAUNCHER_DRIVER)
+	$(LAUNCHER_DRIVER) bench
+	$(PYTHON) tf_ops/cuda/gpu_bench_torch.py
+else
+ifeq ($(WITH_CUDA),0)
+$(info make: WITH_CUDA=0 in config.mk (configure.sh found no nvcc): CPU kernels only)
+endif
+launcher-driver gpu-check gpu-bench:
+	@echo "make $@: needs nvcc; rerun CUDA_HOME=... ./configure.sh (or NVCC=...)" >&2; exit 1
+endif
+$(HOST_EMULATION_TEST): tf_ops/tests/host_emulation_test.cc tf_ops/tests/gpu_kernel_cases.h $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CXX) -std=c++17 -O2 -Wall -Wextra -I. -o $@ $<
+host-emulation-test: $(HOST_EMULATION_TEST)
+	$(HOST_EMULATION_TEST)
+# ---- end CUDA -------------------------------------------------------------------
+
+$(LIB): $(CPU_OBJS) $(GPU_OBJS) config.mk
+	$(CXX) -o $@ $(CPU_OBJS) $(GPU_OBJS) $(LDFLAGS_TF) $(GPU_LDFLAGS)
 
 all: $(LIB)
 

@@ -1,0 +1,37 @@
+"""The GPU kernel's logic, checked on the host without a GPU (docs/GPU.md).
+
+`make host-emulation-test` builds tf_ops/tests/host_emulation_test.cc with g++
+alone and runs it: the kernel body of tf_ops/cuda/multi_tensor_scale_body.h is
+executed for every (block, thread) of the launch the launcher makes, on every
+dtype, sizes 0..2^20, legal misaligned offsets, in place and out of place, and
+lists of 1 to 10,000 tensors, with every memory access counted and checked
+against guard bytes; and its element math is compared with the CPU kernels'
+under x86 flush-to-zero. Needs no CUDA, so it runs in CPU-only builds too.
+"""
+
+import os
+import re
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_kernel_body_on_every_block_and_thread_of_its_launches():
+  result = subprocess.run(["make", "-s", "-C", ROOT, "host-emulation-test"], capture_output=True,
+                          text=True, timeout=900)
+  output = result.stdout + result.stderr
+  assert result.returncode == 0, output[-6000:]
+  assert "host emulation of the GPU kernel: PASSED" in output, output[-6000:]
+
+  element = re.search(r"element math:\s+(\d+) values x factors against (.*?), (\d+) differ",
+                      output)
+  assert element and int(element.group(1)) > 5_000_000 and element.group(3) == "0", output
+  single = re.search(r"single tensors:\s+(\d+) cases,\s+\d+ tensors,\s+(\d+) elements.*?"
+                     r"(\d+) failed", output)
+  assert single and int(single.group(1)) > 6000 and single.group(3) == "0", output
+  assert int(single.group(2)) > 100_000_000, output
+  lists = re.search(r"tensor lists:\s+(\d+) cases,\s+(\d+) tensors.*?(\d+) failed", output)
+  assert lists and int(lists.group(2)) > 10_000 and lists.group(3) == "0", output

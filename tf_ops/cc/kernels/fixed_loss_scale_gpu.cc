@@ -1,0 +1,94 @@
+// GPU specialisation of MultiTensorScale: a thin adapter from the op's spans to
+// the CUDA-runtime-only launcher (tf_ops/cuda/multi_tensor_scale.h), which
+// makes one kernel launch on the op's stream for the whole list.
+//
+// Compiled by g++ against the CUDA headers in TensorFlow's wheel; the launcher
+// is compiled by nvcc and linked with the static CUDA runtime. TensorFlow makes
+// the op's GPU context current on this thread before Compute
+// (BaseGPUDevice::Compute activates the stream's context), and a CUDA runtime
+// uses the context current to the thread, so the launch lands on the op's GPU.
+#if GOOGLE_CUDA
+
+#include <string>
+#include <vector>
+
+#include "tensorflow/core/common_runtime/device/device_event_mgr.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor_reference.h"
+#include "tf_ops/cc/kernels/fixed_loss_scale.h"
+#include "tf_ops/cuda/multi_tensor_scale.h"
+
+namespace fixed_loss_scale {
+namespace {
+
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+
+std::vector<GpuTensor> ToGpuTensors(const std::vector<TensorSpan>& spans) {
+  std::vector<GpuTensor> tensors;
+  tensors.reserve(spans.size());
+  for (const TensorSpan& span : spans) {
+    tensors.push_back(GpuTensor{span.in, span.out, span.num_elements, span.dtype});
+  }
+  return tensors;
+}
+
+// The table scratch of a list too long for kernel parameters: a pinned host
+// buffer the launcher fills and copies from, and the device buffer it copies to
+// (TensorFlow's GpuDeviceArrayOnHost allocates the same pair).
+absl::Status AllocateTableScratch(OpKernelContext* context, int64_t bytes, Tensor* host,
+                                  Tensor* device) {
+  tensorflow::AllocatorAttributes pinned_host;
+  pinned_host.set_on_host(true);
+  pinned_host.set_gpu_compatible(true);
+  TF_RETURN_IF_ERROR(context->allocate_temp(tensorflow::DT_INT8, tensorflow::TensorShape({bytes}),
+                                            host, pinned_host));
+  return context->allocate_temp(tensorflow::DT_INT8, tensorflow::TensorShape({bytes}), device);
+}
+
+// NOTE [pinned table lifetime]: the cudaMemcpyAsync of the table reads the
+// pinned host buffer when the stream reaches it, which may be after Compute
+// returns. Dropping `host_scratch` then would hand its memory back to
+// TensorFlow's pinned-host allocator, and the next op could overwrite it before
+// the copy ran. As GpuDeviceArrayOnHost does, a TensorReference keeps the
+// buffer alive and the GPU's EventMgr drops it once all work enqueued so far on
+// the stream, the copy included, has completed (ThenExecute records an event on
+// the stream now; TensorFlow's polling thread runs the callback after it). The
+// device buffer needs no such hold: TensorFlow's GPU allocator hands memory out
+// again in the op stream's order, so its next user runs after this kernel.
+void ReleaseWhenStreamPasses(OpKernelContext* context, const Tensor& host_scratch) {
+  const tensorflow::TensorReference reference(host_scratch);
+  context->device()->tensorflow_accelerator_device_info()->event_mgr->ThenExecute(
+      context->op_device_context()->stream(), [reference]() { reference.Unref(); });
+}
+
+}  // namespace
+
+template <>
+absl::Status MultiTensorScale<Eigen::GpuDevice>::operator()(OpKernelContext* context,
+                                                           const std::vector<TensorSpan>& spans,
+                                                           ScaleFactor factor) const {
+  const std::vector<GpuTensor> tensors = ToGpuTensors(spans);
+  const int64_t num_tensors = static_cast<int64_t>(tensors.size());
+  const int64_t scratch_bytes = static_cast<int64_t>(MultiTensorScaleScratchBytes(num_tensors));
+  Tensor host_scratch;
+  Tensor device_scratch;
+  if (scratch_bytes > 0) {
+    TF_RETURN_IF_ERROR(AllocateTableScratch(context, scratch_bytes, &host_scratch, &device_scratch));
+  }
+  const cudaError_t launched = LaunchMultiTensorScale(
+      tensors.data(), num_tensors, factor,
+      scratch_bytes > 0 ? host_scratch.data() : nullptr,
+      scratch_bytes > 0 ? device_scratch.data() : nullptr, context->eigen_gpu_device().stream());
+  if (scratch_bytes > 0) ReleaseWhenStreamPasses(context, host_scratch);
+  if (launched != cudaSuccess) {
+    return absl::InternalError(absl::StrCat(context->op_kernel().type_string(),
+                                            ": CUDA launch failed: ", cudaGetErrorName(launched),
+                                            " (", cudaGetErrorString(launched), ")"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace fixed_loss_scale
+
+#endif  // GOOGLE_CUDA

@@ -1,0 +1,48 @@
+// Launcher of the GPU kernel of FixedScaleLoss and FixedUnscaleGrads: a plain
+// C++ API over device pointers, sizes, dtype tags and a cudaStream_t that
+// depends on the CUDA runtime only (no TensorFlow), so the TensorFlow kernel
+// (tf_ops/cc/kernels/fixed_loss_scale_gpu.cc) is a thin adapter and
+// launcher_driver.cu builds and tests it with nvcc alone.
+//
+// One call makes one kernel launch over the whole list, whatever its length and
+// dtype mix (NOTE [chunk table] in multi_tensor_scale_body.h).
+#ifndef FIXED_LOSS_SCALE_MULTI_TENSOR_SCALE_H_
+#define FIXED_LOSS_SCALE_MULTI_TENSOR_SCALE_H_
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "tf_ops/cc/kernels/scale_math.h"
+#include "tf_ops/cuda/multi_tensor_scale_body.h"
+
+namespace fixed_loss_scale {
+
+// Bytes of table scratch a launch over `num_tensors` tensors needs: 0 when the
+// table travels as the kernel's parameter, otherwise the size of both the
+// pinned host buffer and the device buffer LaunchMultiTensorScale takes.
+size_t MultiTensorScaleScratchBytes(int64_t num_tensors);
+
+// Enqueues out = in * factor for every tensor of `tensors` on `stream`: one
+// kernel launch, none when every tensor is empty. Element math: scale_math.h
+// (`factor.f` for half, bfloat16 and float, `factor.d` for double).
+//
+// When MultiTensorScaleScratchBytes(num_tensors) > 0:
+//   host_scratch   page-locked host memory of that size, 8-byte aligned. The
+//                  launcher fills it and enqueues one cudaMemcpyAsync from it;
+//                  the caller must not reuse or free it until `stream` has
+//                  passed that copy (e.g. an event recorded after this call).
+//   device_scratch device memory of that size, 8-byte aligned, valid until the
+//                  kernel has run (stream order).
+// Otherwise both may be null.
+//
+// Returns the first CUDA error met (nothing is enqueued after it), or
+// cudaErrorInvalidValue for a negative count or size, or missing scratch.
+cudaError_t LaunchMultiTensorScale(const GpuTensor* tensors, int64_t num_tensors,
+                                   ScaleFactor factor, void* host_scratch, void* device_scratch,
+                                   cudaStream_t stream);
+
+}  // namespace fixed_loss_scale
+
+#endif  // FIXED_LOSS_SCALE_MULTI_TENSOR_SCALE_H_
