@@ -3,8 +3,9 @@
 The oracles are written from the ops' contract with numpy only (they never call
 the code under test): half and bfloat16 in float32 rounded once, float32 with the
 float32 reciprocal, float64 with the float64 reciprocal of the float32 scale.
-TensorFlow's CPU kernels run with flush-to-zero, so float32/float64 subnormals
-in inputs or results become zero there; `flush_subnormals` models that.
+TensorFlow's CPU kernels run with flush-to-zero and denormals-are-zero, so
+float32/float64 subnormal inputs count as zero and tiny results become zero;
+`multiply_flushed` models x86's rule for that.
 """
 
 import os
@@ -43,11 +44,33 @@ def _compute_in(x, factor32, factor64):
     return _compute_in_quietly(x, factor32, factor64)
 
 
+def multiply_flushed(x, factor):
+  """x * factor (float32 or float64) as x86 computes it under FTZ/DAZ.
+
+  Subnormal inputs count as zero. A result is flushed to zero of its sign when
+  it is tiny *after rounding*: when the product, rounded to the type's precision
+  as if the exponent range were unbounded, is below the smallest normal. So a
+  product just under the smallest normal that rounds up to it survives.
+  """
+  x = flush_subnormals(x)
+  factor = x.dtype.type(factor)
+  product = x * factor
+  if x.dtype == np.float32:
+    # The float64 product of two float32s is exact; scaled by 2^64 it rounds to
+    # float32 in the normal range, as an unbounded exponent would.
+    unbounded = (x.astype(np.float64) * np.float64(factor) * 2.0**64).astype(np.float32)
+    tiny = np.abs(unbounded) < np.float32(2.0**-62)
+  else:
+    # Products this small need |x| <= 1 (factors here are >= 2^-24), so
+    # x * 2^128 is exact and the scaled product is rounded once, normally.
+    tiny = np.abs((x * 2.0**128) * factor) < 2.0**-894
+  return np.where(tiny, np.copysign(x.dtype.type(0), product), product).astype(x.dtype)
+
+
 def _compute_in_quietly(x, factor32, factor64):
   if x.dtype == np.float64:
-    return flush_subnormals(flush_subnormals(x) * np.float64(factor64))
-  wide = flush_subnormals(x.astype(np.float32))
-  return flush_subnormals(wide * np.float32(factor32)).astype(x.dtype)
+    return multiply_flushed(x, factor64)
+  return multiply_flushed(x.astype(np.float32), factor32).astype(x.dtype)
 
 
 def reference_unscale(x, loss_scale):

@@ -149,3 +149,18 @@ def test_raw_op_rejects_bad_loss_scale(bad):
     raw.fixed_unscale_grads([tf.ones([2])], loss_scale=bad)
   with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="loss_scale"):
     tf.function(lambda x: raw.fixed_scale_loss(x, loss_scale=bad))(tf.ones([2]))
+
+
+@pytest.mark.parametrize("np_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scale", [2.0, 3.0, 7.0, 1000.0, 32768.0])
+def test_flush_to_zero_boundary(np_dtype, scale, rng):
+  """Around the smallest normal, where x86 flushes tiny results *after* rounding."""
+  tiny = np.finfo(np_dtype).tiny
+  edges = np.array([tiny * k for k in (1, 2, 3, 4, 8, 1024, 32768)], np_dtype)
+  values = np.concatenate([
+      edges, np.nextafter(edges, np_dtype(0)), np.nextafter(edges, np_dtype(1)),
+      (tiny * np.exp2(rng.uniform(0, 16, 4000)) * rng.choice([-1, 1], 4000)).astype(np_dtype)])
+  expected = reference_unscale(values, scale)
+  assert_bitwise_equal(ops.fixed_unscale_grads([tf.constant(values)], scale)[0].numpy(), expected)
+  in_graph = run_in_graph(lambda g: ops.fixed_unscale_grads([g], scale), tf.constant(values))
+  assert_bitwise_equal(in_graph[0].numpy(), expected)
