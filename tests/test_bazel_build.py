@@ -1,13 +1,20 @@
 """`make bazel` builds the op library with Bazel (through bazelisk, see
 docs/BAZEL.md), and that library loads and computes what numpy computes.
 
+With WITH_CUDA=1 in config.mk (configure.sh found nvcc), Bazel builds the GPU
+variant, as `make` does: GPU kernels of both ops registered, device code in the
+library (byte for byte the Make build's, both coming from the same nvcc flags),
+the static CUDA runtime kept private. Without it, only CPU kernels are there.
+
 Skipped, with the reason tools/bazel_build.sh gives, only where Bazel cannot be
 installed here (not root and absent, or apt/npm failing); any other failure of
 the build fails the test.
 """
 
+import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +23,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BAZEL_LIB = os.path.join(ROOT, "build", "bazel", "_fixed_loss_scale_ops.so")
+MAKE_LIB = os.path.join(ROOT, "python", "fixed_loss_scale", "_fixed_loss_scale_ops.so")
 # tools/bazel_build.sh starts this line, and exits 3, when Bazel cannot be had.
 CANNOT_INSTALL = "bazel_build: cannot get Bazel here:"
 # A cold build is about a minute on 2 cores; installing Bazel with apt adds a few.
@@ -25,6 +33,30 @@ BUILD_TIMEOUT_S = 780
 def _venv_python():
   venv_python = os.path.join(ROOT, ".venv", "bin", "python")
   return venv_python if os.path.exists(venv_python) else sys.executable
+
+
+def _with_cuda():
+  """WITH_CUDA from config.mk, which `make bazel` has written by then."""
+  with open(os.path.join(ROOT, "config.mk")) as f:
+    return any(line.split(":=")[0].strip() == "WITH_CUDA" and line.split(":=")[1].strip() == "1"
+               for line in f if ":=" in line)
+
+
+def _readelf(*args):
+  return subprocess.run(["readelf", "-W", *args], capture_output=True, text=True,
+                        check=True).stdout
+
+
+def _fatbin(path):
+  """The bytes of the library's .nv_fatbin section (device code), or None."""
+  for line in _readelf("-S", path).splitlines():
+    if " .nv_fatbin " in line:
+      fields = line.split("]", 1)[1].split()
+      offset, size = int(fields[3], 16), int(fields[4], 16)
+      with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+  return None
 
 
 def _run_make_bazel():
@@ -81,7 +113,14 @@ graph32, graph16 = graph(tf.constant(g32), tf.constant(g16))
 expect32 = g32 * factor
 expect16 = (g16.astype(np.float32) * factor).astype(np.float16)  # float32, rounded once
 loss = lib.fixed_scale_loss(tf.constant(0.375, tf.float16), loss_scale=scale)
+from tensorflow.python.framework import kernels
+registered = {}
+for op in ("FixedScaleLoss", "FixedUnscaleGrads"):
+  for kernel in kernels.get_registered_kernels_for_op(op).kernel:
+    allowed = kernel.constraint[0].allowed_values.list.type
+    registered[op + ":" + kernel.device_type] = sorted(tf.dtypes.as_dtype(t).name for t in allowed)
 print(json.dumps({
+    "kernels": registered,
     "ops": sorted(name for name in dir(lib) if name[0].isupper()),
     "unscale_float32": same_bits(eager32, expect32) and same_bits(graph32, expect32),
     "unscale_float16": same_bits(eager16, expect16) and same_bits(graph16, expect16),
@@ -101,3 +140,36 @@ def test_bazel_built_library_loads_and_matches_numpy(bazel_lib):
   assert report["unscale_float32"], report
   assert report["unscale_float16"], report
   assert report["scale_loss"] == ["float16", 384.0], report
+  dtypes = ["bfloat16", "float16", "float32", "float64"]
+  devices = ["CPU", "GPU"] if _with_cuda() else ["CPU"]
+  assert report["kernels"] == {f"{op}:{device}": dtypes
+                               for op in ("FixedScaleLoss", "FixedUnscaleGrads")
+                               for device in devices}, report
+
+
+@pytest.mark.slow
+def test_bazel_gpu_variant_carries_device_code_and_keeps_cuda_private(bazel_lib):
+  if not _with_cuda():
+    assert _fatbin(bazel_lib) is None
+    pytest.skip("CPU-only build: configure.sh found no nvcc (WITH_CUDA=0 in config.mk)")
+  assert _fatbin(bazel_lib), "no .nv_fatbin section: no device code"
+  needed = re.findall(r"\(NEEDED\)\s+Shared library: \[(.*?)\]", _readelf("-d", bazel_lib))
+  assert not [lib for lib in needed if "cuda" in lib], needed
+  exported = subprocess.run(["nm", "-D", "--defined-only", bazel_lib], capture_output=True,
+                            text=True, check=True).stdout
+  assert not re.search(r" (cuda|__cuda)\w*$", exported, re.MULTILINE), \
+      "the static CUDA runtime's symbols leak out of the Bazel-built library"
+
+
+@pytest.mark.slow
+def test_bazel_device_code_is_the_make_builds(bazel_lib):
+  if not _with_cuda():
+    pytest.skip("CPU-only build: configure.sh found no nvcc (WITH_CUDA=0 in config.mk)")
+  device_sources = glob.glob(os.path.join(ROOT, "tf_ops", "cuda", "multi_tensor_scale*")) + \
+      glob.glob(os.path.join(ROOT, "tf_ops", "cc", "kernels", "*.h"))
+  newest_source = max(os.path.getmtime(path) for path in device_sources)
+  if not os.path.exists(MAKE_LIB) or os.path.getmtime(MAKE_LIB) < newest_source:
+    pytest.skip("the Make-built library is missing or older than the CUDA sources: run make")
+  # Same source, same nvcc, same flags (tf_ops/BUILD mirrors the Makefile's
+  # NVCC_FLAGS): the same device code, byte for byte.
+  assert _fatbin(bazel_lib) == _fatbin(MAKE_LIB)

@@ -16,3 +16,4 @@ cc_import(
     name = "libtensorflow_framework",
     shared_library = "%{TF_SHARED_LIBRARY_NAME}",
 )
+%{CUDA_TARGETS}

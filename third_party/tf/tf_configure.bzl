@@ -7,6 +7,9 @@ reach this rule's environment. The same values are in config.mk for Make.
   @local_config_tf//:tf_header_lib            TensorFlow's headers + its -D defines
   @local_config_tf//:libtensorflow_framework  the shared library to link against
   @local_config_tf//:build_config.bzl         FLS_WITH_CUDA etc. for BUILD files
+and, when FLS_WITH_CUDA=1 (BUILD.cuda.tpl):
+  @local_config_tf//:tf_cuda_headers          the CUDA headers in TensorFlow's wheel
+  @local_config_tf//:cudart_static            the toolkit's static CUDA runtime
 """
 
 _TF_ENV = [
@@ -44,13 +47,25 @@ def _tf_configure_impl(ctx):
     ctx.symlink(header_dir, "include")
     ctx.symlink(lib_path, lib_name)
 
+    with_cuda = env.get("FLS_WITH_CUDA", "0") == "1"
+    cuda_build = ""
+    if with_cuda:
+        cuda_include = env.get("FLS_TF_CUDA_INCLUDE", "")
+        cudart_static = env.get("FLS_CUDART_STATIC", "")
+        for path in [env.get("FLS_NVCC", ""), cuda_include, cudart_static]:
+            if not path or not ctx.path(path).exists:
+                fail("FLS_WITH_CUDA=1 but %r does not exist: rerun ./configure.sh" % path)
+        ctx.symlink(cuda_include, "cuda_include")
+        ctx.symlink(cudart_static, "cuda/libcudart_static.a")
+        cuda_build = ctx.read(Label("//third_party/tf:BUILD.cuda.tpl"))
+
     defines = [flag[2:] for flag in env["TF_DEFINES"].split(" ") if flag.startswith("-D")]
     ctx.template("BUILD", Label("//third_party/tf:BUILD.tpl"), {
         "%{TF_DEFINES}": repr(defines),
         "%{TF_SHARED_LIBRARY_NAME}": lib_name,
+        "%{CUDA_TARGETS}": cuda_build,
     }, executable = False)
 
-    with_cuda = env.get("FLS_WITH_CUDA", "0") == "1"
     ctx.file("build_config.bzl", "\n".join([
         '"""Written by tf_configure.bzl from the environment configure.sh set."""',
         "FLS_WITH_CUDA = %s" % with_cuda,

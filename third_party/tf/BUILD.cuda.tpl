@@ -1,0 +1,23 @@
+
+# ---- FLS_WITH_CUDA=1 (from BUILD.cuda.tpl) ----
+# The CUDA headers in TensorFlow's wheel (FLS_TF_CUDA_INCLUDE; the Makefile's
+# -I$(TF_CUDA_INCLUDE)), for the g++-compiled GPU adapter and registrations.
+cc_library(
+    name = "tf_cuda_headers",
+    hdrs = glob(["cuda_include/**"]),
+    includes = ["cuda_include"],
+)
+
+# The toolkit's static CUDA runtime (FLS_CUDART_STATIC), linked as the Makefile's
+# GPU_LDFLAGS do: its symbols kept private to the op library.
+cc_library(
+    name = "cudart_static",
+    srcs = ["cuda/libcudart_static.a"],
+    linkopts = [
+        "-Wl,--exclude-libs,libcudart_static.a",
+        "-lrt",
+        "-ldl",
+        "-lpthread",
+    ],
+    linkstatic = True,
+)
