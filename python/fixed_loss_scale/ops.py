@@ -85,13 +85,25 @@ def fixed_unscale_grads(grads, loss_scale, name=None):
   return list(_raw_ops.fixed_unscale_grads(grads, loss_scale=loss_scale, name=name))
 
 
-@tf.RegisterGradient("FixedScaleLoss")
+def _register_gradient(op_type):
+  """tf.RegisterGradient that tolerates this module being imported again
+  (importlib.reload, notebook autoreload): the first registration stays."""
+  def register(fn):
+    try:
+      tf.RegisterGradient(op_type)(fn)
+    except KeyError:  # "Registering two gradient with name ..."
+      pass
+    return fn
+  return register
+
+
+@_register_gradient("FixedScaleLoss")
 def _fixed_scale_loss_grad(op, grad):
   """d(loss * s)/d(loss) = s: the upstream gradient scaled by the same op."""
   return _raw_ops.fixed_scale_loss(grad, loss_scale=op.get_attr("loss_scale"))
 
 
-@tf.RegisterGradient("FixedUnscaleGrads")
+@_register_gradient("FixedUnscaleGrads")
 def _fixed_unscale_grads_grad(op, *grads):
   """Each output is input * (1/s): upstream gradients are unscaled the same way."""
   grads = [tf.zeros_like(x) if g is None else g for g, x in zip(grads, op.inputs)]
