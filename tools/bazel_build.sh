@@ -89,7 +89,7 @@ if ! BAZELISK=$(find_bazelisk); then
   fi
   if command -v npm >/dev/null; then
     say "installing @bazel/bazelisk@$BAZELISK_NPM_VERSION into $BAZELISK_DIR"
-    npm install --prefix "$BAZELISK_DIR" --no-save --no-package-lock --no-audit --no-fund \
+    npm install --prefix "$BAZELISK_DIR" --no-save --no-package-lock --no-audit --no-fund --no-update-notifier \
       --loglevel=error "@bazel/bazelisk@$BAZELISK_NPM_VERSION" >&2 ||
       say "npm could not install @bazel/bazelisk"
   fi
