@@ -41,8 +41,9 @@ venv: $(VENV_STAMP)
 
 # ---- the op library -------------------------------------------------------
 CXX ?= g++
-CXXFLAGS_COMMON := -std=c++17 -O3 -fPIC -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-deprecated-declarations \
-                   -fvisibility-inlines-hidden -I. -I$(TF_INCLUDE) $(TF_DEFINES)
+# CXX_FLAGS, GPU_DEFINES and NVCC_FLAGS come from config.mk (configure.sh), which
+# Bazel's tf_ops/BUILD reads too; only paths are added here.
+CXXFLAGS_COMMON := $(CXX_FLAGS) -fPIC -I. -I$(TF_INCLUDE) $(TF_DEFINES)
 CPU_CXXFLAGS := $(CXXFLAGS_COMMON)
 LDFLAGS_TF := -shared -L$(TF_LIBDIR) -l:$(TF_LIBNAME) -Wl,-rpath,'$$ORIGIN/../tensorflow'
 
@@ -76,21 +77,18 @@ HOST_EMULATION_TEST := $(BUILD_DIR)/tests/host_emulation_test
 LAUNCHER_DRIVER := $(BUILD_DIR)/cuda/launcher_driver
 GPU_CHECK_ARGS ?=
 ifeq ($(WITH_CUDA),1)
-NVCC_GENCODE := $(foreach arch,$(CUDA_ARCHS),-gencode arch=compute_$(arch:sm_%=%),code=$(arch)) \
-                -gencode arch=$(CUDA_PTX_ARCH),code=$(CUDA_PTX_ARCH)
-NVCC_FLAGS := -std=c++17 -O3 -I. $(NVCC_GENCODE) -Xcompiler -fPIC,-Wall,-Wextra
 CUDA_LAUNCHER_OBJ := $(BUILD_DIR)/tf_ops/cuda/multi_tensor_scale.o
 GPU_OBJS := $(CUDA_LAUNCHER_OBJ) $(BUILD_DIR)/tf_ops/cc/kernels/fixed_loss_scale_gpu.o
 GPU_LDFLAGS := $(CUDART_STATIC) -Wl,--exclude-libs,$(notdir $(CUDART_STATIC)) -lrt -ldl -lpthread
 $(BUILD_DIR)/tf_ops/cc/kernels/fixed_loss_scale_kernels.o \
 $(BUILD_DIR)/tf_ops/cc/kernels/fixed_loss_scale_gpu.o: \
-    CPU_CXXFLAGS := $(CXXFLAGS_COMMON) -DGOOGLE_CUDA=1 -DEIGEN_USE_GPU -I$(TF_CUDA_INCLUDE)
+    CPU_CXXFLAGS := $(CXXFLAGS_COMMON) $(GPU_DEFINES) -I$(TF_CUDA_INCLUDE)
 $(CUDA_LAUNCHER_OBJ): tf_ops/cuda/multi_tensor_scale.cu $(HEADERS) config.mk
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCC_FLAGS) -c $< -o $@
+	$(NVCC) $(NVCC_FLAGS) -I. -c $< -o $@
 $(LAUNCHER_DRIVER): tf_ops/cuda/launcher_driver.cu $(CUDA_LAUNCHER_OBJ) tf_ops/tests/gpu_kernel_cases.h $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCC_FLAGS) -o $@ $< $(CUDA_LAUNCHER_OBJ)
+	$(NVCC) $(NVCC_FLAGS) -I. -o $@ $< $(CUDA_LAUNCHER_OBJ)
 launcher-driver: $(LAUNCHER_DRIVER)
 gpu-check: $(LAUNCHER_DRIVER)
 	$(LAUNCHER_DRIVER) check $(GPU_CHECK_ARGS)

@@ -71,6 +71,19 @@ if [[ -n "$NVCC_BIN" ]]; then
   fi
 fi
 WITH_CUDA=$([[ -n "$NVCC_BIN" ]] && echo 1 || echo 0)
+
+# The flag sets, defined here only: the Makefile and Bazel (tf_ops/BUILD) both
+# use them as they are. Paths (-I, TensorFlow's include dir and defines) are
+# added by each build, as each knows where its sources and headers live.
+CXX_FLAGS="-std=c++17 -O3 -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-deprecated-declarations -fvisibility-inlines-hidden"
+# What the TensorFlow adapter and the kernel registrations need on top to see
+# GPU devices and streams.
+GPU_DEFINES="-DGOOGLE_CUDA=1 -DEIGEN_USE_GPU"
+# Real code for each arch plus PTX for the newest; no --use_fast_math, so the
+# results stay bit-identical to the CPU kernels.
+NVCC_FLAGS="-std=c++17 -O3"
+for arch in $CUDA_ARCHS; do NVCC_FLAGS+=" -gencode arch=compute_${arch#sm_},code=$arch"; done
+NVCC_FLAGS+=" -gencode arch=$CUDA_PTX_ARCH,code=$CUDA_PTX_ARCH -Xcompiler -fPIC,-Wall,-Wextra"
 TF_CUDA_INCLUDE="$TF_INCLUDE/third_party/gpus/cuda/include"
 
 cat > config.mk <<MK
@@ -91,6 +104,9 @@ CUDART_STATIC := $CUDART_STATIC
 CUDA_ARCHS := $CUDA_ARCHS
 CUDA_PTX_ARCH := $CUDA_PTX_ARCH
 TF_CUDA_INCLUDE := $TF_CUDA_INCLUDE
+CXX_FLAGS := $CXX_FLAGS
+GPU_DEFINES := $GPU_DEFINES
+NVCC_FLAGS := $NVCC_FLAGS
 MK
 
 cat > .configure.bazelrc <<RC
@@ -106,6 +122,9 @@ build --action_env=FLS_CUDART_STATIC=$CUDART_STATIC
 build --action_env=FLS_CUDA_ARCHS="$CUDA_ARCHS"
 build --action_env=FLS_CUDA_PTX_ARCH=$CUDA_PTX_ARCH
 build --action_env=FLS_TF_CUDA_INCLUDE=$TF_CUDA_INCLUDE
+build --action_env=FLS_CXX_FLAGS="$CXX_FLAGS"
+build --action_env=FLS_GPU_DEFINES="$GPU_DEFINES"
+build --action_env=FLS_NVCC_FLAGS="$NVCC_FLAGS"
 build --python_path=$PYTHON_BIN
 RC
 

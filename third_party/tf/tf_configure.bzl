@@ -6,7 +6,7 @@ reach this rule's environment. The same values are in config.mk for Make.
 
   @local_config_tf//:tf_header_lib            TensorFlow's headers + its -D defines
   @local_config_tf//:libtensorflow_framework  the shared library to link against
-  @local_config_tf//:build_config.bzl         FLS_WITH_CUDA etc. for BUILD files
+  @local_config_tf//:build_config.bzl         FLS_WITH_CUDA, the flag sets etc. for BUILD files
 and, when FLS_WITH_CUDA=1 (BUILD.cuda.tpl):
   @local_config_tf//:tf_cuda_headers          the CUDA headers in TensorFlow's wheel
   @local_config_tf//:cudart_static            the toolkit's static CUDA runtime
@@ -29,9 +29,19 @@ _CUDA_ENV = [
     "FLS_TF_CUDA_INCLUDE",
 ]
 
+# configure.sh's flag sets, shared with the Makefile (config.mk).
+_FLAG_ENV = [
+    "FLS_CXX_FLAGS",
+    "FLS_GPU_DEFINES",
+    "FLS_NVCC_FLAGS",
+]
+
+def _split(flags):
+    return [flag for flag in flags.split(" ") if flag]
+
 def _tf_configure_impl(ctx):
     env = ctx.os.environ
-    missing = [name for name in _TF_ENV if not env.get(name)]
+    missing = [name for name in _TF_ENV + ["FLS_CXX_FLAGS"] if not env.get(name)]
     if missing:
         fail("%s not set: run ./configure.sh (it writes .configure.bazelrc, " % ", ".join(missing) +
              "which .bazelrc imports), or build with `make bazel`")
@@ -74,11 +84,14 @@ def _tf_configure_impl(ctx):
         "FLS_CUDA_ARCHS = %s" % repr([arch for arch in env.get("FLS_CUDA_ARCHS", "").split(" ") if arch]),
         "FLS_CUDA_PTX_ARCH = %s" % repr(env.get("FLS_CUDA_PTX_ARCH", "")),
         "FLS_TF_CUDA_INCLUDE = %s" % repr(env.get("FLS_TF_CUDA_INCLUDE", "")),
+        "FLS_CXX_FLAGS = %s" % repr(_split(env.get("FLS_CXX_FLAGS", ""))),
+        "FLS_GPU_DEFINES = %s" % repr(_split(env.get("FLS_GPU_DEFINES", ""))),
+        "FLS_NVCC_FLAGS = %s" % repr(env.get("FLS_NVCC_FLAGS", "")),
         "",
     ]), executable = False)
 
 tf_configure = repository_rule(
     implementation = _tf_configure_impl,
-    environ = _TF_ENV + _CUDA_ENV,
+    environ = _TF_ENV + _CUDA_ENV + _FLAG_ENV,
     local = True,
 )
