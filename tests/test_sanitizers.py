@@ -35,6 +35,19 @@ def test_cpu_core_under_address_and_undefined_behavior_sanitizers():
   assert all(int(checks) > 200_000 and int(failures) == 0 for checks, failures in runs), runs
   for path in ("scalar", "avx2", "avx512"):
     assert f"FIXED_LOSS_SCALE_CPU_PATH={path}" in output
+  # The requested path is the one that ran, unless this CPU lacks it (then the
+  # best one it has runs instead): on an AVX2 machine the vector loops ran too.
+  active = re.findall(r"active CPU path: (\w+)", output)
+  assert len(active) == 3 and active[0] == "scalar", active
+  flags = ""
+  if os.path.exists("/proc/cpuinfo"):
+    with open("/proc/cpuinfo") as f:
+      flags = f.read()
+  if re.search(r"\bavx2\b", flags) and re.search(r"\bf16c\b", flags) and \
+      re.search(r"\bfma\b", flags):
+    assert active[1] == "avx2", active
+  if re.search(r"\bavx512bw\b", flags) and re.search(r"\bavx512vl\b", flags):
+    assert active[2] == "avx512", active
   assert output.count("mode: FTZ|DAZ") == 3
 
   # The binary really is instrumented by both sanitizers.

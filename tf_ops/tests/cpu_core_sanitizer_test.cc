@@ -620,6 +620,7 @@ int main(int argc, char** argv) {
   const char* path = std::getenv("FIXED_LOSS_SCALE_CPU_PATH");
   std::printf("cpu_core_sanitizer_test seed %llu, FIXED_LOSS_SCALE_CPU_PATH=%s\n",
               (unsigned long long)seed, path ? path : "(unset: best path)");
+  std::printf(" active CPU path: %s\n", fls::CpuPathName(fls::ActiveCpuPath()));
   TestReference();
   for (bool ftz : {false, true}) {
 #if !defined(__SSE2__)
