@@ -91,7 +91,7 @@ class FixedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
       the model) inside the distribution strategy's scope when using one. Its
       `loss_scale_factor`, if set, is cleared (with a warning) so that
       gradients are not unscaled twice.
-    loss_scale: A Python or numpy number (at least 1, finite, fits float32) or
+    loss_scale: A Python or numpy number (at least 1, at most 2**126) or
       a `FixedLossScale`.
     name: Optional name of this optimizer.
   """

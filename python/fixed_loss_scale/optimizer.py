@@ -62,7 +62,7 @@ class MixedPrecisionLossScaleOptimizer(tf_lso.MixedPrecisionLossScaleOptimizer):
 
   Args:
     opt: The `tf.compat.v1.train.Optimizer` to wrap.
-    loss_scale: A Python or numpy number (at least 1, finite, fits float32) or a
+    loss_scale: A Python or numpy number (at least 1, at most 2**126) or a
       `FixedLossScale` (this package's or TF's compat one).
 
   Raises:

@@ -25,11 +25,13 @@ With --checkpoint-dir it restores the latest checkpoint there (if any) before
 training and saves every --save-every steps and at the end; the chief writes to
 the directory, other workers to a temporary sub-directory, as TF requires.
 --exit-after-step K ends the process abruptly (exit code 17) after step K, for
-fault tests. --deadline-s bounds the whole run (exit code 124 when exceeded),
+fault tests. --deadline-s bounds the whole run (exit code 124 when exceeded;
+1 with a traceback if TensorFlow holds the GIL then),
 so a worker whose peer died never hangs in a collective.
 """
 
 import argparse
+import faulthandler
 import json
 import os
 import shutil
@@ -188,6 +190,9 @@ def main(argv=None):
   watchdog = threading.Timer(args.deadline_s, lambda: os._exit(124))  # pylint: disable=protected-access
   watchdog.daemon = True
   watchdog.start()
+  # The Timer needs the GIL, which TensorFlow holds while it waits for a peer
+  # that died before the cluster formed; faulthandler's C watchdog does not.
+  faulthandler.dump_traceback_later(args.deadline_s + 5.0, exit=True)
 
   import numpy as np  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
