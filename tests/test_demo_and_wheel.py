@@ -23,6 +23,16 @@ def test_demo_succeeds_and_shows_the_rescue():
 
 
 @pytest.mark.slow
+def test_integrations_demo_succeeds_and_shows_the_ops():
+  result = subprocess.run([sys.executable, os.path.join(ROOT, "demo", "integrations.py")],
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stdout + result.stderr
+  for section in ("TF1 Session", "Keras model.fit", "MirroredStrategy"):
+    assert section in result.stdout
+  assert "FixedUnscaleGrads x1 on device:CPU:1" in result.stdout
+
+
+@pytest.mark.slow
 def test_wheel_installs_and_loads_outside_the_source_tree(tmp_path):
   dist = tmp_path / "dist"
   subprocess.run(["make", "-C", ROOT, "wheel", f"WHEEL_DIR={dist}"], check=True,
