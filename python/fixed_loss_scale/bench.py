@@ -1,0 +1,755 @@
+"""Benchmark: FixedUnscaleGrads against TensorFlow's own unscaling, side by side.
+
+    python -m fixed_loss_scale.bench [--quick] [--json PATH] [--plot PATH.png]
+
+Progress goes to stderr, the table to stdout. docs/BENCHMARKS.md explains every
+arm and what limits each number; in short:
+
+- Gradients are made in the same tf.function as `relu(v_i * x)` (distinct
+  variables, runtime scalar x), so Grappler cannot fold a following multiply
+  into their production and an op that forwards its inputs works in place.
+- The unscale is repeated N times in a tf.while_loop with
+  parallel_iterations=1, every loop output returned; the same loop with an
+  identity body (production + loop machinery) is timed too and subtracted:
+  per-call time = (T(arm) - T(identity)) / N.
+- Before timing, each arm's optimized graph is read from the run metadata; an
+  arm whose multiplies were optimized away is reported, not timed.
+- Arms run interleaved for several rounds; each arm's number is the minimum
+  over rounds of the median over calls in a round.
+- GB/s counts bytes read + written by the unscale (2 x the gradients' bytes).
+"""
+
+import argparse
+import concurrent.futures
+import json
+import math
+import os
+import platform
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import fixed_loss_scale  # noqa: E402
+from fixed_loss_scale import ops  # noqa: E402
+
+# A loss scale just above 1 keeps values in the normal range through N
+# repetitions (no arm gets an all-zero or subnormal shortcut); the kernels'
+# cost does not depend on the value. 1 + 2^-8 is the smallest whose reciprocal
+# is not 1 in bfloat16 (TF's arm multiplies in the gradient's dtype, and Grappler
+# drops a multiply by 1).
+LOSS_SCALE = 1.00390625
+RECIPROCAL = float(np.float32(1) / np.float32(LOSS_SCALE))
+
+DTYPE_MODES = ("float32", "float16", "bfloat16", "mixed")
+TF_DTYPES = {"float32": tf.float32, "float16": tf.float16, "bfloat16": tf.bfloat16}
+MIXED_CYCLE = ("float32", "float16", "bfloat16")
+
+OP_ARMS = ("ours", "tf", "tf_xla")
+ARM_LABELS = {
+    "ours": "FixedUnscaleGrads (ours)",
+    "tf": "TF per-tensor g * (1/s)",
+    "tf_xla": "TF per-tensor under XLA",
+    "numpy_mul": "numpy in-place multiply (roofline)",
+    "numpy_copy": "numpy copy (roofline)",
+    "torch": "torch._foreach_mul_",
+}
+
+
+def log(message):
+  print(message, file=sys.stderr, flush=True)
+
+
+# ---- gradient sets ---------------------------------------------------------------
+
+
+def bert_like_shapes(quick):
+  """BERT-base's trainable tensors with a shrunk word embedding: word, position and
+  token-type embeddings, then 12 encoder layers of 16 tensors (Q, K, V, output
+  kernels and biases, two LayerNorms, the two feed-forward kernels and biases):
+  195 tensors, ~88M elements."""
+  vocab, hidden, ff, positions, layers = (100, 64, 256, 64, 12) if quick else (
+      3000, 768, 3072, 512, 12)
+  shapes = [(vocab, hidden), (positions, hidden), (2, hidden)]
+  for _ in range(layers):
+    shapes += [(hidden, hidden), (hidden,)] * 4
+    shapes += [(hidden,), (hidden,)]
+    shapes += [(hidden, ff), (ff,), (ff, hidden), (hidden,)]
+    shapes += [(hidden,), (hidden,)]
+  return shapes
+
+
+def set_shapes(name, quick):
+  rng = np.random.default_rng(0)
+  if name == "many_small":
+    count, high = (40, 8192) if quick else (400, 65536)
+    sizes = np.exp(rng.uniform(np.log(1024), np.log(high), size=count)).astype(int)
+    return [(int(s),) for s in sizes]
+  if name == "bert_like":
+    return bert_like_shapes(quick)
+  if name == "few_large":
+    return [(1 << (16 if quick else 22),)] * 8
+  if name == "tiny":
+    return [(256,)] * (20 if quick else 100)
+  raise ValueError(name)
+
+
+def sweep_shapes(count, total):
+  return [(max(1, total // count),)] * count
+
+
+def dtypes_for(mode, count):
+  if mode == "mixed":
+    return [MIXED_CYCLE[i % 3] for i in range(count)]
+  return [mode] * count
+
+
+def nbytes(shapes, dtypes):
+  return sum(int(np.prod(s)) * (4 if d == "float32" else 2) for s, d in zip(shapes, dtypes))
+
+
+# ---- timing ----------------------------------------------------------------------------
+
+
+def median_time(fn, reps):
+  times = []
+  for _ in range(reps):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def interleaved(fns, rounds, reps):
+  """{name: min over rounds of the median of `reps` calls}, arms interleaved and
+  their order rotated each round so drift hits all alike."""
+  names = list(fns)
+  best = {n: math.inf for n in names}
+  for r in range(rounds):
+    order = names[r % len(names):] + names[:r % len(names)]
+    for name in order:
+      best[name] = min(best[name], median_time(fns[name], reps))
+  return best
+
+
+# ---- the TensorFlow arms ------------------------------------------------------------
+
+
+def make_variables(shapes, dtypes, seed=1):
+  rng = np.random.default_rng(seed)
+  out = []
+  for shape, dtype in zip(shapes, dtypes):
+    value = (rng.standard_normal(shape, dtype=np.float32) + 0.5)
+    out.append(tf.Variable(tf.cast(value, TF_DTYPES[dtype])))
+  return out
+
+
+def unscale_arm(arm, grads):
+  if arm == "ours":
+    return ops.fixed_unscale_grads(grads, LOSS_SCALE)
+  if arm in ("tf", "tf_xla"):
+    # What TF's compat MixedPrecisionLossScaleOptimizer does: one multiply per
+    # gradient by the reciprocal cast to the gradient's dtype.
+    return [g * tf.constant(RECIPROCAL, g.dtype) for g in grads]
+  if arm == "identity":
+    return [tf.identity(g) for g in grads]
+  raise ValueError(arm)
+
+
+def barrier(tensors):
+  """`tensors` passed on once all of them exist: a NoOp with a control edge
+  from each, and an identity per tensor that waits for it. (Grappler removes
+  IdentityN, and removes a NoOp only where that adds no edges: never for more
+  than a few tensors.)"""
+  with tf.control_dependencies(tensors):
+    gate = tf.no_op()
+  with tf.control_dependencies([gate]):
+    return [tf.identity(t) for t in tensors]
+
+
+def loop_function(arm, variables, repeats, jit=False):
+  """tf.function(x): produce the gradients, apply `arm` `repeats` times in a
+  while_loop with parallel_iterations=1, return every loop output."""
+
+  def step(x):
+    grads = [tf.nn.relu(v * tf.cast(x, v.dtype)) for v in variables]
+
+    def body(i, *gs):
+      # Barriers: the arm starts when every gradient of the iteration is there
+      # and ends when its last output is, so its time is neither hidden in nor
+      # charged with the loop's own per-variable ops (Switch, Merge, ...).
+      return [i + 1] + barrier(unscale_arm(arm, barrier(list(gs))))
+
+    out = tf.while_loop(lambda i, *gs: i < repeats, body, [tf.constant(0)] + grads,
+                        parallel_iterations=1)
+    return out[1:]
+
+  return tf.function(step, jit_compile=jit, autograph=False)
+
+
+def optimized_op_counts(fn, x):
+  """Op types and counts in the graphs TF actually ran for fn(x), after Grappler
+  (read from the run metadata of one call)."""
+  from tensorflow.python.eager import context  # pylint: disable=import-outside-toplevel
+  context.context().enable_run_metadata()
+  context.context().enable_graph_collection()
+  try:
+    fn(x)
+    metadata = context.context().export_run_metadata()
+  finally:
+    context.context().disable_graph_collection()
+    context.context().disable_run_metadata()
+  counts = {}
+  for function_graph in metadata.function_graphs:
+    graphs = list(function_graph.partition_graphs) or [function_graph.post_optimization_graph]
+    for graph in graphs:
+      for node in graph.node:
+        counts[node.op] = counts.get(node.op, 0) + 1
+  return counts
+
+
+def check_arm(arm, counts, num_tensors):
+  """(ok, note): whether the unscale of `arm` is still in the optimized graph."""
+  if arm == "ours":
+    n = counts.get("FixedUnscaleGrads", 0)
+    return n >= 1, f"FixedUnscaleGrads x{n}"
+  if arm == "tf":
+    # num_tensors multiplies produce the gradients; the unscale adds as many.
+    n = counts.get("Mul", 0)
+    return n >= 2 * num_tensors, f"Mul x{n} for {num_tensors} tensors"
+  return True, ""
+
+
+def xla_check(fn, x, num_tensors):
+  try:
+    hlo = fn.experimental_get_compiler_ir(x)(stage="optimized_hlo")
+  except Exception as error:  # pylint: disable=broad-except
+    return True, f"HLO not read: {type(error).__name__}"
+  n = hlo.count(" multiply(")
+  return n >= 1, f"HLO multiply x{n}"
+
+
+# ---- roofline and torch ------------------------------------------------------------------
+
+
+class NumpyRoofline:
+  """The same bytes as float32 numpy arrays, split over two threads: an in-place
+  multiply and a copy, i.e. what the memory system of these cores gives."""
+
+  def __init__(self, shapes, dtypes, threads):
+    sizes = [int(np.prod(s)) * (4 if d == "float32" else 2) // 4 for s, d in zip(shapes, dtypes)]
+    rng = np.random.default_rng(2)
+    self.arrays = [rng.standard_normal(max(1, n), dtype=np.float32) for n in sizes]
+    self.copies = [np.empty_like(a) for a in self.arrays]
+    self.threads = threads
+    total = sum(a.size for a in self.arrays)
+    # Split the concatenated element space in `threads` contiguous parts.
+    self.parts = [[] for _ in range(threads)]
+    cut = [total * k // threads for k in range(threads + 1)]
+    offset = 0
+    for a, c in zip(self.arrays, self.copies):
+      for k in range(threads):
+        lo, hi = max(cut[k], offset) - offset, min(cut[k + 1], offset + a.size) - offset
+        if hi > lo:
+          self.parts[k].append((a[lo:hi], c[lo:hi]))
+      offset += a.size
+    self.pool = concurrent.futures.ThreadPoolExecutor(threads) if threads > 1 else None
+    self.factor = np.float32(RECIPROCAL)
+
+  def _run(self, work):
+    if self.pool is None:
+      work(self.parts[0])
+    else:
+      list(self.pool.map(work, self.parts))
+
+  def multiply(self):
+    factor = self.factor
+
+    def work(part):
+      for a, _ in part:
+        np.multiply(a, factor, out=a)
+
+    self._run(work)
+
+  def copy(self):
+
+    def work(part):
+      for a, c in part:
+        np.copyto(c, a)
+
+    self._run(work)
+
+  def close(self):
+    if self.pool is not None:
+      self.pool.shutdown()
+
+
+def torch_arm(shapes, dtypes):
+  """A callable doing torch._foreach_mul_ over the same tensors, or (None, reason)."""
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return None, "torch is not importable"
+  torch.set_num_threads(os.cpu_count() or 1)
+  torch_dtypes = {"float32": torch.float32, "float16": torch.float16,
+                  "bfloat16": torch.bfloat16}
+  generator = torch.Generator().manual_seed(3)
+  tensors = [torch.randn(int(np.prod(s)), generator=generator).to(torch_dtypes[d])
+             for s, d in zip(shapes, dtypes)]
+  # _foreach_mul_ takes one dtype per list: group by dtype.
+  groups = {}
+  for t in tensors:
+    groups.setdefault(t.dtype, []).append(t)
+
+  def run():
+    for group in groups.values():
+      torch._foreach_mul_(group, RECIPROCAL)  # pylint: disable=protected-access
+
+  return run, f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+# ---- one scenario ---------------------------------------------------------------------
+
+
+def repeats_for(total_bytes, num_tensors, quick):
+  if quick:
+    return 2
+  # Enough repetitions that the unscales move ~0.7 GB or run ~50 times.
+  target = 700e6 / max(1, 2 * total_bytes)
+  if num_tensors >= 1000:
+    return 10
+  return int(min(50, max(2, math.ceil(target))))
+
+
+def run_scenario(name, shapes, dtypes, args, xla=True):
+  num_tensors = len(shapes)
+  total = nbytes(shapes, dtypes)
+  repeats = repeats_for(total, num_tensors, args.quick)
+  log(f"[{name}] {num_tensors} tensors, {total / 1e6:.2f} MB, N={repeats}")
+  variables = make_variables(shapes, dtypes)
+  x = tf.constant(0.75)
+  arms = ["identity", "ours", "tf"] + (["tf_xla", "xla_identity"] if xla else [])
+  fns, checks = {}, {}
+  for arm in arms:
+    jit = arm in ("tf_xla", "xla_identity")
+    base_arm = {"tf_xla": "tf", "xla_identity": "identity"}.get(arm, arm)
+    fn = loop_function(base_arm, variables, repeats, jit=jit)
+    start = time.perf_counter()
+    if jit:
+      fn(x)  # trace and compile
+      checks[arm] = xla_check(fn, x, num_tensors) if arm == "tf_xla" else (True, "")
+    else:
+      # The run metadata holds the optimized graphs of functions instantiated
+      # while it is collected, so the first call is the one read.
+      checks[arm] = check_arm(base_arm, optimized_op_counts(fn, x), num_tensors)
+    fn(x)
+    log(f"  {arm}: traced in {time.perf_counter() - start:.1f} s; {checks[arm][1]}")
+    fns[arm] = (lambda f=fn: f(x))
+  timed = {a: f for a, f in fns.items() if checks[a][0]}
+  roofline = NumpyRoofline(shapes, dtypes, threads=args.threads)
+  timed["numpy_mul"] = roofline.multiply
+  timed["numpy_copy"] = roofline.copy
+  torch_run, torch_note = torch_arm(shapes, dtypes) if not args.no_torch else (None, "--no-torch")
+  if torch_run is not None:
+    timed["torch"] = torch_run
+  times = interleaved(timed, args.rounds, args.reps)
+  roofline.close()
+
+  result = {"scenario": name, "num_tensors": num_tensors, "bytes": total, "repeats": repeats,
+            "arms": {}}
+  moved = 2 * total
+  for arm in ("ours", "tf", "tf_xla"):
+    if arm not in fns:
+      continue
+    ok, note = checks[arm]
+    entry = {"label": ARM_LABELS[arm], "check": note, "optimized_away": not ok}
+    if ok:
+      base = "xla_identity" if arm == "tf_xla" else "identity"
+      per_call = (times[arm] - times[base]) / repeats
+      entry.update(total_s=times[arm], baseline_s=times[base])
+      if per_call > 0:
+        entry.update(per_call_s=per_call, gbps=moved / per_call / 1e9)
+      else:
+        entry["below_noise"] = True
+    result["arms"][arm] = entry
+  for arm in ("numpy_mul", "numpy_copy", "torch"):
+    if arm in times:
+      result["arms"][arm] = {"label": ARM_LABELS[arm], "per_call_s": times[arm],
+                             "gbps": moved / times[arm] / 1e9}
+  if torch_run is None:
+    result["arms"]["torch"] = {"label": ARM_LABELS["torch"], "skipped": torch_note}
+  else:
+    result["arms"]["torch"]["note"] = torch_note
+  result["baseline_s"] = times["identity"]
+  roof = max(result["arms"]["numpy_mul"]["gbps"], result["arms"]["numpy_copy"]["gbps"])
+  result["roofline_gbps"] = roof
+  ours, tf_arm = result["arms"]["ours"], result["arms"]["tf"]
+  if "per_call_s" in ours:
+    ours["fraction_of_roofline"] = ours["gbps"] / roof
+    if "per_call_s" in tf_arm:
+      result["ours_vs_tf"] = tf_arm["per_call_s"] / ours["per_call_s"]
+  if "per_call_s" in tf_arm:
+    tf_arm["fraction_of_roofline"] = tf_arm["gbps"] / roof
+  log(f"  ours {fmt_us(ours.get('per_call_s'))}  tf {fmt_us(tf_arm.get('per_call_s'))}"
+      f"  ratio {result.get('ours_vs_tf', float('nan')):.2f}x  roofline {roof:.1f} GB/s")
+  del variables, fns, timed
+  return result
+
+
+def fmt_us(seconds):
+  if seconds is None:
+    return "-"
+  return f"{seconds * 1e6:.1f} us"
+
+
+# ---- peak memory ------------------------------------------------------------------------
+
+
+def peak_memory(shapes, dtypes):
+  """Peak allocator bytes above the variables for one call that produces the
+  gradients, unscales them and returns them all, per arm."""
+  variables = make_variables(shapes, dtypes)
+  x = tf.constant(0.75)
+  out = {"gradient_bytes": nbytes(shapes, dtypes)}
+  for arm in ("none", "ours", "tf"):
+
+    @tf.function(autograph=False)
+    def f(x, arm=arm):
+      grads = [tf.nn.relu(v * tf.cast(x, v.dtype)) for v in variables]
+      return grads if arm == "none" else unscale_arm(arm, grads)
+
+    f(x)
+    try:
+      tf.config.experimental.reset_memory_stats("CPU:0")
+      before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+      result = f(x)
+      peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
+    except (ValueError, tf.errors.OpError) as error:
+      return {"skipped": f"no CPU allocator statistics: {error}"}
+    del result
+    out[arm] = peak - before
+  return out
+
+
+# ---- optimizer steps ----------------------------------------------------------------------
+
+
+def keras_optimizer_arms(variables, kind, learning_rate):
+  import keras  # pylint: disable=import-outside-toplevel
+  from fixed_loss_scale import keras as fls_keras  # pylint: disable=import-outside-toplevel
+
+  def inner(**kwargs):
+    cls = keras.optimizers.SGD if kind == "sgd" else keras.optimizers.Adam
+    return cls(learning_rate=learning_rate, **kwargs)
+
+  optimizers = {
+      "bare": inner(),
+      "tf_per_tensor": inner(),
+      "keras_loss_scale_factor": inner(loss_scale_factor=LOSS_SCALE),
+      "keras_loss_scale_optimizer": keras.optimizers.LossScaleOptimizer(
+          inner(), initial_scale=LOSS_SCALE),
+      "ours_keras": fls_keras.FixedLossScaleOptimizer(inner(), LOSS_SCALE),
+  }
+  fns = {}
+  for name, opt in optimizers.items():
+    opt.build(variables)
+
+    @tf.function(autograph=False)
+    def step(x, name=name, opt=opt):
+      grads = [tf.nn.relu(v * x) for v in variables]
+      if name == "tf_per_tensor":
+        grads = [g * tf.constant(RECIPROCAL, g.dtype) for g in grads]
+      opt.apply(grads, variables)
+      return tf.constant(0)
+
+    fns[name] = step
+  return fns
+
+
+def tf1_optimizer_arms(shapes, kind, learning_rate):
+  """TF1 graph + Session: bare tf.compat.v1 optimizer, TF's compat
+  MixedPrecisionLossScaleOptimizer, and ours, on their own variables."""
+  from fixed_loss_scale import optimizer as fls_optimizer  # pylint: disable=import-outside-toplevel
+  graph = tf.Graph()
+  runs = {}
+  with graph.as_default():
+    rng = np.random.default_rng(4)
+    x = tf.compat.v1.placeholder(tf.float32, [])
+    arms = {}
+    for name in ("bare", "tf_compat_lso", "ours_tf1"):
+      variables = [tf.Variable(rng.standard_normal(s, dtype=np.float32) + 0.5) for s in shapes]
+      base = (tf.compat.v1.train.GradientDescentOptimizer(learning_rate) if kind == "sgd" else
+              tf.compat.v1.train.AdamOptimizer(learning_rate))
+      if name == "tf_compat_lso":
+        opt = tf.compat.v1.mixed_precision.MixedPrecisionLossScaleOptimizer(base, LOSS_SCALE)
+      elif name == "ours_tf1":
+        opt = fls_optimizer.MixedPrecisionLossScaleOptimizer(base, LOSS_SCALE)
+      else:
+        opt = base
+      grads = [tf.nn.relu(v * x) for v in variables]
+      arms[name] = opt.apply_gradients(list(zip(grads, variables)))
+    init = tf.compat.v1.global_variables_initializer()
+  session = tf.compat.v1.Session(graph=graph)
+  session.run(init)
+  for name, op in arms.items():
+    runs[name] = (lambda op=op: session.run(op, {x: 1e-3}))
+  return runs, session
+
+
+def optimizer_steps(args):
+  shapes = bert_like_shapes(args.quick)
+  results = []
+  for kind in ("sgd", "adam"):
+    variables = [tf.Variable(np.random.default_rng(5).standard_normal(s, dtype=np.float32) + 0.5)
+                 for s in shapes]
+    x = tf.constant(1e-3)
+    keras_fns = keras_optimizer_arms(variables, kind, 1e-3)
+    fns = {}
+    for name, fn in keras_fns.items():
+      log(f"[optimizer {kind}] tracing {name}")
+      fn(x)
+      fn(x)
+      fns["keras:" + name] = (lambda f=fn: f(x))
+    log(f"[optimizer {kind}] building TF1 arms")
+    tf1_runs, session = tf1_optimizer_arms(shapes, kind, 1e-3)
+    for name, run in tf1_runs.items():
+      run()
+      fns["tf1:" + name] = run
+    times = interleaved(fns, args.rounds, args.reps)
+    session.close()
+    grad_bytes = nbytes(shapes, ["float32"] * len(shapes))
+    entry = {"optimizer": kind, "gradient_bytes": grad_bytes, "step_s": times}
+    for family, bare in (("keras", "keras:bare"), ("tf1", "tf1:bare")):
+      for name, t in times.items():
+        if name.startswith(family + ":") and name != bare:
+          entry.setdefault("overhead_s", {})[name] = t - times[bare]
+          entry.setdefault("overhead_fraction", {})[name] = (t - times[bare]) / times[bare]
+    log(f"[optimizer {kind}] " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in times.items()))
+    results.append(entry)
+    del variables, keras_fns, fns
+  return results
+
+
+# ---- machine, table, plot ---------------------------------------------------------------
+
+
+def cpu_path():
+  flags = ""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("flags"):
+          flags = line.split()
+          break
+  except OSError:
+    pass
+  best = "scalar"
+  if all(f in flags for f in ("avx2", "f16c", "fma")):
+    best = "avx2"
+    if all(f in flags for f in ("avx512f", "avx512bw", "avx512vl")):
+      best = "avx512"
+  requested = os.environ.get("FIXED_LOSS_SCALE_CPU_PATH")
+  order = ["scalar", "avx2", "avx512"]
+  if requested in order and order.index(requested) < order.index(best):
+    return requested
+  return best
+
+
+def machine_info(args):
+  model = platform.processor()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          model = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  return {
+      "cpu": model,
+      "cores": os.cpu_count(),
+      "python": platform.python_version(),
+      "tensorflow": tf.__version__,
+      "numpy": np.__version__,
+      "fixed_loss_scale": fixed_loss_scale.__version__,
+      "cpu_path": cpu_path(),
+      "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads() or "default",
+      "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads() or "default",
+      "numpy_threads": args.threads,
+      "loadavg_start": os.getloadavg(),
+      "quick": args.quick,
+      "rounds": args.rounds,
+      "reps": args.reps,
+      "loss_scale": LOSS_SCALE,
+  }
+
+
+def print_table(results, out=sys.stdout):
+  m = results["machine"]
+  print(f"machine: {m['cpu']}, {m['cores']} cores, TF {m['tensorflow']}, numpy {m['numpy']}, "
+        f"CPU path {m['cpu_path']}, intra/inter-op threads {m['intra_op_threads']}/"
+        f"{m['inter_op_threads']}, load {m['loadavg_start'][0]:.2f} -> "
+        f"{m.get('loadavg_end', [float('nan')])[0]:.2f}", file=out)
+  header = (f"{'scenario':<22}{'tensors':>8}{'MB':>9}  {'ours us':>9}{'TF us':>10}{'XLA us':>9}"
+            f"  {'ours':>6}{'TF':>6}{'XLA':>6}{'torch':>6}{'roof':>6}  {'ours/TF':>7}"
+            f"{'%roof':>6}")
+  print("\nper call (us) and GB/s (bytes read + written); ours/TF = TF time / our time",
+        file=out)
+  print(header, file=out)
+  for r in results["scenarios"]:
+    a = r["arms"]
+
+    def us(arm):
+      e = a.get(arm, {})
+      if e.get("optimized_away"):
+        return "gone"
+      if e.get("below_noise"):
+        return "<noise"
+      return f"{e['per_call_s'] * 1e6:.1f}" if "per_call_s" in e else "-"
+
+    def gb(arm):
+      e = a.get(arm, {})
+      return f"{e['gbps']:.1f}" if "gbps" in e else "-"
+
+    pct = a["ours"].get("fraction_of_roofline")
+    print(f"{r['scenario']:<22}{r['num_tensors']:>8}{r['bytes'] / 1e6:>9.2f}  {us('ours'):>9}"
+          f"{us('tf'):>10}{us('tf_xla'):>9}  {gb('ours'):>6}{gb('tf'):>6}{gb('tf_xla'):>6}"
+          f"{gb('torch'):>6}{r['roofline_gbps']:>6.1f}  "
+          f"{r.get('ours_vs_tf', float('nan')):>6.2f}x{(pct or float('nan')) * 100:>5.0f}%",
+          file=out)
+  for p in results.get("peak_memory", []):
+    if "skipped" in p:
+      print(f"\npeak memory {p['scenario']}: skipped ({p['skipped']})", file=out)
+      continue
+    print(f"\npeak memory {p['scenario']} (bytes above the variables; gradients "
+          f"{p['gradient_bytes'] / 1e6:.1f} MB): produce only {p['none'] / 1e6:.1f} MB, "
+          f"ours {p['ours'] / 1e6:.1f} MB, TF per-tensor {p['tf'] / 1e6:.1f} MB", file=out)
+  for o in results.get("optimizer_steps", []):
+    print(f"\noptimizer step, bert_like variables, {o['optimizer']} "
+          f"(gradients {o['gradient_bytes'] / 1e6:.0f} MB): step ms and overhead over the bare "
+          "optimizer", file=out)
+    for name, t in o["step_s"].items():
+      extra = o.get("overhead_fraction", {}).get(name)
+      extra_s = o.get("overhead_s", {}).get(name)
+      tail = "" if extra is None else f"  +{extra_s * 1e3:7.2f} ms  ({extra * 100:+.1f}%)"
+      print(f"  {name:<36}{t * 1e3:9.2f} ms{tail}", file=out)
+
+
+def plot(results, path):
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  scenarios = [r for r in results["scenarios"] if not r["scenario"].startswith("sweep")]
+  sweep = [r for r in results["scenarios"] if r["scenario"].startswith("sweep")]
+  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(16, 6), gridspec_kw={"width_ratios": [3, 1.3]})
+  arms = ["ours", "tf", "tf_xla", "torch", "numpy_mul", "numpy_copy"]
+  width = 0.8 / len(arms)
+  xs = np.arange(len(scenarios))
+  for k, arm in enumerate(arms):
+    values = [r["arms"].get(arm, {}).get("gbps", 0.0) for r in scenarios]
+    ax1.bar(xs + (k - len(arms) / 2 + 0.5) * width, values, width, label=ARM_LABELS[arm])
+  ax1.set_xticks(xs)
+  ax1.set_xticklabels([r["scenario"] for r in scenarios], rotation=45, ha="right", fontsize=8)
+  ax1.set_ylabel("GB/s (bytes read + written)")
+  ax1.set_title("Unscale throughput per gradient set and dtype")
+  ax1.legend(fontsize=8)
+  ax1.grid(axis="y", alpha=0.3)
+  if sweep:
+    counts = [r["num_tensors"] for r in sweep]
+    for arm in ("ours", "tf", "tf_xla", "torch"):
+      points = [(c, r["arms"][arm]["per_call_s"] * 1e6) for c, r in zip(counts, sweep)
+                if "per_call_s" in r["arms"].get(arm, {})]
+      if points:
+        ax2.loglog(*zip(*points), marker="o", label=ARM_LABELS[arm])
+    ax2.set_xlabel("number of tensors (fixed total size)")
+    ax2.set_ylabel("per-call time (us)")
+    ax2.set_title(f"Cost against tensor count ({sweep[0]['bytes'] / 1e6:.1f} MB float32)")
+    ax2.legend(fontsize=8)
+    ax2.grid(alpha=0.3, which="both")
+  m = results["machine"]
+  fig.suptitle(f"tf-fixed-loss-scale, {m['cpu']}, {m['cores']} cores, TF {m['tensorflow']}, "
+               f"load {m['loadavg_start'][0]:.2f}", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+# ---- main ---------------------------------------------------------------------------------------
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(prog="python -m fixed_loss_scale.bench",
+                                   description=__doc__.split("\n")[0])
+  parser.add_argument("--quick", action="store_true",
+                      help="small sizes, one round: a smoke run (CI), not a measurement")
+  parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+  parser.add_argument("--plot", metavar="PATH", help="write a PNG chart (needs matplotlib)")
+  parser.add_argument("--sets", default="tiny,many_small,few_large,bert_like",
+                      help="comma-separated gradient sets (default: all)")
+  parser.add_argument("--dtypes", default=",".join(DTYPE_MODES),
+                      help="comma-separated dtype modes (default: all)")
+  parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3)")
+  parser.add_argument("--reps", type=int, default=None, help="calls per arm and round (default 5)")
+  parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                      help="threads for the numpy roofline (default: all cores)")
+  parser.add_argument("--no-sweep", action="store_true", help="skip the tensor-count sweep")
+  parser.add_argument("--no-optimizer", action="store_true", help="skip the optimizer steps")
+  parser.add_argument("--no-xla", action="store_true", help="skip the XLA reference arm")
+  parser.add_argument("--no-torch", action="store_true", help="skip the torch arm")
+  args = parser.parse_args(argv)
+  if args.rounds is None:
+    args.rounds = 1 if args.quick else 3
+  if args.reps is None:
+    args.reps = 2 if args.quick else 5
+  return args
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  tf.get_logger().setLevel("ERROR")
+  results = {"machine": machine_info(args), "scenarios": [], "peak_memory": [],
+             "optimizer_steps": []}
+  log(f"machine: {results['machine']}")
+  sets = [s for s in args.sets.split(",") if s]
+  modes = [d for d in args.dtypes.split(",") if d]
+  for set_name in sets:
+    for mode in modes:
+      shapes = set_shapes(set_name, args.quick)
+      results["scenarios"].append(
+          run_scenario(f"{set_name}/{mode}", shapes, dtypes_for(mode, len(shapes)), args,
+                       xla=not args.no_xla))
+  if not args.no_sweep:
+    counts, total = ((1, 10, 100), 1 << 14) if args.quick else ((1, 10, 100, 1000, 10000), 1 << 20)
+    for count in counts:
+      shapes = sweep_shapes(count, total)
+      results["scenarios"].append(
+          run_scenario(f"sweep/{count}", shapes, dtypes_for("float32", count), args,
+                       xla=not args.no_xla and count <= 1000))
+  for set_name, mode in (("few_large", "float32"), ("bert_like", "float32"),
+                         ("bert_like", "float16")):
+    shapes = set_shapes(set_name, args.quick)
+    entry = peak_memory(shapes, dtypes_for(mode, len(shapes)))
+    entry["scenario"] = f"{set_name}/{mode}"
+    results["peak_memory"].append(entry)
+    log(f"[peak memory {set_name}/{mode}] {entry}")
+  if not args.no_optimizer:
+    results["optimizer_steps"] = optimizer_steps(args)
+  results["machine"]["loadavg_end"] = os.getloadavg()
+  print_table(results)
+  if args.json:
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+      json.dump(results, f, indent=1)
+    log(f"wrote {args.json}")
+  if args.plot:
+    os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
+    plot(results, args.plot)
+    log(f"wrote {args.plot}")
+  return results
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,59 @@
+"""The benchmark runs end to end (`--quick`) and writes well-formed JSON.
+
+CI runs this so the benchmark never rots; it asserts nothing about speed.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_json(tmp_path):
+  out = tmp_path / "bench.json"
+  command = [sys.executable, "-m", "fixed_loss_scale.bench", "--quick", "--json", str(out),
+             "--sets", "tiny,many_small", "--dtypes", "float32,mixed", "--no-torch"]
+  if not os.environ.get("FLS_BENCH_SMOKE_XLA"):
+    command.append("--no-xla")
+  proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                        check=False)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  assert "ours/TF" in proc.stdout
+  results = json.loads(out.read_text())
+
+  machine = results["machine"]
+  for key in ("cpu", "cores", "tensorflow", "cpu_path", "loadavg_start", "loadavg_end"):
+    assert key in machine, key
+
+  names = [s["scenario"] for s in results["scenarios"]]
+  assert "tiny/float32" in names and "many_small/mixed" in names
+  assert any(n.startswith("sweep/") for n in names)
+  for scenario in results["scenarios"]:
+    assert scenario["num_tensors"] > 0 and scenario["bytes"] > 0
+    assert scenario["roofline_gbps"] > 0
+    arms = scenario["arms"]
+    for arm in ("ours", "tf"):
+      entry = arms[arm]
+      assert not entry["optimized_away"], (scenario["scenario"], arm, entry)
+      assert entry["total_s"] > 0 and entry["baseline_s"] > 0
+      # Quick runs are too short for the difference to be above noise always.
+      assert entry.get("below_noise") or entry["per_call_s"] > 0
+    for arm in ("numpy_mul", "numpy_copy"):
+      assert arms[arm]["gbps"] > 0
+    assert "torch" in arms  # skipped with a reason here
+
+  for peak in results["peak_memory"]:
+    assert peak.get("skipped") or peak["gradient_bytes"] > 0
+
+  kinds = [o["optimizer"] for o in results["optimizer_steps"]]
+  assert kinds == ["sgd", "adam"]
+  for step in results["optimizer_steps"]:
+    for arm in ("keras:bare", "keras:keras_loss_scale_optimizer",
+                "keras:keras_loss_scale_factor", "keras:ours_keras", "keras:tf_per_tensor",
+                "tf1:bare", "tf1:tf_compat_lso", "tf1:ours_tf1"):
+      assert step["step_s"][arm] > 0, arm
