@@ -74,29 +74,3 @@ def test_many_inputs_forward_and_scale():
 
   out = f(tf.constant(values))
   np.testing.assert_array_equal(np.stack([o.numpy() for o in out]), values * 0.5)
-
-
-def test_large_gradient_lists_are_unscaled_in_groups_on_cpu():
-  """On CPU, unscale_gradients emits one op per <= MAX_GROUP_BYTES run of
-  consecutive gradients (scaling.py NOTE [groups]); small lists stay one op; the
-  values are the same either way."""
-  from conftest import graph_op_types  # pylint: disable=import-outside-toplevel
-  from fixed_loss_scale import scaling  # pylint: disable=import-outside-toplevel
-  if tf.config.list_logical_devices("GPU"):
-    import pytest  # pylint: disable=import-outside-toplevel
-    pytest.skip("with a GPU the list stays one op")
-  quarter = scaling.MAX_GROUP_BYTES // 4 // 4  # float32 elements in a quarter group
-  rng = np.random.default_rng(3)
-  values = [rng.standard_normal(n).astype(np.float32) for n in [quarter] * 6 + [5 * quarter, 7]]
-
-  @tf.function
-  def unscale(gs):
-    return scaling.unscale_gradients(gs, 3.0)
-
-  small = [tf.constant(v[:100]) for v in values]
-  assert graph_op_types(unscale.get_concrete_function(small)).count("FixedUnscaleGrads") == 1
-  big = [tf.constant(v) for v in values]
-  # [4 quarters] [2 quarters] [5 quarters alone] [7 elements]
-  assert graph_op_types(unscale.get_concrete_function(big)).count("FixedUnscaleGrads") == 4
-  for got, want in zip(unscale(big), values):
-    assert_bitwise_equal(got.numpy(), reference_unscale(want, 3.0))

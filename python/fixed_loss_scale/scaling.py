@@ -64,48 +64,13 @@ def _rebuild(grad, unscaled):
   return unscaled
 
 
-# NOTE [groups]: on CPU a single op for all gradients is a barrier: it starts
-# when the last gradient exists, so gradients that TensorFlow would otherwise
-# produce, unscale and apply one by one while they are still in cache all go out
-# to memory and come back. On BERT-sized float32 gradients with Keras 3 SGD
-# (docs/BENCHMARKS.md) one op added ~20% to the step, one op per <= 4 MiB group
-# ~0-5%. So where no GPU is present, the dense gradients go through one
-# FixedUnscaleGrads per run of consecutive gradients of at most MAX_GROUP_BYTES
-# (a larger gradient alone); lists up to that size stay one op. With a GPU, one
-# launch for everything is the point, and the list stays one op.
-MAX_GROUP_BYTES = 4 << 20
-
-
-def _static_bytes(tensor):
-  """Bytes of a tensor of fully known shape, else MAX_GROUP_BYTES (its own group)."""
-  count = tensor.shape.num_elements()
-  return MAX_GROUP_BYTES if count is None else count * tensor.dtype.size
-
-
-def _groups(dense):
-  """`dense` split as NOTE [groups] says, as lists of consecutive tensors."""
-  if tf.config.list_logical_devices("GPU"):
-    return [dense]
-  groups, current, current_bytes = [], [], 0
-  for tensor in dense:
-    size = _static_bytes(tensor)
-    if current and current_bytes + size > MAX_GROUP_BYTES:
-      groups.append(current)
-      current, current_bytes = [], 0
-    current.append(tensor)
-    current_bytes += size
-  groups.append(current)
-  return groups
-
-
 @tf.autograph.experimental.do_not_convert
 def unscale_gradients(grads, loss_scale):
   """Returns `grads` with every gradient divided by `loss_scale`.
 
   `grads` is any nested structure; None stays None, tf.IndexedSlices keep their
-  indices and dense shape, and the structure is preserved. In graphs the dense
-  parts go through one FixedUnscaleGrads op (on CPU, one per 4 MiB group of
-  consecutive gradients when they are larger: see NOTE [groups]).
+  indices and dense shape, and the structure is preserved. In graphs all dense
+  parts go through a single FixedUnscaleGrads op.
   """
   loss_scale = ops.validate_loss_scale(loss_scale)
   flat = tf.nest.flatten(grads)
@@ -117,7 +82,7 @@ def unscale_gradients(grads, loss_scale):
   if not dense:
     return grads
   if uses_custom_ops():
-    unscaled = [u for group in _groups(dense) for u in ops.fixed_unscale_grads(group, loss_scale)]
+    unscaled = ops.fixed_unscale_grads(dense, loss_scale)
   else:
     scale32 = np.float32(loss_scale)
     reciprocal32 = np.float32(1) / scale32
