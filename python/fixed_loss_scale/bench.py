@@ -476,11 +476,14 @@ def tf1_optimizer_arms(shapes, kind, learning_rate):
   graph = tf.Graph()
   runs = {}
   with graph.as_default():
-    rng = np.random.default_rng(4)
     x = tf.compat.v1.placeholder(tf.float32, [])
     arms = {}
-    for name in ("bare", "tf_compat_lso", "ours_tf1"):
-      variables = [tf.Variable(rng.standard_normal(s, dtype=np.float32) + 0.5) for s in shapes]
+    for arm, name in enumerate(("bare", "tf_compat_lso", "ours_tf1")):
+      # Initialised by a random op, not from numpy: numpy initial values become
+      # Const nodes, and 3 arms x 351 MB of constants copied through GraphDef
+      # serialisation and Grappler exhausted 24 GiB.
+      variables = [tf.Variable(tf.random.stateless_normal(s, seed=[arm, i]) + 0.5)
+                   for i, s in enumerate(shapes)]
       base = (tf.compat.v1.train.GradientDescentOptimizer(learning_rate) if kind == "sgd" else
               tf.compat.v1.train.AdamOptimizer(learning_rate))
       if name == "tf_compat_lso":
