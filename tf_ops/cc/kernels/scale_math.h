@@ -146,27 +146,6 @@ FLS_HOST_DEVICE uint16_t ScaleBFloat16Bits(uint16_t b, float factor) {
   return FloatToBFloat16Bits(ScaleFloat(BFloat16BitsToFloat(b), factor));
 }
 
-// Scales element `i` of a tensor stored as `dtype`. `in` and `out` may alias.
-FLS_HOST_DEVICE void ScaleElement(DType dtype, const void* in, void* out, int64_t i,
-                                  ScaleFactor factor) {
-  switch (dtype) {
-    case DType::kHalf:
-      static_cast<uint16_t*>(out)[i] =
-          ScaleHalfBits(static_cast<const uint16_t*>(in)[i], factor.f);
-      break;
-    case DType::kBFloat16:
-      static_cast<uint16_t*>(out)[i] =
-          ScaleBFloat16Bits(static_cast<const uint16_t*>(in)[i], factor.f);
-      break;
-    case DType::kFloat:
-      static_cast<float*>(out)[i] = ScaleFloat(static_cast<const float*>(in)[i], factor.f);
-      break;
-    case DType::kDouble:
-      static_cast<double*>(out)[i] = ScaleDouble(static_cast<const double*>(in)[i], factor.d);
-      break;
-  }
-}
-
 // NOTE [flush to zero in software]: TensorFlow runs its CPU kernels with the
 // x86 MXCSR flush-to-zero and denormals-are-zero bits set, so the float32 and
 // float64 multiplies above see a subnormal input as zero of the same sign, and
@@ -241,27 +220,48 @@ FLS_HOST_DEVICE uint16_t ScaleBFloat16BitsFlushed(uint16_t b, float factor) {
   return FloatToBFloat16Bits(ScaleFloatFlushed(BFloat16BitsToFloat(b), factor));
 }
 
-// ScaleElement as the CPU computes it under FTZ/DAZ, in IEEE arithmetic.
+// Scales element `i` of a tensor stored as `dtype`, in place when `in` and `out`
+// alias: with the hardware's floating-point mode (kFlushed false), or as the
+// CPU computes it under FTZ/DAZ, in IEEE arithmetic (kFlushed true).
+template <bool kFlushed>
+FLS_HOST_DEVICE void ScaleElementAs(DType dtype, const void* in, void* out, int64_t i,
+                                    ScaleFactor factor) {
+  switch (dtype) {
+    case DType::kHalf: {
+      const uint16_t x = static_cast<const uint16_t*>(in)[i];
+      static_cast<uint16_t*>(out)[i] =
+          kFlushed ? ScaleHalfBitsFlushed(x, factor.f) : ScaleHalfBits(x, factor.f);
+      break;
+    }
+    case DType::kBFloat16: {
+      const uint16_t x = static_cast<const uint16_t*>(in)[i];
+      static_cast<uint16_t*>(out)[i] =
+          kFlushed ? ScaleBFloat16BitsFlushed(x, factor.f) : ScaleBFloat16Bits(x, factor.f);
+      break;
+    }
+    case DType::kFloat: {
+      const float x = static_cast<const float*>(in)[i];
+      static_cast<float*>(out)[i] =
+          kFlushed ? ScaleFloatFlushed(x, factor.f) : ScaleFloat(x, factor.f);
+      break;
+    }
+    case DType::kDouble: {
+      const double x = static_cast<const double*>(in)[i];
+      static_cast<double*>(out)[i] =
+          kFlushed ? ScaleDoubleFlushed(x, factor.d) : ScaleDouble(x, factor.d);
+      break;
+    }
+  }
+}
+
+FLS_HOST_DEVICE void ScaleElement(DType dtype, const void* in, void* out, int64_t i,
+                                  ScaleFactor factor) {
+  ScaleElementAs<false>(dtype, in, out, i, factor);
+}
+
 FLS_HOST_DEVICE void ScaleElementFlushed(DType dtype, const void* in, void* out, int64_t i,
                                          ScaleFactor factor) {
-  switch (dtype) {
-    case DType::kHalf:
-      static_cast<uint16_t*>(out)[i] =
-          ScaleHalfBitsFlushed(static_cast<const uint16_t*>(in)[i], factor.f);
-      break;
-    case DType::kBFloat16:
-      static_cast<uint16_t*>(out)[i] =
-          ScaleBFloat16BitsFlushed(static_cast<const uint16_t*>(in)[i], factor.f);
-      break;
-    case DType::kFloat:
-      static_cast<float*>(out)[i] =
-          ScaleFloatFlushed(static_cast<const float*>(in)[i], factor.f);
-      break;
-    case DType::kDouble:
-      static_cast<double*>(out)[i] =
-          ScaleDoubleFlushed(static_cast<const double*>(in)[i], factor.d);
-      break;
-  }
+  ScaleElementAs<true>(dtype, in, out, i, factor);
 }
 
 }  // namespace fixed_loss_scale
