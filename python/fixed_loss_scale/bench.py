@@ -14,8 +14,9 @@ arm and what limits each number; in short:
   per-call time = (T(arm) - T(identity)) / N.
 - Before timing, each arm's optimized graph is read from the run metadata; an
   arm whose multiplies were optimized away is reported, not timed.
-- Arms run interleaved for several rounds; each arm's number is the minimum
-  over rounds of the median over calls in a round.
+- Arms run interleaved for several rounds; an arm's time in a round is the
+  median of its calls there, and every difference and ratio is taken within a
+  round (arms back to back), then the median over rounds is reported.
 - GB/s counts bytes read + written by the unscale (2 x the gradients' bytes).
 """
 
@@ -25,7 +26,9 @@ import json
 import math
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -71,7 +74,8 @@ def bert_like_shapes(quick):
   token-type embeddings, then 12 encoder layers of 16 tensors (Q, K, V, output
   kernels and biases, two LayerNorms, the two feed-forward kernels and biases):
   195 tensors, ~88M elements."""
-  vocab, hidden, ff, positions, layers = (100, 64, 256, 64, 12) if quick else (
+  # --quick: the same kinds of tensors, 3 layers (51 tensors), tiny sizes.
+  vocab, hidden, ff, positions, layers = (100, 64, 256, 64, 3) if quick else (
       3000, 768, 3072, 512, 12)
   shapes = [(vocab, hidden), (positions, hidden), (2, hidden)]
   for _ in range(layers):
@@ -124,15 +128,23 @@ def median_time(fn, reps):
 
 
 def interleaved(fns, rounds, reps):
-  """{name: min over rounds of the median of `reps` calls}, arms interleaved and
-  their order rotated each round so drift hits all alike."""
+  """{name: [median of `reps` calls, one per round]}, arms interleaved and their
+  order rotated each round, so that drift and other load hit all alike and an
+  arm can be compared with another in the same round (see `paired`)."""
   names = list(fns)
-  best = {n: math.inf for n in names}
+  per_round = {n: [] for n in names}
   for r in range(rounds):
     order = names[r % len(names):] + names[:r % len(names)]
     for name in order:
-      best[name] = min(best[name], median_time(fns[name], reps))
-  return best
+      per_round[name].append(median_time(fns[name], reps))
+  return per_round
+
+
+def paired(f, *series):
+  """Median over rounds of f(values of one round): a difference or ratio taken
+  within each round, where arms ran back to back, so that the slow drift of a
+  shared machine's memory bandwidth between rounds cancels out."""
+  return float(np.median([f(*values) for values in zip(*series)]))
 
 
 # ---- the TensorFlow arms ------------------------------------------------------------
@@ -202,12 +214,17 @@ def optimized_op_counts(fn, x):
   finally:
     context.context().disable_graph_collection()
     context.context().disable_run_metadata()
-  counts = {}
+  graphs = []
   for function_graph in metadata.function_graphs:
-    graphs = list(function_graph.partition_graphs) or [function_graph.post_optimization_graph]
-    for graph in graphs:
-      for node in graph.node:
-        counts[node.op] = counts.get(node.op, 0) + 1
+    graphs += list(function_graph.partition_graphs) or [function_graph.post_optimization_graph]
+  return _count_ops(graphs)
+
+
+def _count_ops(graph_defs):
+  counts = {}
+  for graph in graph_defs:
+    for node in graph.node:
+      counts[node.op] = counts.get(node.op, 0) + 1
   return counts
 
 
@@ -359,8 +376,9 @@ def run_scenario(name, shapes, dtypes, args, xla=True):
   roofline.close()
 
   result = {"scenario": name, "num_tensors": num_tensors, "bytes": total, "repeats": repeats,
-            "arms": {}}
+            "rounds": len(times["identity"]), "arms": {}}
   moved = 2 * total
+  per_call_rounds = {}  # arm: per-call seconds in each round
   for arm in ("ours", "tf", "tf_xla"):
     if arm not in fns:
       continue
@@ -368,8 +386,9 @@ def run_scenario(name, shapes, dtypes, args, xla=True):
     entry = {"label": ARM_LABELS[arm], "check": note, "optimized_away": not ok}
     if ok:
       base = "xla_identity" if arm == "tf_xla" else "identity"
-      per_call = (times[arm] - times[base]) / repeats
-      entry.update(total_s=times[arm], baseline_s=times[base])
+      per_call_rounds[arm] = [(t - b) / repeats for t, b in zip(times[arm], times[base])]
+      per_call = float(np.median(per_call_rounds[arm]))
+      entry.update(total_s=float(np.median(times[arm])), baseline_s=float(np.median(times[base])))
       if per_call > 0:
         entry.update(per_call_s=per_call, gbps=moved / per_call / 1e9)
       else:
@@ -377,24 +396,38 @@ def run_scenario(name, shapes, dtypes, args, xla=True):
     result["arms"][arm] = entry
   for arm in ("numpy_mul", "numpy_copy", "torch"):
     if arm in times:
-      result["arms"][arm] = {"label": ARM_LABELS[arm], "per_call_s": times[arm],
-                             "gbps": moved / times[arm] / 1e9}
+      per_call_rounds[arm] = times[arm]
+      per_call = float(np.median(times[arm]))
+      result["arms"][arm] = {"label": ARM_LABELS[arm], "per_call_s": per_call,
+                             "gbps": moved / per_call / 1e9}
   if torch_run is None:
     result["arms"]["torch"] = {"label": ARM_LABELS["torch"], "skipped": torch_note}
   else:
     result["arms"]["torch"]["note"] = torch_note
-  result["baseline_s"] = times["identity"]
-  roof = max(result["arms"]["numpy_mul"]["gbps"], result["arms"]["numpy_copy"]["gbps"])
-  result["roofline_gbps"] = roof
+  result["baseline_s"] = float(np.median(times["identity"]))
+  # The roofline of each round: the faster of numpy's multiply and copy then.
+  roof_rounds = [moved / min(m, c) / 1e9 for m, c in zip(times["numpy_mul"], times["numpy_copy"])]
+  result["roofline_gbps"] = float(np.median(roof_rounds))
   ours, tf_arm = result["arms"]["ours"], result["arms"]["tf"]
-  if "per_call_s" in ours:
-    ours["fraction_of_roofline"] = ours["gbps"] / roof
-    if "per_call_s" in tf_arm:
-      result["ours_vs_tf"] = tf_arm["per_call_s"] / ours["per_call_s"]
-  if "per_call_s" in tf_arm:
-    tf_arm["fraction_of_roofline"] = tf_arm["gbps"] / roof
+
+  def positive(*values):
+    return all(v > 0 for v in values)
+
+  for arm in ("ours", "tf"):
+    if "per_call_s" in result["arms"][arm]:
+      pairs = [(p, r) for p, r in zip(per_call_rounds[arm], roof_rounds) if positive(p)]
+      result["arms"][arm]["fraction_of_roofline"] = paired(
+          lambda p, r: moved / p / 1e9 / r, *zip(*pairs))
+  if "per_call_s" in ours and "per_call_s" in tf_arm:
+    pairs = [(o, t) for o, t in zip(per_call_rounds["ours"], per_call_rounds["tf"])
+             if positive(o, t)]
+    if pairs:
+      ratios = [t / o for o, t in pairs]
+      result["ours_vs_tf"] = float(np.median(ratios))
+      # How much the per-round ratio moved: the spread to read a ratio against.
+      result["ours_vs_tf_quartiles"] = [float(q) for q in np.percentile(ratios, [25, 75])]
   log(f"  ours {fmt_us(ours.get('per_call_s'))}  tf {fmt_us(tf_arm.get('per_call_s'))}"
-      f"  ratio {result.get('ours_vs_tf', float('nan')):.2f}x  roofline {roof:.1f} GB/s")
+      f"  ratio {result.get('ours_vs_tf', float('nan')):.2f}x  roofline {result['roofline_gbps']:.1f} GB/s")
   del variables, fns, timed
   return result
 
@@ -434,7 +467,63 @@ def peak_memory(shapes, dtypes):
   return out
 
 
+PEAK_MEMORY_SCENARIOS = (("few_large", "float32"), ("bert_like", "float32"),
+                         ("bert_like", "float16"))
+# TensorFlow's default CPU allocator keeps statistics only where it is
+# TensorFlow's BFC allocator (oneDNN builds pick it on CPUs with AVX-512 VNNI,
+# bfloat16 or AMX); elsewhere peak memory is measured in a child process that
+# asks for the BFC allocator, so the timed arms keep the default one.
+BFC_ENV = "TF_CPU_ALLOCATOR_USE_BFC"
+
+
+def allocator_keeps_statistics():
+  try:
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    return True
+  except (ValueError, tf.errors.OpError):
+    return False
+
+
+def peak_memory_scenarios(args):
+  """Peak memory per PEAK_MEMORY_SCENARIOS, here or in a child process."""
+  if not allocator_keeps_statistics() and os.environ.get(BFC_ENV) is None:
+    return peak_memory_in_child(args)
+  allocator = f"BFC ({BFC_ENV}={os.environ[BFC_ENV]})" if BFC_ENV in os.environ else "default"
+  entries = []
+  for set_name, mode in PEAK_MEMORY_SCENARIOS:
+    shapes = set_shapes(set_name, args.quick)
+    entry = peak_memory(shapes, dtypes_for(mode, len(shapes)))
+    entry.update(scenario=f"{set_name}/{mode}", allocator=allocator)
+    entries.append(entry)
+    log(f"[peak memory {set_name}/{mode}] {entry}")
+  return entries
+
+
+def peak_memory_in_child(args):
+  log(f"[peak memory] the default CPU allocator keeps no statistics here: measuring in a child "
+      f"process with {BFC_ENV}=true")
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, "peak.json")
+    command = [sys.executable, "-m", "fixed_loss_scale.bench", "--peak-memory-only", out]
+    if args.quick:
+      command.append("--quick")
+    proc = subprocess.run(command, env={**os.environ, BFC_ENV: "true"}, check=False,
+                          stdout=subprocess.DEVNULL)
+    if proc.returncode != 0:
+      return [{"scenario": f"{n}/{m}", "skipped": f"child process exited {proc.returncode}"}
+              for n, m in PEAK_MEMORY_SCENARIOS]
+    with open(out) as f:
+      return json.load(f)
+
+
 # ---- optimizer steps ----------------------------------------------------------------------
+
+
+# Optimizer-step arms that unscale with per-tensor arithmetic (checked by
+# check_optimizer_arm), and the TF1 family.
+PER_TENSOR_UNSCALE_ARMS = ("keras:tf_per_tensor", "keras:keras_loss_scale_factor",
+                           "keras:keras_loss_scale_optimizer", "tf1:tf_compat_lso")
+TF1_ARMS = ("bare", "tf_compat_lso", "ours_tf1")
 
 
 def keras_optimizer_arms(variables, kind, learning_rate):
@@ -471,14 +560,17 @@ def keras_optimizer_arms(variables, kind, learning_rate):
 
 def tf1_optimizer_arms(shapes, kind, learning_rate):
   """TF1 graph + Session: bare tf.compat.v1 optimizer, TF's compat
-  MixedPrecisionLossScaleOptimizer, and ours, on their own variables."""
+  MixedPrecisionLossScaleOptimizer, and ours, on their own variables, each
+  through compute_gradients + apply_gradients as `minimize` does (the wrappers
+  scale the loss and unscale the gradients in compute_gradients; apply_gradients
+  alone would skip both). Returns ({name: run}, {name: op counts of the graph
+  that run executed}, session)."""
   from fixed_loss_scale import optimizer as fls_optimizer  # pylint: disable=import-outside-toplevel
   graph = tf.Graph()
-  runs = {}
   with graph.as_default():
     x = tf.compat.v1.placeholder(tf.float32, [])
     arms = {}
-    for arm, name in enumerate(("bare", "tf_compat_lso", "ours_tf1")):
+    for arm, name in enumerate(TF1_ARMS):
       # Initialised by a random op, not from numpy: numpy initial values become
       # Const nodes, and 3 arms x 351 MB of constants copied through GraphDef
       # serialisation and Grappler exhausted 24 GiB.
@@ -492,14 +584,39 @@ def tf1_optimizer_arms(shapes, kind, learning_rate):
         opt = fls_optimizer.MixedPrecisionLossScaleOptimizer(base, LOSS_SCALE)
       else:
         opt = base
-      grads = [tf.nn.relu(v * x) for v in variables]
-      arms[name] = opt.apply_gradients(list(zip(grads, variables)))
+      loss = tf.add_n([tf.reduce_sum(tf.nn.relu(v * x)) for v in variables])
+      arms[name] = opt.apply_gradients(opt.compute_gradients(loss, var_list=variables))
     init = tf.compat.v1.global_variables_initializer()
   session = tf.compat.v1.Session(graph=graph)
   session.run(init)
+  runs, counts = {}, {}
   for name, op in arms.items():
+    metadata = tf.compat.v1.RunMetadata()
+    session.run(op, {x: 1e-3}, options=tf.compat.v1.RunOptions(output_partition_graphs=True),
+                run_metadata=metadata)
+    counts[name] = _count_ops(metadata.partition_graphs)
     runs[name] = (lambda op=op: session.run(op, {x: 1e-3}))
-  return runs, session
+  return runs, counts, session
+
+
+def check_optimizer_arm(name, counts, bare_counts, num_variables):
+  """(ok, note): whether the step `name` still unscales after Grappler: ours
+  holds FixedUnscaleGrads; a per-tensor arm has more multiplies or divides than
+  the bare step of its family. Grappler may fold some of TF's per-tensor
+  multiplies into the optimizer's own (SGD's lr * grad): that is TF's real
+  behaviour, reported in the note and timed; only an arm left with none is not."""
+  if name.split(":")[1].startswith("ours"):
+    n = counts.get("FixedUnscaleGrads", 0)
+    return n >= 1, f"FixedUnscaleGrads x{n}"
+  if name in PER_TENSOR_UNSCALE_ARMS:
+
+    def arithmetic(c):
+      return sum(c.get(op, 0) for op in ("Mul", "RealDiv", "Div"))
+
+    extra = arithmetic(counts) - arithmetic(bare_counts)
+    return extra > 0, (f"{extra} Mul/RealDiv more than bare after Grappler, for "
+                       f"{num_variables} gradients")
+  return True, ""
 
 
 def optimizer_steps(args):
@@ -510,27 +627,38 @@ def optimizer_steps(args):
                  for s in shapes]
     x = tf.constant(1e-3)
     keras_fns = keras_optimizer_arms(variables, kind, 1e-3)
-    fns = {}
+    fns, counts = {}, {}
     for name, fn in keras_fns.items():
       log(f"[optimizer {kind}] tracing {name}")
-      fn(x)
+      counts["keras:" + name] = optimized_op_counts(fn, x)
       fn(x)
       fns["keras:" + name] = (lambda f=fn: f(x))
     log(f"[optimizer {kind}] building TF1 arms")
-    tf1_runs, session = tf1_optimizer_arms(shapes, kind, 1e-3)
+    tf1_runs, tf1_counts, session = tf1_optimizer_arms(shapes, kind, 1e-3)
     for name, run in tf1_runs.items():
       run()
       fns["tf1:" + name] = run
-    times = interleaved(fns, args.rounds, args.reps)
+      counts["tf1:" + name] = tf1_counts[name]
+    checks = {name: check_optimizer_arm(name, counts[name], counts[name.split(":")[0] + ":bare"],
+                                        len(shapes)) for name in fns}
+    for name, (ok, note) in checks.items():
+      if note:
+        log(f"  {name}: {note}" + ("" if ok else " -- unscale optimized away, not timed"))
+    times = interleaved({n: f for n, f in fns.items() if checks[n][0]}, args.rounds, args.reps)
     session.close()
     grad_bytes = nbytes(shapes, ["float32"] * len(shapes))
-    entry = {"optimizer": kind, "gradient_bytes": grad_bytes, "step_s": times}
+    entry = {"optimizer": kind, "gradient_bytes": grad_bytes,
+             "step_s": {n: float(np.median(t)) for n, t in times.items()},
+             "checks": {n: note for n, (_, note) in checks.items()},
+             "optimized_away": [n for n, (ok, _) in checks.items() if not ok]}
     for family, bare in (("keras", "keras:bare"), ("tf1", "tf1:bare")):
       for name, t in times.items():
         if name.startswith(family + ":") and name != bare:
-          entry.setdefault("overhead_s", {})[name] = t - times[bare]
-          entry.setdefault("overhead_fraction", {})[name] = (t - times[bare]) / times[bare]
-    log(f"[optimizer {kind}] " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in times.items()))
+          entry.setdefault("overhead_s", {})[name] = paired(lambda a, b: a - b, t, times[bare])
+          entry.setdefault("overhead_fraction", {})[name] = paired(
+              lambda a, b: (a - b) / b, t, times[bare])
+    log(f"[optimizer {kind}] " + ", ".join(f"{k} {v * 1e3:.1f} ms"
+                                           for k, v in entry["step_s"].items()))
     results.append(entry)
     del variables, keras_fns, fns
   return results
@@ -598,9 +726,9 @@ def print_table(results, out=sys.stdout):
         f"{m.get('loadavg_end', [float('nan')])[0]:.2f}", file=out)
   header = (f"{'scenario':<22}{'tensors':>8}{'MB':>9}  {'ours us':>9}{'TF us':>10}{'XLA us':>9}"
             f"  {'ours':>6}{'TF':>6}{'XLA':>6}{'torch':>6}{'roof':>6}  {'ours/TF':>7}"
-            f"{'%roof':>6}")
-  print("\nper call (us) and GB/s (bytes read + written); ours/TF = TF time / our time",
-        file=out)
+            f"{'quartiles':>12}{'%roof':>6}")
+  print("\nper call (us) and GB/s (bytes read + written), medians over rounds; ours/TF = TF "
+        "time / our time within a round, median and quartiles over rounds", file=out)
   print(header, file=out)
   for r in results["scenarios"]:
     a = r["arms"]
@@ -618,27 +746,37 @@ def print_table(results, out=sys.stdout):
       return f"{e['gbps']:.1f}" if "gbps" in e else "-"
 
     pct = a["ours"].get("fraction_of_roofline")
+    quartiles = r.get("ours_vs_tf_quartiles")
+    spread = f"{quartiles[0]:.2f}-{quartiles[1]:.2f}" if quartiles else "-"
     print(f"{r['scenario']:<22}{r['num_tensors']:>8}{r['bytes'] / 1e6:>9.2f}  {us('ours'):>9}"
           f"{us('tf'):>10}{us('tf_xla'):>9}  {gb('ours'):>6}{gb('tf'):>6}{gb('tf_xla'):>6}"
           f"{gb('torch'):>6}{r['roofline_gbps']:>6.1f}  "
-          f"{r.get('ours_vs_tf', float('nan')):>6.2f}x{(pct or float('nan')) * 100:>5.0f}%",
+          f"{r.get('ours_vs_tf', float('nan')):>6.2f}x{spread:>12}"
+          f"{(pct or float('nan')) * 100:>5.0f}%",
           file=out)
   for p in results.get("peak_memory", []):
     if "skipped" in p:
       print(f"\npeak memory {p['scenario']}: skipped ({p['skipped']})", file=out)
       continue
     print(f"\npeak memory {p['scenario']} (bytes above the variables; gradients "
-          f"{p['gradient_bytes'] / 1e6:.1f} MB): produce only {p['none'] / 1e6:.1f} MB, "
-          f"ours {p['ours'] / 1e6:.1f} MB, TF per-tensor {p['tf'] / 1e6:.1f} MB", file=out)
+          f"{p['gradient_bytes'] / 1e6:.1f} MB; {p['allocator']} CPU allocator): produce only "
+          f"{p['none'] / 1e6:.1f} MB, ours {p['ours'] / 1e6:.1f} MB, TF per-tensor {p['tf'] / 1e6:.1f} MB", file=out)
   for o in results.get("optimizer_steps", []):
     print(f"\noptimizer step, bert_like variables, {o['optimizer']} "
           f"(gradients {o['gradient_bytes'] / 1e6:.0f} MB): step ms and overhead over the bare "
-          "optimizer", file=out)
+          "optimizer (medians over rounds; overheads taken within each round)", file=out)
     for name, t in o["step_s"].items():
       extra = o.get("overhead_fraction", {}).get(name)
       extra_s = o.get("overhead_s", {}).get(name)
-      tail = "" if extra is None else f"  +{extra_s * 1e3:7.2f} ms  ({extra * 100:+.1f}%)"
+      tail = "" if extra is None else f"  {extra_s * 1e3:+8.2f} ms  ({extra * 100:+.1f}%)"
       print(f"  {name:<36}{t * 1e3:9.2f} ms{tail}", file=out)
+    for name in o.get("optimized_away", []):
+      print(f"  {name:<36}     gone  ({o['checks'][name]}: not timed)", file=out)
+    overhead = o.get("overhead_s", {})
+    if "keras:ours_keras" in overhead and overhead.get("keras:keras_loss_scale_optimizer", 0) > 0:
+      print(f"  ours_keras overhead / LossScaleOptimizer overhead: "
+            f"{overhead['keras:ours_keras'] / overhead['keras:keras_loss_scale_optimizer']:.2f}",
+            file=out)
 
 
 def plot(results, path):
@@ -694,7 +832,7 @@ def parse_args(argv):
                       help="comma-separated gradient sets (default: all)")
   parser.add_argument("--dtypes", default=",".join(DTYPE_MODES),
                       help="comma-separated dtype modes (default: all)")
-  parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3)")
+  parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5)")
   parser.add_argument("--reps", type=int, default=None, help="calls per arm and round (default 5)")
   parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                       help="threads for the numpy roofline (default: all cores)")
@@ -702,9 +840,11 @@ def parse_args(argv):
   parser.add_argument("--no-optimizer", action="store_true", help="skip the optimizer steps")
   parser.add_argument("--no-xla", action="store_true", help="skip the XLA reference arm")
   parser.add_argument("--no-torch", action="store_true", help="skip the torch arm")
+  # Internal: the child process of peak_memory_in_child.
+  parser.add_argument("--peak-memory-only", metavar="JSON", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.rounds is None:
-    args.rounds = 1 if args.quick else 3
+    args.rounds = 1 if args.quick else 5
   if args.reps is None:
     args.reps = 2 if args.quick else 5
   return args
@@ -713,6 +853,10 @@ def parse_args(argv):
 def main(argv=None):
   args = parse_args(argv)
   tf.get_logger().setLevel("ERROR")
+  if args.peak_memory_only:
+    with open(args.peak_memory_only, "w") as f:
+      json.dump(peak_memory_scenarios(args), f)
+    return None
   results = {"machine": machine_info(args), "scenarios": [], "peak_memory": [],
              "optimizer_steps": []}
   log(f"machine: {results['machine']}")
@@ -731,13 +875,7 @@ def main(argv=None):
       results["scenarios"].append(
           run_scenario(f"sweep/{count}", shapes, dtypes_for("float32", count), args,
                        xla=not args.no_xla and count <= 1000))
-  for set_name, mode in (("few_large", "float32"), ("bert_like", "float32"),
-                         ("bert_like", "float16")):
-    shapes = set_shapes(set_name, args.quick)
-    entry = peak_memory(shapes, dtypes_for(mode, len(shapes)))
-    entry["scenario"] = f"{set_name}/{mode}"
-    results["peak_memory"].append(entry)
-    log(f"[peak memory {set_name}/{mode}] {entry}")
+  results["peak_memory"] = peak_memory_scenarios(args)
   if not args.no_optimizer:
     results["optimizer_steps"] = optimizer_steps(args)
   results["machine"]["loadavg_end"] = os.getloadavg()
