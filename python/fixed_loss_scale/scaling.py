@@ -1,7 +1,9 @@
 """scale_loss / unscale_gradients: custom ops in graphs, plain arithmetic elsewhere.
 
 Inside a graph (tf.function, TF1 Session graphs, tf.distribute replicas) these
-emit FixedScaleLoss and one FixedUnscaleGrads for all dense gradients. Executing
+emit FixedScaleLoss and FixedUnscaleGrads: one for all dense gradients where a
+GPU is present or the gradients total at most CPU_GROUP_BYTES, else one per run
+of consecutive gradients of at most that size (NOTE [CPU groups]). Executing
 eagerly, or inside an XLA context (jit_compile=True, where custom ops have no
 kernel), they compute the same numbers with TensorFlow arithmetic: half and
 bfloat16 in float32 rounded once, float32 with the float32 reciprocal, float64
@@ -64,13 +66,55 @@ def _rebuild(grad, unscaled):
   return unscaled
 
 
+# NOTE [CPU groups]: on CPU one op over all gradients is a barrier. It starts
+# when the last gradient exists, so gradients that TensorFlow would otherwise
+# produce, unscale and hand to the optimizer one by one while they are in cache
+# all go out to memory and come back: one more pass over every gradient at DRAM
+# speed, the same cost as Keras 3's LossScaleOptimizer (whose all-finite check
+# feeds a cond). Grouping runs of consecutive gradients -- neighbours in the list
+# are produced together by backprop -- into ops of at most CPU_GROUP_BYTES (the
+# L2 size of one core on the machines measured; a larger gradient is its own
+# group, still split over the intra-op threads) lets each group run as soon as
+# its gradients exist, while they are in cache. Measured on BERT-sized float32
+# gradients with Keras 3 SGD (docs/BENCHMARKS.md, "Optimizer steps"). On a GPU
+# the kernels of a stream run one after another anyway, and one launch for the
+# whole list is the point, so the list stays one op there.
+CPU_GROUP_BYTES = 1 << 20
+
+
+def _static_bytes(tensor):
+  """Bytes of a tensor of fully known shape; CPU_GROUP_BYTES (a group of its
+  own) when its shape is not known while tracing."""
+  count = tensor.shape.num_elements()
+  return CPU_GROUP_BYTES if count is None else count * tensor.dtype.size
+
+
+def unscale_groups(dense):
+  """`dense` split into lists of consecutive tensors, one FixedUnscaleGrads each
+  (NOTE [CPU groups])."""
+  if tf.config.list_logical_devices("GPU"):
+    return [dense]
+  groups, current, current_bytes = [], [], 0
+  for tensor in dense:
+    size = _static_bytes(tensor)
+    if current and current_bytes + size > CPU_GROUP_BYTES:
+      groups.append(current)
+      current, current_bytes = [], 0
+    current.append(tensor)
+    current_bytes += size
+  groups.append(current)
+  return groups
+
+
 @tf.autograph.experimental.do_not_convert
 def unscale_gradients(grads, loss_scale):
   """Returns `grads` with every gradient divided by `loss_scale`.
 
   `grads` is any nested structure; None stays None, tf.IndexedSlices keep their
-  indices and dense shape, and the structure is preserved. In graphs all dense
-  parts go through a single FixedUnscaleGrads op.
+  indices and dense shape, and the structure is preserved. In graphs the dense
+  parts go through FixedUnscaleGrads: a single op where a GPU is present or they
+  total at most CPU_GROUP_BYTES, else one per group of consecutive gradients
+  (NOTE [CPU groups]); `ops.fixed_unscale_grads` is always one op.
   """
   loss_scale = ops.validate_loss_scale(loss_scale)
   flat = tf.nest.flatten(grads)
@@ -82,7 +126,8 @@ def unscale_gradients(grads, loss_scale):
   if not dense:
     return grads
   if uses_custom_ops():
-    unscaled = ops.fixed_unscale_grads(dense, loss_scale)
+    unscaled = [u for group in unscale_groups(dense)
+                for u in ops.fixed_unscale_grads(group, loss_scale)]
   else:
     scale32 = np.float32(loss_scale)
     reciprocal32 = np.float32(1) / scale32
