@@ -61,7 +61,8 @@ def test_quick_benchmark_writes_json(tmp_path):
   assert kinds == ["sgd", "adam"]
   for step in results["optimizer_steps"]:
     for arm in ("keras:bare", "keras:keras_loss_scale_optimizer",
-                "keras:keras_loss_scale_factor", "keras:ours_keras", "keras:tf_per_tensor",
+                "keras:keras_loss_scale_factor", "keras:ours_keras", "keras:ours_one_op",
+                "keras:tf_per_tensor",
                 "tf1:bare", "tf1:tf_compat_lso", "tf1:ours_tf1"):
       assert step["step_s"][arm] > 0, arm
     # Every wrapper arm really unscales in the graph that ran (the TF1 wrappers
