@@ -18,6 +18,10 @@ constexpr int64_t kMinBytesPerShard = 256 << 10;
 // Shards per thread: a few, so a thread slowed by something else is caught up by
 // the others, and each shard still streams a large contiguous block.
 constexpr int64_t kShardsPerThread = 4;
+// At most this many bytes per shard, so that on large lists a thread that was
+// slowed down (by another process, or by the memory system) leaves at most one
+// small shard for the others to wait on at the end.
+constexpr int64_t kMaxBytesPerShard = 4 << 20;
 
 }  // namespace
 
@@ -39,8 +43,8 @@ absl::Status MultiTensorScale<Eigen::ThreadPoolDevice>::operator()(
     ScaleByteRange(spans, offsets, 0, total_bytes, factor);
     return absl::OkStatus();
   }
-  const int64_t shard_bytes =
-      std::max(kMinBytesPerShard, total_bytes / (threads * kShardsPerThread) + 1);
+  const int64_t shard_bytes = std::clamp(total_bytes / (threads * kShardsPerThread) + 1,
+                                         kMinBytesPerShard, kMaxBytesPerShard);
   const int64_t num_shards = (total_bytes + shard_bytes - 1) / shard_bytes;
   const int64_t helpers = std::min(threads, num_shards) - 1;
   std::atomic<int64_t> next_shard{0};
