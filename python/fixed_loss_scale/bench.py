@@ -14,9 +14,9 @@ arm and what limits each number; in short:
   per-call time = (T(arm) - T(identity)) / N.
 - Before timing, each arm's optimized graph is read from the run metadata; an
   arm whose multiplies were optimized away is reported, not timed.
-- Arms run interleaved for several rounds; an arm's time in a round is the
-  median of its calls there, and every difference and ratio is taken within a
-  round (arms back to back), then the median over rounds is reported.
+- Arms take turns call by call for several rounds; an arm's time in a round is
+  the median of its calls there, every difference and ratio is taken within a
+  round, and the median over rounds is reported.
 - GB/s counts bytes read + written by the unscale (2 x the gradients' bytes).
 """
 
@@ -118,25 +118,29 @@ def nbytes(shapes, dtypes):
 # ---- timing ----------------------------------------------------------------------------
 
 
-def median_time(fn, reps):
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+def call_time(fn):
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
 
 
 def interleaved(fns, rounds, reps):
-  """{name: [median of `reps` calls, one per round]}, arms interleaved and their
-  order rotated each round, so that drift and other load hit all alike and an
-  arm can be compared with another in the same round (see `paired`)."""
+  """{name: [median of its `reps` calls, one per round]}. Within a round the arms
+  take turns call by call, in an order rotated every turn, so that arms compared
+  in one round (see `paired`) ran milliseconds apart and the drift of a shared
+  machine's memory bandwidth hits them alike."""
   names = list(fns)
   per_round = {n: [] for n in names}
-  for r in range(rounds):
-    order = names[r % len(names):] + names[:r % len(names)]
-    for name in order:
-      per_round[name].append(median_time(fns[name], reps))
+  turn = 0
+  for _ in range(rounds):
+    samples = {n: [] for n in names}
+    for _ in range(reps):
+      shift = turn % len(names)
+      for name in names[shift:] + names[:shift]:
+        samples[name].append(call_time(fns[name]))
+      turn += 1
+    for name in names:
+      per_round[name].append(float(np.median(samples[name])))
   return per_round
 
 

@@ -12,8 +12,8 @@ replaced by dynamic scaling unless `auto_scale_loss=False` is passed.
 `FixedLossScaleOptimizer` subclasses `keras.optimizers.LossScaleOptimizer` (so
 `compile` keeps it as it is under `mixed_float16`, and Keras callbacks find its
 `inner_optimizer`), replaces the dynamic machinery by a constant, scales the loss
-with `FixedScaleLoss` and unscales all gradients with one `FixedUnscaleGrads`
-before the inner optimizer clips (`clipnorm`, `global_clipnorm`, `clipvalue`)
+with `FixedScaleLoss` and unscales all gradients with `FixedUnscaleGrads` (one
+op, or on CPU one per 1 MiB group: scaling.py NOTE [CPU groups]) before the inner optimizer clips (`clipnorm`, `global_clipnorm`, `clipvalue`)
 and applies them. Inside XLA (`jit_compile=True`, or Keras's default
 `jit_compile="auto"` where it turns XLA on) and eagerly the same numbers come
 from plain arithmetic. TensorFlow backend only.
@@ -149,7 +149,7 @@ class FixedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     return self.scale_loss(loss)
 
   def get_unscaled_gradients(self, grads):
-    """Returns the list `grads` divided by the scale (one FixedUnscaleGrads in graphs);
+    """Returns the list `grads` divided by the scale (FixedUnscaleGrads in graphs);
     None stays None, tf.IndexedSlices keep their indices."""
     self._unscaled_by_caller.set()
     return list(scaling.unscale_gradients(list(grads), self._loss_scale_value))

@@ -54,7 +54,7 @@ class FixedLossScale(LossScale):
     return scaling.scale_loss(loss, self._loss_scale_value)
 
   def unscale_gradients(self, grads):
-    """Divides every gradient in the nested `grads` by the scale (one fused op in graphs)."""
+    """Divides every gradient in the nested `grads` by the scale (FixedUnscaleGrads in graphs)."""
     return scaling.unscale_gradients(grads, self._loss_scale_value)
 
   def get_config(self):

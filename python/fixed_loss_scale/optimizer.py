@@ -8,7 +8,8 @@ losses, `global_step`, tf.distribute handling, checkpoint dependencies
 touches the scale:
 
 - the loss is scaled by `FixedScaleLoss` (TF: `loss * cast(scale, loss.dtype)`);
-- all gradients are unscaled by a single `FixedUnscaleGrads` op (TF: one
+- all gradients are unscaled by `FixedUnscaleGrads` (one op, or on CPU one per
+  1 MiB group of consecutive gradients: scaling.py NOTE [CPU groups]; TF: one
   `grad * (1 / scale)` per gradient, with a float32 reciprocal, which fails for
   float16, bfloat16 and float64 gradients).
 
