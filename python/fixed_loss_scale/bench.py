@@ -124,15 +124,21 @@ def call_time(fn):
   return time.perf_counter() - start
 
 
-def interleaved(fns, rounds, reps):
+def interleaved(fns, rounds, reps, min_seconds=0.0, max_rounds=60):
   """{name: [median of its `reps` calls, one per round]}. Within a round the arms
   take turns call by call, in an order rotated every turn, so that arms compared
   in one round (see `paired`) ran milliseconds apart and the drift of a shared
-  machine's memory bandwidth hits them alike."""
+  machine's memory bandwidth hits them alike. At least `rounds` rounds, and
+  more (up to `max_rounds`) until `min_seconds` have passed: cheap scenarios,
+  whose small differences need more samples to rise above the noise, get them."""
   names = list(fns)
   per_round = {n: [] for n in names}
   turn = 0
-  for _ in range(rounds):
+  start = time.perf_counter()
+  completed = 0
+  while completed < rounds or (completed < max_rounds and
+                               time.perf_counter() - start < min_seconds):
+    completed += 1
     samples = {n: [] for n in names}
     for _ in range(reps):
       shift = turn % len(names)
@@ -376,7 +382,7 @@ def run_scenario(name, shapes, dtypes, args, xla=True):
   torch_run, torch_note = torch_arm(shapes, dtypes) if not args.no_torch else (None, "--no-torch")
   if torch_run is not None:
     timed["torch"] = torch_run
-  times = interleaved(timed, args.rounds, args.reps)
+  times = interleaved(timed, args.rounds, args.reps, min_seconds=args.min_seconds)
   roofline.close()
 
   result = {"scenario": name, "num_tensors": num_tensors, "bytes": total, "repeats": repeats,
@@ -723,6 +729,7 @@ def machine_info(args):
       "loadavg_start": os.getloadavg(),
       "quick": args.quick,
       "rounds": args.rounds,
+      "min_seconds": args.min_seconds,
       "reps": args.reps,
       "loss_scale": LOSS_SCALE,
   }
@@ -844,9 +851,15 @@ def parse_args(argv):
                       help="comma-separated dtype modes (default: all)")
   parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5)")
   parser.add_argument("--reps", type=int, default=None, help="calls per arm and round (default 5)")
+  parser.add_argument("--min-seconds", type=float, default=None,
+                      help="keep adding rounds to a gradient-set scenario until it has been "
+                           "timed this long, up to 60 rounds (default 20; 0 with --quick)")
   parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                       help="threads for the numpy roofline (default: all cores)")
   parser.add_argument("--no-sweep", action="store_true", help="skip the tensor-count sweep")
+  parser.add_argument("--sweep-counts", default=None,
+                      help="tensor counts of the sweep (default 1,10,100,1000,10000; "
+                           "1,10,100 with --quick)")
   parser.add_argument("--no-optimizer", action="store_true", help="skip the optimizer steps")
   parser.add_argument("--no-xla", action="store_true", help="skip the XLA reference arm")
   parser.add_argument("--no-torch", action="store_true", help="skip the torch arm")
@@ -855,6 +868,11 @@ def parse_args(argv):
   args = parser.parse_args(argv)
   if args.rounds is None:
     args.rounds = 1 if args.quick else 5
+  if args.sweep_counts is None:
+    args.sweep_counts = "1,10,100" if args.quick else "1,10,100,1000,10000"
+  args.sweep_counts = [int(c) for c in args.sweep_counts.split(",") if c]
+  if args.min_seconds is None:
+    args.min_seconds = 0.0 if args.quick else 20.0
   if args.reps is None:
     args.reps = 2 if args.quick else 5
   return args
@@ -879,8 +897,8 @@ def main(argv=None):
           run_scenario(f"{set_name}/{mode}", shapes, dtypes_for(mode, len(shapes)), args,
                        xla=not args.no_xla))
   if not args.no_sweep:
-    counts, total = ((1, 10, 100), 1 << 14) if args.quick else ((1, 10, 100, 1000, 10000), 1 << 20)
-    for count in counts:
+    total = 1 << 14 if args.quick else 1 << 20
+    for count in args.sweep_counts:
       shapes = sweep_shapes(count, total)
       results["scenarios"].append(
           run_scenario(f"sweep/{count}", shapes, dtypes_for("float32", count), args,
