@@ -140,3 +140,18 @@ def test_memory_stays_flat_over_10000_calls():
   # too (RELIABILITY.md, known limits): a rejected call of ours costs no more.
   tf_own = growth["rejected MatMul (TensorFlow's own)"]
   assert growth["rejected call"] < 2 * max(tf_own, 0) + LEAK_BOUND, growth
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("inter_op,intra_op", [(1, 2), (2, 2), (8, 2), (2, 1)])
+def test_sharded_ops_running_at_once_finish_and_are_exact(inter_op, intra_op):
+  """Eight sharded ops at once, in a function, eagerly and in a Session. The
+  kernel's helpers run on the inter-op threads that also run these ops: with a
+  single such thread, a kernel that waited for its helper to start would hang."""
+  worker = os.path.join(HERE, "reliability_workers", "helper_threads.py")
+  result = subprocess.run([sys.executable, worker, str(inter_op), str(intra_op)],
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-4000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  for name in ("tf.function", "eager", "TF1 Session"):
+    assert report[name] == {"calls": 10, "wrong": 0}, (name, report[name])
