@@ -18,7 +18,10 @@
 // - bfloat16: done in integer lanes (shift, multiply, ties-to-even add, NaN ->
 //   sign|0x7fc0), the same operations as FloatToBFloat16Bits. The AVX512_BF16
 //   convert instruction is not used: it always flushes float subnormals, which
-//   the scalar code does only under FTZ.
+//   the scalar code does only under FTZ. The AVX2 loop finds NaNs among the
+//   inputs rather than the products: a NaN product from a non-NaN input (Inf
+//   times a factor of 0, a subnormal factor under DAZ) is x86's default NaN
+//   0xffc00000, which the rounding add turns into 0xffc0, the scalar result.
 #ifndef FIXED_LOSS_SCALE_SCALE_SIMD_X86_H_
 #define FIXED_LOSS_SCALE_SCALE_SIMD_X86_H_
 
@@ -97,6 +100,14 @@ FLS_TARGET_AVX2 inline void ScaleDoubleAvx2(const double* src, double* dst, int6
   for (; i < n; ++i) dst[i] = ScaleDouble(src[i], f);
 }
 
+// NOTE [16-bit prefetch]: the 16-bit loops move half the bytes per instruction
+// of the float loop, so the out-of-order window reaches fewer cache lines ahead
+// and the hardware prefetcher alone left them at ~67-82% of float32's GB/s from
+// L3 and memory (AVX2, Zen 3, one thread). A software prefetch this far ahead
+// of src brings them to ~90-110%; on the float32 loop the same prefetch cost ~20%,
+// so it has none. Prefetches never fault, past the end of src included.
+constexpr int kPrefetchBytes16 = 2048;
+
 FLS_TARGET_AVX2 inline __m128i ScaleHalf8Avx2(__m128i h, __m256 vf) {
   return _mm256_cvtps_ph(_mm256_mul_ps(_mm256_cvtph_ps(h), vf),
                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -108,6 +119,8 @@ FLS_TARGET_AVX2 inline void ScaleHalfAvx2(const uint16_t* src, uint16_t* dst, in
   const int64_t head = HeadToAlign(dst, n);
   for (; i < head; ++i) dst[i] = ScaleHalfBits(src[i], f);
   for (; i + 32 <= n; i += 32) {
+    // See NOTE [16-bit prefetch].
+    _mm_prefetch(reinterpret_cast<const char*>(src + i) + kPrefetchBytes16, _MM_HINT_T0);
     const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
     const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 8));
     const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 16));
@@ -124,19 +137,31 @@ FLS_TARGET_AVX2 inline void ScaleHalfAvx2(const uint16_t* src, uint16_t* dst, in
   for (; i < n; ++i) dst[i] = ScaleHalfBits(src[i], f);
 }
 
-// Eight bfloat16 -> float -> * f -> bfloat16, each result in the low 16 bits of
-// a 32-bit lane.
-FLS_TARGET_AVX2 inline __m256i ScaleBFloat16x8Avx2(__m128i b, __m256 vf) {
-  const __m256 x = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(b), 16));
-  const __m256 p = _mm256_mul_ps(x, vf);
+// Eight float products -> their bfloat16 bits rounded to nearest-even, in the
+// low 16 bits of each 32-bit lane (NaNs are fixed by the caller).
+FLS_TARGET_AVX2 inline __m256i RoundToBFloat16Avx2(__m256 p) {
   const __m256i bits = _mm256_castps_si256(p);
   const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
-  const __m256i rounded = _mm256_srli_epi32(
-      _mm256_add_epi32(bits, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff))), 16);
-  const __m256i nan = _mm256_or_si256(
-      _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(0x8000)),
-      _mm256_set1_epi32(0x7fc0));
-  const __m256i is_nan = _mm256_castps_si256(_mm256_cmp_ps(p, p, _CMP_UNORD_Q));
+  return _mm256_srli_epi32(
+      _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7fff)), odd), 16);
+}
+
+// Sixteen bfloat16 -> float -> * f -> bfloat16. Interleaving with zero widens
+// each bfloat16 into the high half of a float with no cross-lane shuffle; the
+// unpacks and packus all work per 128-bit lane, so packus puts every result
+// back in its input's place (values <= 0xffff: nothing saturates). ~2x fewer
+// instructions than widening with cvtepu16 and re-ordering with a permute.
+FLS_TARGET_AVX2 inline __m256i ScaleBFloat16x16Avx2(__m256i b, __m256 vf) {
+  const __m256i zero = _mm256_setzero_si256();
+  const __m256 low = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, b));
+  const __m256 high = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, b));
+  const __m256i rounded = _mm256_packus_epi32(RoundToBFloat16Avx2(_mm256_mul_ps(low, vf)),
+                                              RoundToBFloat16Avx2(_mm256_mul_ps(high, vf)));
+  // NaN inputs (see the header comment for NaN products): sign|0x7fc0.
+  const __m256i sign_bit = _mm256_set1_epi16(static_cast<int16_t>(0x8000));
+  const __m256i is_nan =
+      _mm256_cmpgt_epi16(_mm256_andnot_si256(sign_bit, b), _mm256_set1_epi16(0x7f80));
+  const __m256i nan = _mm256_or_si256(_mm256_and_si256(b, sign_bit), _mm256_set1_epi16(0x7fc0));
   return _mm256_blendv_epi8(rounded, nan, is_nan);
 }
 
@@ -146,14 +171,16 @@ FLS_TARGET_AVX2 inline void ScaleBFloat16Avx2(const uint16_t* src, uint16_t* dst
   int64_t i = 0;
   const int64_t head = HeadToAlign(dst, n);
   for (; i < head; ++i) dst[i] = ScaleBFloat16Bits(src[i], f);
+  for (; i + 32 <= n; i += 32) {
+    _mm_prefetch(reinterpret_cast<const char*>(src + i) + kPrefetchBytes16, _MM_HINT_T0);
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i + 16));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), ScaleBFloat16x16Avx2(a, vf));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i + 16), ScaleBFloat16x16Avx2(b, vf));
+  }
   for (; i + 16 <= n; i += 16) {
-    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
-    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 8));
-    // packus works per 128-bit lane: [a0-3 b0-3 | a4-7 b4-7]; the permute
-    // restores element order. Lane values are <= 0xffff, so nothing saturates.
-    const __m256i packed = _mm256_packus_epi32(ScaleBFloat16x8Avx2(a, vf), ScaleBFloat16x8Avx2(b, vf));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
-                        _mm256_permute4x64_epi64(packed, 0xd8));
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), ScaleBFloat16x16Avx2(a, vf));
   }
   for (; i < n; ++i) dst[i] = ScaleBFloat16Bits(src[i], f);
 }
