@@ -32,6 +32,12 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# torch's OpenMP workers otherwise spin on both cores for a while after each of
+# its calls, and the arm that runs next (the arms take turns) loses a core:
+# measured on 2 cores, with the torch arm in the rotation ours fell from 67 to
+# 143 us on a 4 MB set and TF's time rose alike. Read when torch loads (lazily,
+# in torch_arm); an explicit setting is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -335,7 +341,8 @@ def torch_arm(shapes, dtypes):
     for group in groups.values():
       torch._foreach_mul_(group, RECIPROCAL)  # pylint: disable=protected-access
 
-  return run, f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+  return run, (f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+               f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
 
 
 # ---- one scenario ---------------------------------------------------------------------
