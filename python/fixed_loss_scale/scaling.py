@@ -73,12 +73,13 @@ def _rebuild(grad, unscaled):
 # speed, the same cost as Keras 3's LossScaleOptimizer (whose all-finite check
 # feeds a cond). Grouping runs of consecutive gradients -- neighbours in the list
 # are produced together by backprop -- into ops of at most CPU_GROUP_BYTES (the
-# L2 size of one core on the machines measured; a larger gradient is its own
-# group, still split over the intra-op threads) lets each group run as soon as
-# its gradients exist, while they are in cache. Measured on BERT-sized float32
-# gradients with Keras 3 SGD (docs/BENCHMARKS.md, "Optimizer steps"). On a GPU
-# the kernels of a stream run one after another anyway, and one launch for the
-# whole list is the point, so the list stays one op there.
+# best of 1-8 MiB in A/B runs on a 2-core Zen 3 with 512 KiB of L2 per core; a
+# larger gradient is its own group, still split over TensorFlow's CPU threads)
+# lets each group run as soon as its gradients exist, while they are in cache.
+# Measured on BERT-sized float32 gradients with Keras 3 SGD (docs/BENCHMARKS.md,
+# "Optimizer steps"). On a GPU the kernels of a stream run one after another
+# anyway, and one launch for the whole list is the point, so the list stays one
+# op there.
 CPU_GROUP_BYTES = 1 << 20
 
 
