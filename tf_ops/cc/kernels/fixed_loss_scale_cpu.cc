@@ -83,12 +83,14 @@ void WaitForAllShards(ShardedCall& call) {
 // returns. So no call waits on a queue, and none can deadlock.
 //
 // Helpers go to the runner the executor gave this op (its inter-op threads),
-// not to the intra-op pool. Measured on 2 cores, a 4 MB list of 10 tensors:
-// the intra-op helper needed waking while the idle inter-op thread spun on two
-// cores, and the call took ~1.3x as long as TF's 10 Muls (0.77-0.89x); on the
-// runner it is 1.05-1.13x, on 100 tensors 2.0x instead of 1.07x, and large
-// lists tie. Without a runner (not given outside executors) they go to the
-// intra-op pool, which also sets how many threads share the work.
+// not to the intra-op pool. Measured on 2 cores (A/B in one process, arms
+// interleaved), a 4 MB list of 10 tensors: with an intra-op helper the call
+// took longer than TF's 10 Muls (0.77-1.02x), on the runner it is 1.05-1.22x;
+// 100 tensors 2.0x instead of 1.07x; large lists tie either way. Our reading,
+// not measured: the intra-op thread must be woken, while an idle inter-op
+// thread is still spinning for work. Without a runner (none outside
+// executors) helpers go to the intra-op pool, whose size also sets how many
+// threads share the work.
 //
 // ThreadPool::ParallelFor instead hands every shard to the pool while the
 // caller waits: one more wake-up before any work starts and one fewer thread
