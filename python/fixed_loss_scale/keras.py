@@ -13,8 +13,9 @@ replaced by dynamic scaling unless `auto_scale_loss=False` is passed.
 `compile` keeps it as it is under `mixed_float16`, and Keras callbacks find its
 `inner_optimizer`), replaces the dynamic machinery by a constant, scales the loss
 with `FixedScaleLoss` and unscales all gradients with `FixedUnscaleGrads` (one
-op, or on CPU one per 1 MiB group: scaling.py NOTE [CPU groups]) before the inner optimizer clips (`clipnorm`, `global_clipnorm`, `clipvalue`)
-and applies them. Inside XLA (`jit_compile=True`, or Keras's default
+op, or on CPU one per 1 MiB group: scaling.py NOTE [CPU groups]) before the
+inner optimizer clips (`clipnorm`, `global_clipnorm`, `clipvalue`) and applies
+them. Inside XLA (`jit_compile=True`, or Keras's default
 `jit_compile="auto"` where it turns XLA on) and eagerly the same numbers come
 from plain arithmetic. TensorFlow backend only.
 """

@@ -83,10 +83,10 @@ void WaitForAllShards(ShardedCall& call) {
 // returns. So no call waits on a queue, and none can deadlock.
 //
 // Helpers go to the runner the executor gave this op (its inter-op threads),
-// not to the intra-op pool. Measured on 2 cores (A/B in one process, arms
-// interleaved), a 4 MB list of 10 tensors: with an intra-op helper the call
-// took longer than TF's 10 Muls (0.77-1.02x), on the runner it is 1.05-1.22x;
-// 100 tensors 2.0x instead of 1.07x; large lists tie either way. Our reading,
+// not to the intra-op pool. Measured on 2 cores, a 4 MB list of 10 tensors,
+// in five A/B runs that switched the helper call by call: TF's 10 Muls / ours
+// 0.95-1.22x on the runner against 0.81-1.05x on the pool, the runner ahead
+// in every run; 100 tensors 2.0x instead of 1.07x; large lists tie either way. Our reading,
 // not measured: the intra-op thread must be woken, while an idle inter-op
 // thread is still spinning for work. Without a runner (none outside
 // executors) helpers go to the intra-op pool, whose size also sets how many
