@@ -36,6 +36,9 @@ def test_quick_benchmark_writes_json(tmp_path):
   for scenario in results["scenarios"]:
     assert scenario["num_tensors"] > 0 and scenario["bytes"] > 0
     assert scenario["roofline_gbps"] > 0
+    # Every arm's loop runs the baseline's barriers and Identities, so that the
+    # subtraction leaves the arm's own ops (NOTE [equal scaffolding] in bench.py).
+    assert scenario["scaffolding_differences"] == {}, scenario["scaffolding_differences"]
     arms = scenario["arms"]
     for arm in ("ours", "tf"):
       entry = arms[arm]

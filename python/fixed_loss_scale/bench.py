@@ -9,9 +9,11 @@ arm and what limits each number; in short:
   variables, runtime scalar x), so Grappler cannot fold a following multiply
   into their production and an op that forwards its inputs works in place.
 - The unscale is repeated N times in a tf.while_loop with
-  parallel_iterations=1, every loop output returned; the same loop with an
-  identity body (production + loop machinery) is timed too and subtracted:
-  per-call time = (T(arm) - T(identity)) / N.
+  parallel_iterations=1, between barriers, every loop output returned; the
+  same loop with nothing between the barriers (production + loop machinery)
+  is timed too and subtracted: per-call time = (T(arm) - T(none)) / N. The
+  loops are built with Grappler's dependency optimizer off, so that every arm
+  keeps the same barriers and Identities (NOTE [equal scaffolding]).
 - Before timing, each arm's optimized graph is read from the run metadata; an
   arm whose multiplies were optimized away is reported, not timed.
 - Arms take turns call by call for several rounds; an arm's time in a round is
@@ -22,6 +24,7 @@ arm and what limits each number; in short:
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import math
 import os
@@ -182,20 +185,46 @@ def unscale_arm(arm, grads):
     # What TF's compat MixedPrecisionLossScaleOptimizer does: one multiply per
     # gradient by the reciprocal cast to the gradient's dtype.
     return [g * tf.constant(RECIPROCAL, g.dtype) for g in grads]
-  if arm == "identity":
-    return [tf.identity(g) for g in grads]
+  if arm == "none":
+    return list(grads)
   raise ValueError(arm)
 
 
 def barrier(tensors):
-  """`tensors` passed on once all of them exist: a NoOp with a control edge
-  from each, and an identity per tensor that waits for it. (Grappler removes
-  IdentityN, and removes a NoOp only where that adds no edges: never for more
-  than a few tensors.)"""
-  with tf.control_dependencies(tensors):
-    gate = tf.no_op()
-  with tf.control_dependencies([gate]):
-    return [tf.identity(t) for t in tensors]
+  """`tensors` passed on once all of them exist: one IdentityN, which forwards
+  every buffer and waits for all its inputs. Grappler's dependency optimizer
+  removes IdentityN (and NoOp-and-Identity barriers where it can prove them
+  redundant, which depends on the arm: NOTE [equal scaffolding]);
+  run_scenario turns it off, so every arm keeps the same two ops a loop
+  iteration."""
+  return list(tf.raw_ops.IdentityN(input=tensors))
+
+
+# NOTE [equal scaffolding]: every arm's loop must run the same ops around the
+# arm, so that subtracting the `none` loop leaves exactly the arm's own ops.
+# With Grappler's dependency optimizer on, it does not: measured on TF 2.21,
+# it removes the barriers, and around FixedUnscaleGrads (one op that takes
+# every tensor is a barrier already) also the loop body's inlined input
+# Identities, which it keeps in the `none` and per-tensor loops. Our loop then
+# ran n Identity ops fewer than its baseline, and on `tiny` (100 tensors) came
+# out below it. With the dependency optimizer off (while the scenarios' loops
+# are built and timed; never for the optimizer steps, which measure Grappler's
+# real effect), every loop keeps the same n input Identities and the two
+# IdentityN barriers. The arithmetic optimizer, which could fold TF's
+# multiply, stays on.
+GRAPPLER_FOR_LOOPS = {"dependency_optimization": False}
+
+
+@contextlib.contextmanager
+def grappler_options(options):
+  """Grappler `options` for the functions instantiated (first called) inside."""
+  previous = tf.config.optimizer.get_experimental_options()
+  tf.config.optimizer.set_experimental_options(options)
+  try:
+    yield
+  finally:
+    restored = {k: previous.get(k, True) for k in options}
+    tf.config.optimizer.set_experimental_options(restored)
 
 
 def loop_function(arm, variables, repeats, jit=False):
@@ -351,25 +380,45 @@ def torch_arm(shapes, dtypes):
 def repeats_for(total_bytes, num_tensors, quick):
   if quick:
     return 2
-  # Enough repetitions that the unscales move ~0.7 GB or run ~50 times.
-  target = 700e6 / max(1, 2 * total_bytes)
+  # Enough repetitions that the unscales move ~3 GB or run ~50 times: on large
+  # sets the production (fresh buffers, page faults) varies by milliseconds from
+  # call to call, and with ~0.7 GB (few_large: N = 3) that noise moved the
+  # per-round ratio ours/TF over 0.75-1.20; with N = 15, 0.98-1.04.
+  target = 3e9 / max(1, 2 * total_bytes)
   if num_tensors >= 1000:
     return 10
   return int(min(50, max(2, math.ceil(target))))
 
 
 def run_scenario(name, shapes, dtypes, args, xla=True):
+  with grappler_options(GRAPPLER_FOR_LOOPS):
+    return _run_scenario(name, shapes, dtypes, args, xla)
+
+
+# Ops of the loop around the arm: the same count in every arm's optimized graph
+# when the scaffolding is equal (NOTE [equal scaffolding]).
+SCAFFOLDING_OPS = ("Identity", "IdentityN", "NoOp", "Enter", "Exit", "Switch", "Merge", "NextIteration")
+
+
+def scaffolding_differences(counts, none_counts):
+  """{op: (arm's count, none's count)} where an arm's loop runs other
+  scaffolding than the baseline it is compared with."""
+  return {op: (counts.get(op, 0), none_counts.get(op, 0)) for op in SCAFFOLDING_OPS
+          if counts.get(op, 0) != none_counts.get(op, 0)}
+
+
+def _run_scenario(name, shapes, dtypes, args, xla):
   num_tensors = len(shapes)
   total = nbytes(shapes, dtypes)
   repeats = repeats_for(total, num_tensors, args.quick)
   log(f"[{name}] {num_tensors} tensors, {total / 1e6:.2f} MB, N={repeats}")
   variables = make_variables(shapes, dtypes)
   x = tf.constant(0.75)
-  arms = ["identity", "ours", "tf"] + (["tf_xla", "xla_identity"] if xla else [])
-  fns, checks = {}, {}
+  arms = ["none", "ours", "tf"] + (["tf_xla", "xla_none"] if xla else [])
+  fns, checks, op_counts = {}, {}, {}
   for arm in arms:
-    jit = arm in ("tf_xla", "xla_identity")
-    base_arm = {"tf_xla": "tf", "xla_identity": "identity"}.get(arm, arm)
+    jit = arm in ("tf_xla", "xla_none")
+    base_arm = {"tf_xla": "tf", "xla_none": "none"}.get(arm, arm)
     fn = loop_function(base_arm, variables, repeats, jit=jit)
     start = time.perf_counter()
     if jit:
@@ -378,10 +427,17 @@ def run_scenario(name, shapes, dtypes, args, xla=True):
     else:
       # The run metadata holds the optimized graphs of functions instantiated
       # while it is collected, so the first call is the one read.
-      checks[arm] = check_arm(base_arm, optimized_op_counts(fn, x), num_tensors)
+      op_counts[arm] = optimized_op_counts(fn, x)
+      checks[arm] = check_arm(base_arm, op_counts[arm], num_tensors)
     fn(x)
     log(f"  {arm}: traced in {time.perf_counter() - start:.1f} s; {checks[arm][1]}")
     fns[arm] = (lambda f=fn: f(x))
+  unequal = {arm: scaffolding_differences(op_counts[arm], op_counts["none"])
+             for arm in ("ours", "tf")}
+  for arm, differences in unequal.items():
+    if differences:
+      log(f"  WARNING: {arm}'s loop runs other scaffolding than its baseline "
+          f"(op: (arm, baseline)) {differences}; its time is off by those ops")
   timed = {a: f for a, f in fns.items() if checks[a][0]}
   roofline = NumpyRoofline(shapes, dtypes, threads=args.threads)
   timed["numpy_mul"] = roofline.multiply
@@ -393,7 +449,8 @@ def run_scenario(name, shapes, dtypes, args, xla=True):
   roofline.close()
 
   result = {"scenario": name, "num_tensors": num_tensors, "bytes": total, "repeats": repeats,
-            "rounds": len(times["identity"]), "arms": {}}
+            "rounds": len(times["none"]), "arms": {},
+            "scaffolding_differences": {a: d for a, d in unequal.items() if d}}
   moved = 2 * total
   per_call_rounds = {}  # arm: per-call seconds in each round
   for arm in ("ours", "tf", "tf_xla"):
@@ -402,7 +459,7 @@ def run_scenario(name, shapes, dtypes, args, xla=True):
     ok, note = checks[arm]
     entry = {"label": ARM_LABELS[arm], "check": note, "optimized_away": not ok}
     if ok:
-      base = "xla_identity" if arm == "tf_xla" else "identity"
+      base = "xla_none" if arm == "tf_xla" else "none"
       per_call_rounds[arm] = [(t - b) / repeats for t, b in zip(times[arm], times[base])]
       per_call = float(np.median(per_call_rounds[arm]))
       entry.update(total_s=float(np.median(times[arm])), baseline_s=float(np.median(times[base])))
@@ -421,7 +478,7 @@ def run_scenario(name, shapes, dtypes, args, xla=True):
     result["arms"]["torch"] = {"label": ARM_LABELS["torch"], "skipped": torch_note}
   else:
     result["arms"]["torch"]["note"] = torch_note
-  result["baseline_s"] = float(np.median(times["identity"]))
+  result["baseline_s"] = float(np.median(times["none"]))
   # The roofline of each round: the faster of numpy's multiply and copy then.
   roof_rounds = [moved / min(m, c) / 1e9 for m, c in zip(times["numpy_mul"], times["numpy_copy"])]
   result["roofline_gbps"] = float(np.median(roof_rounds))
