@@ -86,9 +86,11 @@ void WaitForAllShards(ShardedCall& call) {
 // not to the intra-op pool. Measured on 2 cores, a 4 MB list of 10 tensors,
 // in five A/B runs that switched the helper call by call: TF's 10 Muls / ours
 // 0.95-1.22x on the runner against 0.81-1.05x on the pool, the runner ahead
-// in every run; 100 tensors 2.0x instead of 1.07x; large lists tie either way. Our reading,
-// not measured: the intra-op thread must be woken, while an idle inter-op
-// thread is still spinning for work. Without a runner (none outside
+// in every run; 100 tensors 2.0x instead of 1.07x; large lists tie either way.
+// (Those runs used the benchmark's older baseline, which flattered ours
+// against TF by a few us: docs/BENCHMARKS.md, "Equal scaffolding"; runner
+// against pool, both paid it alike.) Our reading, not measured: the intra-op
+// thread must be woken, while an idle inter-op thread is still spinning. Without a runner (none outside
 // executors) helpers go to the intra-op pool, whose size also sets how many
 // threads share the work.
 //
