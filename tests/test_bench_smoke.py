@@ -40,7 +40,9 @@ def test_quick_benchmark_writes_json(tmp_path):
     # subtraction leaves the arm's own ops (NOTE [equal scaffolding] in bench.py).
     assert scenario["scaffolding_differences"] == {}, scenario["scaffolding_differences"]
     arms = scenario["arms"]
-    for arm in ("ours", "tf"):
+    # The floor (one IdentityN) is optimized away over a single tensor only.
+    assert arms["floor"]["optimized_away"] == (scenario["num_tensors"] == 1), arms["floor"]
+    for arm in ("ours", "tf") + (("floor",) if scenario["num_tensors"] > 1 else ()):
       entry = arms[arm]
       assert not entry["optimized_away"], (scenario["scenario"], arm, entry)
       assert entry["total_s"] > 0 and entry["baseline_s"] > 0

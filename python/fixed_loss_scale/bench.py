@@ -65,6 +65,7 @@ ARM_LABELS = {
     "ours": "FixedUnscaleGrads (ours)",
     "tf": "TF per-tensor g * (1/s)",
     "tf_xla": "TF per-tensor under XLA",
+    "floor": "IdentityN over the list (op floor)",
     "numpy_mul": "numpy in-place multiply (roofline)",
     "numpy_copy": "numpy copy (roofline)",
     "torch": "torch._foreach_mul_",
@@ -187,6 +188,12 @@ def unscale_arm(arm, grads):
     return [g * tf.constant(RECIPROCAL, g.dtype) for g in grads]
   if arm == "none":
     return list(grads)
+  if arm == "floor":
+    # NOTE [op floor]: one op that takes every tensor and returns it, doing
+    # nothing else: what TF's executor charges any single op over the list
+    # (an edge in and out per tensor, a Tensor set per output). No op over n
+    # tensors, ours included, can cost less than this.
+    return list(tf.raw_ops.IdentityN(input=grads))
   raise ValueError(arm)
 
 
@@ -283,6 +290,14 @@ def check_arm(arm, counts, num_tensors):
     n = counts.get("Mul", 0)
     return n >= 2 * num_tensors, f"Mul x{n} for {num_tensors} tensors"
   return True, ""
+
+
+def check_floor(counts, none_counts):
+  """(ok, note) for the floor arm: its loop runs one IdentityN more than the
+  baseline's. Grappler removes an IdentityN over a single tensor (the barriers
+  too), so there is no floor to time at 1 tensor."""
+  n, base = counts.get("IdentityN", 0), none_counts.get("IdentityN", 0)
+  return n == base + 1, f"IdentityN x{n}, baseline x{base}"
 
 
 def xla_check(fn, x, num_tensors):
@@ -400,11 +415,13 @@ def run_scenario(name, shapes, dtypes, args, xla=True):
 SCAFFOLDING_OPS = ("Identity", "IdentityN", "NoOp", "Enter", "Exit", "Switch", "Merge", "NextIteration")
 
 
-def scaffolding_differences(counts, none_counts):
+def scaffolding_differences(counts, none_counts, own=None):
   """{op: (arm's count, none's count)} where an arm's loop runs other
-  scaffolding than the baseline it is compared with."""
+  scaffolding than the baseline it is compared with; `own` counts the arm's
+  own ops among them (the floor arm is one IdentityN)."""
+  own = own or {}
   return {op: (counts.get(op, 0), none_counts.get(op, 0)) for op in SCAFFOLDING_OPS
-          if counts.get(op, 0) != none_counts.get(op, 0)}
+          if counts.get(op, 0) - own.get(op, 0) != none_counts.get(op, 0)}
 
 
 def _run_scenario(name, shapes, dtypes, args, xla):
@@ -414,7 +431,7 @@ def _run_scenario(name, shapes, dtypes, args, xla):
   log(f"[{name}] {num_tensors} tensors, {total / 1e6:.2f} MB, N={repeats}")
   variables = make_variables(shapes, dtypes)
   x = tf.constant(0.75)
-  arms = ["none", "ours", "tf"] + (["tf_xla", "xla_none"] if xla else [])
+  arms = ["none", "floor", "ours", "tf"] + (["tf_xla", "xla_none"] if xla else [])
   fns, checks, op_counts = {}, {}, {}
   for arm in arms:
     jit = arm in ("tf_xla", "xla_none")
@@ -428,12 +445,14 @@ def _run_scenario(name, shapes, dtypes, args, xla):
       # The run metadata holds the optimized graphs of functions instantiated
       # while it is collected, so the first call is the one read.
       op_counts[arm] = optimized_op_counts(fn, x)
-      checks[arm] = check_arm(base_arm, op_counts[arm], num_tensors)
+      checks[arm] = (check_floor(op_counts[arm], op_counts["none"]) if arm == "floor" else
+                     check_arm(base_arm, op_counts[arm], num_tensors))
     fn(x)
     log(f"  {arm}: traced in {time.perf_counter() - start:.1f} s; {checks[arm][1]}")
     fns[arm] = (lambda f=fn: f(x))
-  unequal = {arm: scaffolding_differences(op_counts[arm], op_counts["none"])
-             for arm in ("ours", "tf")}
+  unequal = {arm: scaffolding_differences(op_counts[arm], op_counts["none"],
+                                         own={"IdentityN": 1} if arm == "floor" else None)
+             for arm in ("ours", "tf", "floor") if checks[arm][0] or arm != "floor"}
   for arm, differences in unequal.items():
     if differences:
       log(f"  WARNING: {arm}'s loop runs other scaffolding than its baseline "
@@ -453,7 +472,7 @@ def _run_scenario(name, shapes, dtypes, args, xla):
             "scaffolding_differences": {a: d for a, d in unequal.items() if d}}
   moved = 2 * total
   per_call_rounds = {}  # arm: per-call seconds in each round
-  for arm in ("ours", "tf", "tf_xla"):
+  for arm in ("ours", "tf", "tf_xla", "floor"):
     if arm not in fns:
       continue
     ok, note = checks[arm]
@@ -803,10 +822,12 @@ def print_table(results, out=sys.stdout):
         f"{m['inter_op_threads']}, load {m['loadavg_start'][0]:.2f} -> "
         f"{m.get('loadavg_end', [float('nan')])[0]:.2f}", file=out)
   header = (f"{'scenario':<22}{'tensors':>8}{'MB':>9}  {'ours us':>9}{'TF us':>10}{'XLA us':>9}"
+            f"{'floor us':>9}"
             f"  {'ours':>6}{'TF':>6}{'XLA':>6}{'torch':>6}{'roof':>6}  {'ours/TF':>7}"
             f"{'quartiles':>12}{'%roof':>6}")
   print("\nper call (us) and GB/s (bytes read + written), medians over rounds; ours/TF = TF "
-        "time / our time within a round, median and quartiles over rounds", file=out)
+        "time / our time within a round, median and quartiles over rounds; floor = one IdentityN over "
+        "the list, the least any one op over these tensors costs", file=out)
   print(header, file=out)
   for r in results["scenarios"]:
     a = r["arms"]
@@ -827,7 +848,7 @@ def print_table(results, out=sys.stdout):
     quartiles = r.get("ours_vs_tf_quartiles")
     spread = f"{quartiles[0]:.2f}-{quartiles[1]:.2f}" if quartiles else "-"
     print(f"{r['scenario']:<22}{r['num_tensors']:>8}{r['bytes'] / 1e6:>9.2f}  {us('ours'):>9}"
-          f"{us('tf'):>10}{us('tf_xla'):>9}  {gb('ours'):>6}{gb('tf'):>6}{gb('tf_xla'):>6}"
+          f"{us('tf'):>10}{us('tf_xla'):>9}{us('floor'):>9}  {gb('ours'):>6}{gb('tf'):>6}{gb('tf_xla'):>6}"
           f"{gb('torch'):>6}{r['roofline_gbps']:>6.1f}  "
           f"{r.get('ours_vs_tf', float('nan')):>6.2f}x{spread:>12}"
           f"{(pct or float('nan')) * 100:>5.0f}%",
@@ -878,7 +899,7 @@ def plot(results, path):
   ax1.grid(axis="y", alpha=0.3)
   if sweep:
     counts = [r["num_tensors"] for r in sweep]
-    for arm in ("ours", "tf", "tf_xla", "torch"):
+    for arm in ("ours", "tf", "tf_xla", "torch", "floor"):
       points = [(c, r["arms"][arm]["per_call_s"] * 1e6) for c, r in zip(counts, sweep)
                 if "per_call_s" in r["arms"].get(arm, {})]
       if points:
