@@ -17,11 +17,13 @@
 //   without FTZ) are below half's rounding range and give +-0 either way.
 // - bfloat16: done in integer lanes (shift, multiply, ties-to-even add, NaN ->
 //   sign|0x7fc0), the same operations as FloatToBFloat16Bits. The AVX512_BF16
-//   convert instruction is not used: it always flushes float subnormals, which
-//   the scalar code does only under FTZ. The AVX2 loop finds NaNs among the
-//   inputs rather than the products: a NaN product from a non-NaN input (Inf
-//   times a factor of 0, a subnormal factor under DAZ) is x86's default NaN
-//   0xffc00000, which the rounding add turns into 0xffc0, the scalar result.
+//   convert instruction always flushes float subnormals, which the scalar code
+//   does only under FTZ, so it is used only while FTZ and DAZ are on (NOTE
+//   [bfloat16 convert]). The loops find NaNs among the inputs rather than the
+//   products: a NaN product from a non-NaN input (Inf times a factor of 0, a
+//   subnormal factor under DAZ) is x86's default NaN 0xffc00000, which the
+//   rounding add turns into 0xffc0, the scalar result, and which the convert
+//   instruction turns into 0xffc0 too.
 #ifndef FIXED_LOSS_SCALE_SCALE_SIMD_X86_H_
 #define FIXED_LOSS_SCALE_SCALE_SIMD_X86_H_
 
@@ -264,18 +266,89 @@ FLS_TARGET_AVX512 inline void ScaleHalfAvx512(const uint16_t* src, uint16_t* dst
   }
 }
 
-FLS_TARGET_AVX512 inline __m256i ScaleBFloat16x16Avx512(__m256i b, __m512 vf) {
-  const __m512 x = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
-  const __m512 p = _mm512_mul_ps(x, vf);
+// Sixteen float products -> their bfloat16 bits rounded to nearest-even, in the
+// low 16 bits of each 32-bit lane (NaNs are fixed by the caller).
+FLS_TARGET_AVX512 inline __m512i RoundToBFloat16Avx512(__m512 p) {
   const __m512i bits = _mm512_castps_si512(p);
-  const __m512i high = _mm512_srli_epi32(bits, 16);
-  const __m512i odd = _mm512_and_si512(high, _mm512_set1_epi32(1));
-  const __m512i rounded = _mm512_srli_epi32(
-      _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))), 16);
-  const __m512i nan =
-      _mm512_or_si512(_mm512_and_si512(high, _mm512_set1_epi32(0x8000)), _mm512_set1_epi32(0x7fc0));
-  const __mmask16 is_nan = _mm512_cmp_ps_mask(p, p, _CMP_UNORD_Q);
-  return _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(rounded, is_nan, nan));
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  return _mm512_srli_epi32(
+      _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)), odd), 16);
+}
+
+// Where a bfloat16 input is NaN, sign|0x7fc0 instead of `rounded` (see the
+// header comment for NaN products).
+FLS_TARGET_AVX512 inline __m512i WithBFloat16NaNsAvx512(__m512i rounded, __m512i b) {
+  const __m512i sign_bit = _mm512_set1_epi16(static_cast<int16_t>(0x8000));
+  const __mmask32 is_nan =
+      _mm512_cmpgt_epu16_mask(_mm512_andnot_si512(sign_bit, b), _mm512_set1_epi16(0x7f80));
+  if (__builtin_expect(is_nan == 0, 1)) return rounded;
+  // (b & sign_bit) | 0x7fc0 in one instruction.
+  const __m512i nan = _mm512_ternarylogic_epi32(b, sign_bit, _mm512_set1_epi16(0x7fc0), 0xea);
+  return _mm512_mask_mov_epi16(rounded, is_nan, nan);
+}
+
+// 32 bfloat16 -> float -> * f -> bfloat16, in integer lanes: widened by
+// interleaving with zero and narrowed by packus per 128-bit lane, as
+// ScaleBFloat16x16Avx2. 1.3-1.4x the speed of widening with cvtepu16 and
+// narrowing with cvtepi32_epi16 (one thread, Xeon with AVX-512: 37 -> 48 GB/s
+// from L2, 11.6 -> 14.6 GB/s from memory).
+FLS_TARGET_AVX512 inline __m512i ScaleBFloat16x32Avx512(__m512i b, __m512 vf) {
+  const __m512i zero = _mm512_setzero_si512();
+  const __m512 low = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, b));
+  const __m512 high = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, b));
+  const __m512i rounded = _mm512_packus_epi32(RoundToBFloat16Avx512(_mm512_mul_ps(low, vf)),
+                                              RoundToBFloat16Avx512(_mm512_mul_ps(high, vf)));
+  return WithBFloat16NaNsAvx512(rounded, b);
+}
+
+// NOTE [bfloat16 convert]: AVX512_BF16's VCVTNE2PS2BF16 rounds two float
+// vectors to 32 bfloat16 to nearest-even in one instruction, where the integer
+// rounding takes eleven. It always flushes float subnormals to zero and
+// ignores MXCSR, so it gives the scalar results only while MXCSR has
+// flush-to-zero and denormals-are-zero on (then the products are never
+// subnormal), which is how TensorFlow runs its CPU kernels; NaNs are still set
+// from the inputs. Measured on one thread of a Xeon with AVX-512: 64-70 GB/s
+// from L2 against 48 for the integer loop (half: 80-87), 17.5-21 GB/s from
+// memory against 14.6 (half: 20-24).
+#define FLS_TARGET_AVX512_BF16 \
+  __attribute__((target("avx2,f16c,fma,avx512f,avx512bw,avx512vl,avx512bf16")))
+
+inline bool CpuHasAvx512Bf16() {
+  static const bool has = __builtin_cpu_supports("avx512bf16");
+  return has;
+}
+
+inline bool MxcsrFlushesSubnormals() {
+  constexpr unsigned int kFtzDaz = 0x8040u;
+  return (_mm_getcsr() & kFtzDaz) == kFtzDaz;
+}
+
+FLS_TARGET_AVX512_BF16 inline __m512 WidenBFloat16x16(const uint16_t* src) {
+  const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
+}
+
+FLS_TARGET_AVX512_BF16 inline __m512i ScaleBFloat16x32Bf16(const uint16_t* src, __m512 vf) {
+  const __m512 low = _mm512_mul_ps(WidenBFloat16x16(src), vf);
+  const __m512 high = _mm512_mul_ps(WidenBFloat16x16(src + 16), vf);
+  const __m512i rounded = (__m512i)_mm512_cvtne2ps_pbh(high, low);
+  return WithBFloat16NaNsAvx512(rounded, _mm512_loadu_si512(src));
+}
+
+// Whole 32-element blocks of [0, n) with VCVTNE2PS2BF16; returns how many
+// elements it scaled. Only under FTZ/DAZ (NOTE [bfloat16 convert]).
+FLS_TARGET_AVX512_BF16 inline int64_t ScaleBFloat16BlocksBf16(const uint16_t* src, uint16_t* dst,
+                                                              int64_t n, float f) {
+  const __m512 vf = _mm512_set1_ps(f);
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    const __m512i a = ScaleBFloat16x32Bf16(src + i, vf);
+    const __m512i b = ScaleBFloat16x32Bf16(src + i + 32, vf);
+    _mm512_storeu_si512(dst + i, a);
+    _mm512_storeu_si512(dst + i + 32, b);
+  }
+  for (; i + 32 <= n; i += 32) _mm512_storeu_si512(dst + i, ScaleBFloat16x32Bf16(src + i, vf));
+  return i;
 }
 
 FLS_TARGET_AVX512 inline void ScaleBFloat16Avx512(const uint16_t* src, uint16_t* dst, int64_t n,
@@ -284,25 +357,28 @@ FLS_TARGET_AVX512 inline void ScaleBFloat16Avx512(const uint16_t* src, uint16_t*
   int64_t i = 0;
   const int64_t head = HeadToAlign(dst, n);
   for (; i < head; ++i) dst[i] = ScaleBFloat16Bits(src[i], f);
-  for (; i + 32 <= n; i += 32) {
-    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
-    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i + 16));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), ScaleBFloat16x16Avx512(a, vf));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i + 16), ScaleBFloat16x16Avx512(b, vf));
+  if (CpuHasAvx512Bf16() && MxcsrFlushesSubnormals()) {
+    i += ScaleBFloat16BlocksBf16(src + i, dst + i, n - i, f);
   }
-  for (; i + 16 <= n; i += 16) {
-    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), ScaleBFloat16x16Avx512(a, vf));
+  for (; i + 64 <= n; i += 64) {
+    const __m512i a = _mm512_loadu_si512(src + i);
+    const __m512i b = _mm512_loadu_si512(src + i + 32);
+    _mm512_storeu_si512(dst + i, ScaleBFloat16x32Avx512(a, vf));
+    _mm512_storeu_si512(dst + i + 32, ScaleBFloat16x32Avx512(b, vf));
+  }
+  for (; i + 32 <= n; i += 32) {
+    _mm512_storeu_si512(dst + i, ScaleBFloat16x32Avx512(_mm512_loadu_si512(src + i), vf));
   }
   if (i < n) {
-    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
-    const __m256i a = _mm256_maskz_loadu_epi16(m, src + i);
-    _mm256_mask_storeu_epi16(dst + i, m, ScaleBFloat16x16Avx512(a, vf));
+    const __mmask32 m = static_cast<__mmask32>((1u << (n - i)) - 1);
+    const __m512i a = _mm512_maskz_loadu_epi16(m, src + i);
+    _mm512_mask_storeu_epi16(dst + i, m, ScaleBFloat16x32Avx512(a, vf));
   }
 }
 
 #undef FLS_TARGET_AVX2
 #undef FLS_TARGET_AVX512
+#undef FLS_TARGET_AVX512_BF16
 
 }  // namespace simd
 }  // namespace fixed_loss_scale
