@@ -342,6 +342,9 @@ FLS_TARGET_AVX512_BF16 inline int64_t ScaleBFloat16BlocksBf16(const uint16_t* sr
   const __m512 vf = _mm512_set1_ps(f);
   int64_t i = 0;
   for (; i + 64 <= n; i += 64) {
+    // See NOTE [16-bit prefetch]: one thread, bfloat16 from memory 19.5-20 ->
+    // 21.6-23.7 GB/s; no gain on the AVX-512 half loop, so none there.
+    _mm_prefetch(reinterpret_cast<const char*>(src + i) + kPrefetchBytes16, _MM_HINT_T0);
     const __m512i a = ScaleBFloat16x32Bf16(src + i, vf);
     const __m512i b = ScaleBFloat16x32Bf16(src + i + 32, vf);
     _mm512_storeu_si512(dst + i, a);
