@@ -35,6 +35,15 @@ absl::StatusOr<DType> ToDType(DataType dtype) {
   }
 }
 
+// What PrepareOutput needs to know of an input that is fixed for the kernel's
+// lifetime (the node's dtype and the kernel's memory types), worked out once in
+// the constructor instead of on every call: the per-input work is what keeps a
+// call over many small tensors above the one-op floor (docs/BENCHMARKS.md).
+struct InputInfo {
+  DType dtype;
+  bool same_memory_type;  // input and output memory types are equal
+};
+
 // Forwards input `index` to output `index` when its buffer may be reused, else
 // allocates; returns the span that scales it.
 //
@@ -46,20 +55,20 @@ absl::StatusOr<DType> ToDType(DataType dtype) {
 // forward_input (not a ref, sole owner of its buffer, same memory type,
 // compatible allocator attributes) are made here in O(1) and the input tensor
 // is set as the output, sharing its buffer; anything else takes TF's path.
-absl::StatusOr<TensorSpan> PrepareOutput(OpKernelContext* context, int index, bool direct) {
+absl::StatusOr<TensorSpan> PrepareOutput(OpKernelContext* context, int index, InputInfo info,
+                                         bool direct) {
   const Tensor& input = context->input(index);
-  TF_ASSIGN_OR_RETURN(DType dtype, ToDType(input.dtype()));
-  if (direct && !context->input_is_ref(index) && input.RefCountIsOne() &&
-      context->input_memory_type(index) == context->output_memory_type(index) &&
+  if (direct && info.same_memory_type && !context->input_is_ref(index) &&
+      input.RefCountIsOne() &&
       context->output_alloc_attr(index).IsEqualOrLessRestrictiveThan(
           context->input_alloc_attr(index))) {
     context->set_output(index, input);
-    return TensorSpan{input.data(), input.data(), input.NumElements(), dtype};
+    return TensorSpan{input.data(), input.data(), input.NumElements(), info.dtype};
   }
   Tensor* output = nullptr;
   TF_RETURN_IF_ERROR(
       context->forward_input_or_allocate_output({index}, index, input.shape(), &output));
-  return TensorSpan{input.data(), output->data(), input.NumElements(), dtype};
+  return TensorSpan{input.data(), output->data(), input.NumElements(), info.dtype};
 }
 
 // Shared by both ops: holds the validated `loss_scale` attr.
@@ -76,6 +85,12 @@ class FixedLossScaleOpBase : public OpKernel {
                                                     loss_scale_));
     direct_forwarding_ = !tensorflow::HasNodeAttr(def(), "_forward_input") &&
                          !tensorflow::HasNodeAttr(def(), "_scoped_allocator");
+    inputs_.reserve(num_inputs());
+    for (int i = 0; i < num_inputs(); ++i) {
+      absl::StatusOr<DType> dtype = ToDType(input_type(i));
+      OP_REQUIRES_OK(context, dtype.status());
+      inputs_.push_back({*dtype, input_memory_types()[i] == output_memory_types()[i]});
+    }
   }
 
  protected:
@@ -85,7 +100,7 @@ class FixedLossScaleOpBase : public OpKernel {
     std::vector<TensorSpan> spans;
     spans.reserve(context->num_inputs());
     for (int i = 0; i < context->num_inputs(); ++i) {
-      absl::StatusOr<TensorSpan> span = PrepareOutput(context, i, direct_forwarding_);
+      absl::StatusOr<TensorSpan> span = PrepareOutput(context, i, inputs_[i], direct_forwarding_);
       OP_REQUIRES_OK(context, span.status());
       if (span->num_elements > 0) spans.push_back(*span);
     }
@@ -107,6 +122,7 @@ class FixedLossScaleOpBase : public OpKernel {
   float loss_scale_ = 1.0f;
   // See NOTE [direct forwarding].
   bool direct_forwarding_ = false;
+  std::vector<InputInfo> inputs_;
 };
 
 template <typename Device>
