@@ -172,7 +172,7 @@ void ScaleByteRange(const std::vector<TensorSpan>& spans,
     const int64_t element_size = DTypeSize(spans[i].dtype);
     const int64_t first = FirstElementAtOrAfter(byte_begin, byte_offsets[i], element_size);
     // Most spans lie wholly inside the range: no division for them (one per
-    // span was ~15% of a call over 100 tensors of 256 elements).
+    // span was ~8% of a call over 100 bfloat16 tensors of 256 elements, by perf).
     const int64_t last =
         byte_end >= byte_offsets[i + 1]
             ? spans[i].num_elements
