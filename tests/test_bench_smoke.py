@@ -24,6 +24,7 @@ def test_quick_benchmark_writes_json(tmp_path):
                         check=False)
   assert proc.returncode == 0, proc.stderr[-4000:]
   assert "ours/TF" in proc.stdout
+  assert "sweep against ours over 1 tensor of the same bytes" in proc.stdout
   results = json.loads(out.read_text())
 
   machine = results["machine"]
@@ -50,6 +51,17 @@ def test_quick_benchmark_writes_json(tmp_path):
       assert entry.get("below_noise") or entry["per_call_s"] > 0
     for arm in ("numpy_mul", "numpy_copy"):
       assert arms[arm]["gbps"] > 0
+    # The sweep's reference, our op over 1 tensor of the same bytes in the same loop
+    # (NOTE [one pass] in bench.py): timed there, absent from the other sets.
+    is_sweep = scenario["scenario"].startswith("sweep/")
+    assert ("one_pass" in arms) == is_sweep, (scenario["scenario"], sorted(arms))
+    if is_sweep:
+      entry = arms["one_pass"]
+      assert not entry["optimized_away"], (scenario["scenario"], entry)
+      assert entry.get("below_noise") or entry["per_call_s"] > 0
+      # What n tensors add to one, taken within rounds, with its spread.
+      assert isinstance(scenario["ours_minus_one_pass_s"], float)
+      assert len(scenario["ours_minus_one_pass_quartiles_s"]) == 2
     assert "torch" in arms  # skipped with a reason here
 
   # Measured everywhere: in a child process with TF's BFC allocator where the
