@@ -14,8 +14,8 @@ arm and what limits each number; in short:
   is timed too and subtracted: per-call time = (T(arm) - T(none)) / N. The
   loops are built with Grappler's dependency optimizer off, so that every arm
   keeps the same barriers and Identities (NOTE [equal scaffolding]).
-- The tensor-count sweep also times one multiply of a single tensor of the
-  same bytes in the same loop (NOTE [one pass]): what moving the bytes costs
+- The tensor-count sweep also times our op over a single tensor of the same
+  bytes in the same loop (NOTE [one pass]): what moving the bytes costs
   there, so that what handling n tensors adds can be read apart from it.
 - Before timing, each arm's optimized graph is read from the run metadata; an
   arm whose multiplies were optimized away is reported, not timed.
@@ -69,7 +69,7 @@ ARM_LABELS = {
     "tf": "TF per-tensor g * (1/s)",
     "tf_xla": "TF per-tensor under XLA",
     "floor": "IdentityN over the list (op floor)",
-  "one_pass": "ours over 1 tensor of the same bytes",
+    "one_pass": "ours over 1 tensor of the same bytes",
     "numpy_mul": "numpy in-place multiply (roofline)",
     "numpy_copy": "numpy copy (roofline)",
     "torch": "torch._foreach_mul_",
@@ -243,8 +243,8 @@ def loop_function(arm, variables, repeats, jit=False, pass_variable=None):
   while_loop with parallel_iterations=1, return every loop output.
 
   With `pass_variable` (NOTE [one pass]) every arm's loop also carries one
-  tensor of the gradients' total size; the `one_pass` arm multiplies it and
-  hands the gradients on untouched, every other arm does the reverse."""
+  tensor of the gradients' total size; the `one_pass` arm unscales it (our op)
+  and hands the gradients on untouched, every other arm does the reverse."""
 
   def step(x):
     grads = [tf.nn.relu(v * tf.cast(x, v.dtype)) for v in variables]
@@ -921,14 +921,15 @@ def print_table(results, out=sys.stdout):
 
 
 def print_one_pass(results, out):
-  """The sweep against NOTE [one pass]: ours and the floor beside one multiply
-  of the same bytes in the same loop."""
+  """The sweep against NOTE [one pass]: ours and the floor beside our op over
+  one tensor of the same bytes in the same loop."""
   rows = [r for r in results["scenarios"] if "one_pass" in r["arms"]]
   if not rows:
     return
   print("\nsweep against ours over 1 tensor of the same bytes in the same loop (NOTE [one pass] "
         "in bench.py), per call, medians over rounds; ours - one pass taken within each round, "
         "median and quartiles:", file=out)
+
   def us(entry):
     if entry.get("optimized_away"):
       return "gone"
