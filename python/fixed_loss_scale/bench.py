@@ -856,6 +856,16 @@ def machine_info(args):
   }
 
 
+def arm_us(entry, unit=""):
+  """An arm's per-call time for the tables: `gone` if it was optimized away,
+  `<noise` if below the loop's noise, else microseconds."""
+  if entry.get("optimized_away"):
+    return "gone"
+  if entry.get("below_noise"):
+    return "<noise"
+  return f"{entry['per_call_s'] * 1e6:.1f}{unit}" if "per_call_s" in entry else "-"
+
+
 def print_table(results, out=sys.stdout):
   m = results["machine"]
   print(f"machine: {m['cpu']}, {m['cores']} cores, TF {m['tensorflow']}, numpy {m['numpy']}, "
@@ -874,12 +884,7 @@ def print_table(results, out=sys.stdout):
     a = r["arms"]
 
     def us(arm):
-      e = a.get(arm, {})
-      if e.get("optimized_away"):
-        return "gone"
-      if e.get("below_noise"):
-        return "<noise"
-      return f"{e['per_call_s'] * 1e6:.1f}" if "per_call_s" in e else "-"
+      return arm_us(a.get(arm, {}))
 
     def gb(arm):
       e = a.get(arm, {})
@@ -931,9 +936,7 @@ def print_one_pass(results, out):
         "median and quartiles:", file=out)
 
   def us(entry):
-    if entry.get("optimized_away"):
-      return "gone"
-    return "<noise" if entry.get("below_noise") else fmt_us(entry.get("per_call_s"))
+    return arm_us(entry, unit=" us")
 
   for r in rows:
     a = r["arms"]
