@@ -64,6 +64,21 @@ def test_quick_benchmark_writes_json(tmp_path):
       assert len(scenario["ours_minus_one_pass_quartiles_s"]) == 2
     assert "torch" in arms  # skipped with a reason here
 
+  # The sweep's op times from TF's step stats (NOTE [op time] in bench.py): every
+  # arm's kernels were found in the trace, TF's n multiplies each, and timed.
+  sweep_counts = [s["num_tensors"] for s in results["scenarios"]
+                  if s["scenario"].startswith("sweep/")]
+  assert [r["num_tensors"] for r in results["op_times"]] == sweep_counts
+  for row in results["op_times"]:
+    assert row["kernels"] == {"ours": 1, "one_pass": 1, "floor": 1, "tf": row["num_tensors"]}, row
+    for arm in ("ours", "one_pass", "floor", "tf"):
+      entry = row["arms"][arm]
+      assert entry["per_call_s"] > 0, (row["scenario"], arm, entry)
+      assert entry["quartiles_s"][0] <= entry["per_call_s"] <= entry["quartiles_s"][1]
+    for other in ("one_pass", "floor"):
+      assert isinstance(row[f"ours_minus_{other}_s"], float)
+  assert "op time from TF's step stats" in proc.stdout
+
   # Measured everywhere: in a child process with TF's BFC allocator where the
   # default CPU allocator keeps no statistics.
   assert [p["scenario"] for p in results["peak_memory"]] == [

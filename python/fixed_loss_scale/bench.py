@@ -17,6 +17,9 @@ arm and what limits each number; in short:
 - The tensor-count sweep also times our op over a single tensor of the same
   bytes in the same loop (NOTE [one pass]): what moving the bytes costs
   there, so that what handling n tensors adds can be read apart from it.
+- The sweep is also read without any loop (NOTE [op time]): each arm's own
+  kernel time from TF's step stats in a traced Session run, which stays
+  readable at 10,000 tensors, where the loops' own ops drown both arms.
 - Before timing, each arm's optimized graph is read from the run metadata; an
   arm whose multiplies were optimized away is reported, not timed.
 - Arms take turns call by call for several rounds; an arm's time in a round is
@@ -781,7 +784,8 @@ def optimizer_steps(args):
     for name, (ok, note) in checks.items():
       if note:
         log(f"  {name}: {note}" + ("" if ok else " -- unscale optimized away, not timed"))
-    times = interleaved({n: f for n, f in fns.items() if checks[n][0]}, args.rounds, args.reps)
+    times = interleaved({n: f for n, f in fns.items() if checks[n][0]}, args.optimizer_rounds,
+                        args.reps)
     session.close()
     grad_bytes = nbytes(shapes, ["float32"] * len(shapes))
     entry = {"optimizer": kind, "gradient_bytes": grad_bytes,
@@ -798,6 +802,107 @@ def optimizer_steps(args):
                                            for k, v in entry["step_s"].items()))
     results.append(entry)
     del variables, keras_fns, fns
+  return results
+
+
+# ---- op time from step stats --------------------------------------------------------------
+
+# NOTE [op time]: the sweep's loop-free view. The loops above time whole
+# iterations, and at 10,000 tensors the loop's own ops cost ~50 ms an
+# iteration against ~1-4 ms for one op over the list, so there both ours and
+# the floor are lost in its noise; in any loop, an arm's pass over the data
+# also slows the loop's per-tensor ops (NOTE [one pass]). A TF1 Session with
+# RunOptions(trace_level=FULL_TRACE) instead reports each node's own run time
+# (op_start_rel_nanos to op_end_rel_nanos of its step stats: the kernel's
+# Compute, on the calling thread, helpers included). Every run produces the n
+# gradients and the one pass tensor (`relu(v * x)`) and then runs one arm:
+# ours over the n, ours over the one tensor, IdentityN over the n (the floor),
+# or TF's n multiplies, whose kernel times are summed: that sum leaves out
+# what TF's executor spends between its n ops, which the loops do count, so it
+# is a lower bound on TF's cost. The tracing itself adds per-node work outside
+# Compute only.
+OP_TIME_ARMS = ("ours", "one_pass", "floor", "tf")
+OP_TIME_KERNELS = {"ours": "FixedUnscaleGrads", "one_pass": "FixedUnscaleGrads",
+                   "floor": "IdentityN", "tf": "Mul"}
+
+
+def op_time_graph(count, total):
+  """({arm: fetches}, x placeholder, init, graph) for one sweep point: every
+  arm's fetches include all n gradients and the pass tensor, so every run
+  produces the same tensors before its arm."""
+  graph = tf.Graph()
+  with graph.as_default():
+    x = tf.compat.v1.placeholder(tf.float32, [])
+    shapes = sweep_shapes(count, total)
+    # Initialised by a random op: numpy values would become Const nodes.
+    variables = [tf.Variable(tf.random.stateless_uniform(s, seed=[1, i]) + 0.5)
+                 for i, s in enumerate(shapes)]
+    pass_variable = tf.Variable(tf.random.stateless_uniform((total,), seed=[2, 0]) + 0.5)
+    grads = [tf.nn.relu(v * x) for v in variables]
+    passed = [tf.nn.relu(pass_variable * x)]
+    fetches = {}
+    for arm in OP_TIME_ARMS:
+      with tf.name_scope(f"arm_{arm}"):
+        if arm == "one_pass":
+          fetches[arm] = grads + unscale_arm("ours", passed)
+        else:
+          fetches[arm] = unscale_arm(arm, grads) + passed
+    init = tf.compat.v1.global_variables_initializer()
+  return fetches, x, init, graph
+
+
+def traced_op_seconds(session, fetches, x, arm):
+  """(seconds inside the arm's kernels in one traced run, how many ran)."""
+  metadata = tf.compat.v1.RunMetadata()
+  session.run(fetches, {x: 0.75},
+              options=tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.FULL_TRACE),
+              run_metadata=metadata)
+  kernel = f"= {OP_TIME_KERNELS[arm]}("
+  nanos = [ns.op_end_rel_nanos - ns.op_start_rel_nanos
+           for dev in metadata.step_stats.dev_stats for ns in dev.node_stats
+           if ns.node_name.startswith(f"arm_{arm}/") and kernel in ns.timeline_label]
+  return sum(nanos) / 1e9, len(nanos)
+
+
+def op_times(args):
+  """NOTE [op time]: per sweep count, each arm's kernel time, medians and
+  quartiles over rounds; differences to ours taken within rounds."""
+  total = 1 << 14 if args.quick else 1 << 20
+  rounds = args.op_time_rounds
+  results = []
+  for count in args.sweep_counts:
+    log(f"[op time] {count} tensors: building")
+    start = time.perf_counter()
+    fetches, x, init, graph = op_time_graph(count, total)
+    with tf.compat.v1.Session(graph=graph) as session:
+      session.run(init)
+      for fetch in fetches.values():
+        session.run(fetch, {x: 0.75})  # warm-up: allocations, first-run work
+      per_round = {arm: [] for arm in OP_TIME_ARMS}
+      kernels = {}
+      for turn in range(rounds):
+        shift = turn % len(OP_TIME_ARMS)
+        for arm in OP_TIME_ARMS[shift:] + OP_TIME_ARMS[:shift]:
+          seconds, ran = traced_op_seconds(session, fetches[arm], x, arm)
+          per_round[arm].append(seconds)
+          kernels[arm] = ran
+    del fetches, graph
+    entry = {"scenario": f"sweep/{count}", "num_tensors": count, "bytes": 4 * total,
+             "rounds": rounds, "kernels": kernels, "arms": {}}
+    for arm in OP_TIME_ARMS:
+      if kernels[arm] == 0:
+        entry["arms"][arm] = {"label": ARM_LABELS[arm], "optimized_away": True}
+        continue
+      entry["arms"][arm] = {"label": ARM_LABELS[arm], "per_call_s": float(np.median(per_round[arm])),
+                            "quartiles_s": [float(q) for q in np.percentile(per_round[arm], [25, 75])]}
+    for other in ("one_pass", "floor"):
+      if kernels["ours"] and kernels[other]:
+        added = [o - p for o, p in zip(per_round["ours"], per_round[other])]
+        entry[f"ours_minus_{other}_s"] = float(np.median(added))
+        entry[f"ours_minus_{other}_quartiles_s"] = [float(q) for q in np.percentile(added, [25, 75])]
+    log(f"  {time.perf_counter() - start:.0f} s, {rounds} rounds: " +
+        "  ".join(f"{arm} {arm_us(e, unit=' us')}" for arm, e in entry["arms"].items()))
+    results.append(entry)
   return results
 
 
@@ -850,6 +955,8 @@ def machine_info(args):
       "loadavg_start": os.getloadavg(),
       "quick": args.quick,
       "rounds": args.rounds,
+      "optimizer_rounds": args.optimizer_rounds,
+      "op_time_rounds": args.op_time_rounds,
       "min_seconds": args.min_seconds,
       "reps": args.reps,
       "loss_scale": LOSS_SCALE,
@@ -900,6 +1007,7 @@ def print_table(results, out=sys.stdout):
           f"{(pct or float('nan')) * 100:>5.0f}%",
           file=out)
   print_one_pass(results, out)
+  print_op_times(results, out)
   for p in results.get("peak_memory", []):
     if "skipped" in p:
       print(f"\npeak memory {p['scenario']}: skipped ({p['skipped']})", file=out)
@@ -948,6 +1056,33 @@ def print_one_pass(results, out):
           f"ours - one pass {above:>11}{spread}  floor {us(a['floor']):>11}", file=out)
 
 
+def print_op_times(results, out):
+  """The sweep's op times from TF's step stats (NOTE [op time])."""
+  rows = results.get("op_times", [])
+  if not rows:
+    return
+  print("\nsweep, op time from TF's step stats (NOTE [op time] in bench.py; no loop): time inside "
+        "the arm's kernels in one Session run, medians over rounds; TF = its n Muls' kernel times "
+        "summed (without the executor's work between them: a lower bound); differences to ours "
+        "taken within each round, median and quartiles:", file=out)
+
+  def us(entry):
+    return arm_us(entry, unit=" us")
+
+  def difference(r, other):
+    added = r.get(f"ours_minus_{other}_s")
+    if added is None:
+      return "-"
+    q = r[f"ours_minus_{other}_quartiles_s"]
+    return f"{added * 1e6:+.1f} ({q[0] * 1e6:+.1f} to {q[1] * 1e6:+.1f})"
+
+  for r in rows:
+    a = r["arms"]
+    print(f"  {r['scenario']:<12} ours {us(a['ours']):>10}  one pass {us(a['one_pass']):>10}  "
+          f"floor {us(a['floor']):>10}  TF Muls {us(a['tf']):>10}  ours - one pass "
+          f"{difference(r, 'one_pass'):>28}  ours - floor {difference(r, 'floor'):>28}", file=out)
+
+
 def plot(results, path):
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
@@ -974,6 +1109,13 @@ def plot(results, path):
                 if "per_call_s" in r["arms"].get(arm, {})]
       if points:
         ax2.loglog(*zip(*points), marker="o", label=ARM_LABELS[arm])
+    op_rows = results.get("op_times", [])
+    for arm in ("ours", "floor"):
+      points = [(r["num_tensors"], r["arms"][arm]["per_call_s"] * 1e6) for r in op_rows
+                if "per_call_s" in r["arms"].get(arm, {})]
+      if points:
+        ax2.loglog(*zip(*points), marker="x", linestyle="--",
+                   label=f"{ARM_LABELS[arm]}: op time (step stats)")
     ax2.set_xlabel("number of tensors (fixed total size)")
     ax2.set_ylabel("per-call time (us)")
     ax2.set_title(f"Cost against tensor count ({sweep[0]['bytes'] / 1e6:.1f} MB float32)")
@@ -1012,6 +1154,14 @@ def parse_args(argv):
   parser.add_argument("--sweep-counts", default=None,
                       help="tensor counts of the sweep (default 1,10,100,1000,10000; "
                            "1,10,100 with --quick)")
+  parser.add_argument("--no-op-time", action="store_true",
+                      help="skip the sweep's op times from TF's step stats (NOTE [op time])")
+  parser.add_argument("--op-time-rounds", type=int, default=None,
+                      help="traced runs per arm and sweep count for the op times (default 30; "
+                           "3 with --quick)")
+  parser.add_argument("--optimizer-rounds", type=int, default=None,
+                      help="interleaved rounds of the optimizer steps (default 12; 1 with --quick): "
+                           "Adam's ~0.5 s steps drift by more than the overheads in 5")
   parser.add_argument("--no-optimizer", action="store_true", help="skip the optimizer steps")
   parser.add_argument("--no-xla", action="store_true", help="skip the XLA reference arm")
   parser.add_argument("--no-torch", action="store_true", help="skip the torch arm")
@@ -1020,6 +1170,10 @@ def parse_args(argv):
   args = parser.parse_args(argv)
   if args.rounds is None:
     args.rounds = 1 if args.quick else 5
+  if args.op_time_rounds is None:
+    args.op_time_rounds = 3 if args.quick else 30
+  if args.optimizer_rounds is None:
+    args.optimizer_rounds = 1 if args.quick else 12
   if args.sweep_counts is None:
     args.sweep_counts = "1,10,100" if args.quick else "1,10,100,1000,10000"
   args.sweep_counts = [int(c) for c in args.sweep_counts.split(",") if c]
@@ -1037,8 +1191,8 @@ def main(argv=None):
     with open(args.peak_memory_only, "w") as f:
       json.dump(peak_memory_scenarios(args), f)
     return None
-  results = {"machine": machine_info(args), "scenarios": [], "peak_memory": [],
-             "optimizer_steps": []}
+  results = {"machine": machine_info(args), "scenarios": [], "op_times": [],
+             "peak_memory": [], "optimizer_steps": []}
   log(f"machine: {results['machine']}")
   sets = [s for s in args.sets.split(",") if s]
   modes = [d for d in args.dtypes.split(",") if d]
@@ -1055,6 +1209,8 @@ def main(argv=None):
       results["scenarios"].append(
           run_scenario(f"sweep/{count}", shapes, dtypes_for("float32", count), args,
                        xla=not args.no_xla and count <= 1000, one_pass=True))
+    if not args.no_op_time:
+      results["op_times"] = op_times(args)
   results["peak_memory"] = peak_memory_scenarios(args)
   if not args.no_optimizer:
     results["optimizer_steps"] = optimizer_steps(args)
