@@ -140,8 +140,9 @@ clean:
 	       $(PKG_DIR)/_build_info.json $(INSTALL_STAMP)
 
 # ---- Benchmarks ----------------------------------------------------------------
-# make bench           the full benchmark (docs/BENCHMARKS.md): table on stdout,
-#                      results in docs/bench/results.json and docs/bench/results.png
+# make bench           the full benchmark (docs/BENCHMARKS.md): table on stdout and
+#                      in docs/bench/results.txt, results in docs/bench/results.json
+#                      and docs/bench/results.png
 # make simd-test-lib   the CPU core alone (no TensorFlow) behind a C entry point,
 #                      loaded by tests/test_simd_paths.py to compare every CPU path
 .PHONY: bench simd-test-lib
@@ -150,6 +151,7 @@ bench: install
 	@mkdir -p docs/bench
 	$(VENV_PY) -m fixed_loss_scale.bench --json docs/bench/results.json \
 	    --plot docs/bench/results.png $(BENCH_ARGS)
+	$(VENV_PY) -m fixed_loss_scale.bench --report docs/bench/results.json > docs/bench/results.txt
 
 SIMD_TEST_LIB := $(BUILD_DIR)/tests/libfls_simd_paths.so
 $(SIMD_TEST_LIB): tests/cc/simd_paths_shim.cc tf_ops/cc/kernels/multi_tensor_scale_cpu.cc $(HEADERS)

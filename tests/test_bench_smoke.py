@@ -103,3 +103,9 @@ def test_quick_benchmark_writes_json(tmp_path):
     for arm in ("keras:ours_keras", "tf1:ours_tf1"):
       assert "FixedUnscaleGrads" in step["checks"][arm], step["checks"]
     assert "Mul/RealDiv more than bare" in step["checks"]["tf1:tf_compat_lso"]
+
+  # --report re-prints a saved run without measuring: the same table, byte for byte.
+  report = subprocess.run([sys.executable, "-m", "fixed_loss_scale.bench", "--report", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+  assert report.returncode == 0, report.stderr[-4000:]
+  assert report.stdout == proc.stdout

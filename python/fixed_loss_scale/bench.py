@@ -1,6 +1,7 @@
 """Benchmark: FixedUnscaleGrads against TensorFlow's own unscaling, side by side.
 
     python -m fixed_loss_scale.bench [--quick] [--json PATH] [--plot PATH.png]
+    python -m fixed_loss_scale.bench --report PATH.json [--plot PATH.png]   # a saved run again
 
 Progress goes to stderr, the table to stdout. docs/BENCHMARKS.md explains every
 arm and what limits each number; in short:
@@ -19,7 +20,8 @@ arm and what limits each number; in short:
   there, so that what handling n tensors adds can be read apart from it.
 - The sweep is also read without any loop (NOTE [op time]): each arm's own
   kernel time from TF's step stats in a traced Session run, which stays
-  readable at 10,000 tensors, where the loops' own ops drown both arms.
+  readable at 10,000 tensors, where the loops' own ops drown both arms. It
+  runs in a child process of its own (op_times_in_child).
 - Before timing, each arm's optimized graph is read from the run metadata; an
   arm whose multiplies were optimized away is reported, not timed.
 - Arms take turns call by call for several rounds; an arm's time in a round is
@@ -636,16 +638,27 @@ def peak_memory_scenarios(args):
 
 def peak_memory_in_child(args):
   log(f"[peak memory] measuring in a child process with {BFC_ENV}=true")
+  entries = in_child("--peak-memory-only", args, env={BFC_ENV: "true"})
+  if isinstance(entries, str):
+    return [{"scenario": f"{n}/{m}", "skipped": entries} for n, m in PEAK_MEMORY_SCENARIOS]
+  return entries
+
+
+def in_child(flag, args, env=None):
+  """Runs this module with a hidden `flag JSON` in a fresh process, with the
+  same --quick and sweep settings, and returns what it wrote there, or a
+  string saying why nothing came back. Its progress shares our stderr."""
   with tempfile.TemporaryDirectory() as tmp:
-    out = os.path.join(tmp, "peak.json")
-    command = [sys.executable, "-m", "fixed_loss_scale.bench", "--peak-memory-only", out]
+    out = os.path.join(tmp, "child.json")
+    command = [sys.executable, "-m", "fixed_loss_scale.bench", flag, out,
+               "--sweep-counts", ",".join(str(c) for c in args.sweep_counts),
+               "--op-time-rounds", str(args.op_time_rounds)]
     if args.quick:
       command.append("--quick")
-    proc = subprocess.run(command, env={**os.environ, BFC_ENV: "true"}, check=False,
+    proc = subprocess.run(command, env={**os.environ, **(env or {})}, check=False,
                           stdout=subprocess.DEVNULL)
     if proc.returncode != 0:
-      return [{"scenario": f"{n}/{m}", "skipped": f"child process exited {proc.returncode}"}
-              for n, m in PEAK_MEMORY_SCENARIOS]
+      return f"child process exited {proc.returncode}"
     with open(out) as f:
       return json.load(f)
 
@@ -851,17 +864,48 @@ def op_time_graph(count, total):
   return fetches, x, init, graph
 
 
+@contextlib.contextmanager
+def quiet_stderr_fd():
+  """Native stderr (fd 2) to /dev/null inside: every traced run starts and
+  stops a profiler session, which logs five lines through absl (not silenced
+  by TF_CPP_MIN_LOG_LEVEL) and would bury the progress output. Python
+  exceptions still carry their messages."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with open(os.devnull, "w") as devnull:
+    os.dup2(devnull.fileno(), 2)
+  try:
+    yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+
+
 def traced_op_seconds(session, fetches, x, arm):
   """(seconds inside the arm's kernels in one traced run, how many ran)."""
   metadata = tf.compat.v1.RunMetadata()
-  session.run(fetches, {x: 0.75},
-              options=tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.FULL_TRACE),
-              run_metadata=metadata)
+  with quiet_stderr_fd():
+    session.run(fetches, {x: 0.75},
+                options=tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.FULL_TRACE),
+                run_metadata=metadata)
   kernel = f"= {OP_TIME_KERNELS[arm]}("
   nanos = [ns.op_end_rel_nanos - ns.op_start_rel_nanos
            for dev in metadata.step_stats.dev_stats for ns in dev.node_stats
            if ns.node_name.startswith(f"arm_{arm}/") and kernel in ns.timeline_label]
   return sum(nanos) / 1e9, len(nanos)
+
+
+def op_times_in_child(args):
+  """op_times in a fresh process. Measured: inside the full run (after the
+  scenarios' and the sweep's loops) the five counts took 27 minutes, against
+  7 in a process of their own; the traced runs slow down with what the
+  process has built before them."""
+  log("[op time] measuring in a child process")
+  rows = in_child("--op-time-only", args)
+  if isinstance(rows, str):
+    return [{"scenario": f"sweep/{c}", "num_tensors": c, "skipped": rows}
+            for c in args.sweep_counts]
+  return rows
 
 
 def op_times(args):
@@ -1077,6 +1121,9 @@ def print_op_times(results, out):
     return f"{added * 1e6:+.1f} ({q[0] * 1e6:+.1f} to {q[1] * 1e6:+.1f})"
 
   for r in rows:
+    if "skipped" in r:
+      print(f"  {r['scenario']:<12} skipped ({r['skipped']})", file=out)
+      continue
     a = r["arms"]
     print(f"  {r['scenario']:<12} ours {us(a['ours']):>10}  one pass {us(a['one_pass']):>10}  "
           f"floor {us(a['floor']):>10}  TF Muls {us(a['tf']):>10}  ours - one pass "
@@ -1112,7 +1159,7 @@ def plot(results, path):
     op_rows = results.get("op_times", [])
     for arm in ("ours", "floor"):
       points = [(r["num_tensors"], r["arms"][arm]["per_call_s"] * 1e6) for r in op_rows
-                if "per_call_s" in r["arms"].get(arm, {})]
+                if "per_call_s" in r.get("arms", {}).get(arm, {})]
       if points:
         ax2.loglog(*zip(*points), marker="x", linestyle="--",
                    label=f"{ARM_LABELS[arm]}: op time (step stats)")
@@ -1165,8 +1212,11 @@ def parse_args(argv):
   parser.add_argument("--no-optimizer", action="store_true", help="skip the optimizer steps")
   parser.add_argument("--no-xla", action="store_true", help="skip the XLA reference arm")
   parser.add_argument("--no-torch", action="store_true", help="skip the torch arm")
-  # Internal: the child process of peak_memory_in_child.
+  parser.add_argument("--report", metavar="RESULTS.json",
+                      help="print the table of a saved --json run (and --plot it) without measuring")
+  # Internal: the child processes of peak_memory_in_child and op_times_in_child.
   parser.add_argument("--peak-memory-only", metavar="JSON", help=argparse.SUPPRESS)
+  parser.add_argument("--op-time-only", metavar="JSON", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.rounds is None:
     args.rounds = 1 if args.quick else 5
@@ -1187,10 +1237,14 @@ def parse_args(argv):
 def main(argv=None):
   args = parse_args(argv)
   tf.get_logger().setLevel("ERROR")
-  if args.peak_memory_only:
-    with open(args.peak_memory_only, "w") as f:
-      json.dump(peak_memory_scenarios(args), f)
-    return None
+  for flag, measure in ((args.peak_memory_only, peak_memory_scenarios),
+                        (args.op_time_only, op_times)):
+    if flag:
+      with open(flag, "w") as f:
+        json.dump(measure(args), f)
+      return None
+  if args.report:
+    return report(args)
   results = {"machine": machine_info(args), "scenarios": [], "op_times": [],
              "peak_memory": [], "optimizer_steps": []}
   log(f"machine: {results['machine']}")
@@ -1210,7 +1264,7 @@ def main(argv=None):
           run_scenario(f"sweep/{count}", shapes, dtypes_for("float32", count), args,
                        xla=not args.no_xla and count <= 1000, one_pass=True))
     if not args.no_op_time:
-      results["op_times"] = op_times(args)
+      results["op_times"] = op_times_in_child(args)
   results["peak_memory"] = peak_memory_scenarios(args)
   if not args.no_optimizer:
     results["optimizer_steps"] = optimizer_steps(args)
@@ -1223,6 +1277,17 @@ def main(argv=None):
     log(f"wrote {args.json}")
   if args.plot:
     os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
+    plot(results, args.plot)
+    log(f"wrote {args.plot}")
+  return results
+
+
+def report(args):
+  """--report: the table (and --plot) of a saved run, exactly as it printed."""
+  with open(args.report) as f:
+    results = json.load(f)
+  print_table(results)
+  if args.plot:
     plot(results, args.plot)
     log(f"wrote {args.plot}")
   return results
