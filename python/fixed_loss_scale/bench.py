@@ -832,8 +832,10 @@ def optimizer_steps(args):
 # ours over the n, ours over the one tensor, IdentityN over the n (the floor),
 # or TF's n multiplies, whose kernel times are summed: that sum leaves out
 # what TF's executor spends between its n ops, which the loops do count, so it
-# is a lower bound on TF's cost. The tracing itself adds per-node work outside
-# Compute only.
+# is a lower bound on TF's cost. A traced run's kernels work on freshly
+# produced tensors, with threads that may have gone idle since the last run,
+# so absolute times sit above the loops' (one 4 MB pass: ~200-270 us against
+# ~100 in a loop); the arms' differences and the floor are what this reads.
 OP_TIME_ARMS = ("ours", "one_pass", "floor", "tf")
 OP_TIME_KERNELS = {"ours": "FixedUnscaleGrads", "one_pass": "FixedUnscaleGrads",
                    "floor": "IdentityN", "tf": "Mul"}
