@@ -103,6 +103,10 @@ def test_quick_benchmark_writes_json(tmp_path):
     for arm in ("keras:ours_keras", "tf1:ours_tf1"):
       assert "FixedUnscaleGrads" in step["checks"][arm], step["checks"]
     assert "Mul/RealDiv more than bare" in step["checks"]["tf1:tf_compat_lso"]
+    # Every overhead carries the quartiles of its within-round differences.
+    for name, overhead in step["overhead_s"].items():
+      low, high = step["overhead_quartiles_s"][name]
+      assert low <= overhead <= high, (name, low, overhead, high)
 
   # --report re-prints a saved run without measuring: the same table, byte for byte.
   report = subprocess.run([sys.executable, "-m", "fixed_loss_scale.bench", "--report", str(out)],

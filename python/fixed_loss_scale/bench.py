@@ -809,6 +809,9 @@ def optimizer_steps(args):
       for name, t in times.items():
         if name.startswith(family + ":") and name != bare:
           entry.setdefault("overhead_s", {})[name] = paired(lambda a, b: a - b, t, times[bare])
+          # The spread to read an overhead against (a step moves by tens of ms).
+          entry.setdefault("overhead_quartiles_s", {})[name] = [
+              float(q) for q in np.percentile([a - b for a, b in zip(t, times[bare])], [25, 75])]
           entry.setdefault("overhead_fraction", {})[name] = paired(
               lambda a, b: (a - b) / b, t, times[bare])
     log(f"[optimizer {kind}] " + ", ".join(f"{k} {v * 1e3:.1f} ms"
@@ -1069,6 +1072,9 @@ def print_table(results, out=sys.stdout):
       extra = o.get("overhead_fraction", {}).get(name)
       extra_s = o.get("overhead_s", {}).get(name)
       tail = "" if extra is None else f"  {extra_s * 1e3:+8.2f} ms  ({extra * 100:+.1f}%)"
+      quartiles = o.get("overhead_quartiles_s", {}).get(name)  # absent in older results
+      if quartiles is not None:
+        tail += f"  quartiles {quartiles[0] * 1e3:+.1f} to {quartiles[1] * 1e3:+.1f} ms"
       print(f"  {name:<36}{t * 1e3:9.2f} ms{tail}", file=out)
     for name in o.get("optimized_away", []):
       print(f"  {name:<36}     gone  ({o['checks'][name]}: not timed)", file=out)
