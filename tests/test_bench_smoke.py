@@ -92,7 +92,7 @@ def test_quick_benchmark_writes_json(tmp_path):
   kinds = [o["optimizer"] for o in results["optimizer_steps"]]
   assert kinds == ["sgd", "adam"]
   for step in results["optimizer_steps"]:
-    for arm in ("keras:bare", "keras:keras_loss_scale_optimizer",
+    for arm in ("keras:bare", "keras:bare_again", "keras:keras_loss_scale_optimizer",
                 "keras:keras_loss_scale_factor", "keras:ours_keras", "keras:ours_one_op",
                 "keras:tf_per_tensor",
                 "tf1:bare", "tf1:tf_compat_lso", "tf1:ours_tf1"):
