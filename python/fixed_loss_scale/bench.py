@@ -176,6 +176,11 @@ def paired(f, *series):
   return float(np.median([f(*values) for values in zip(*series)]))
 
 
+def quartiles(values):
+  """[25th, 75th] percentile: the spread reported beside a median over rounds."""
+  return [float(q) for q in np.percentile(values, [25, 75])]
+
+
 # ---- the TensorFlow arms ------------------------------------------------------------
 
 
@@ -559,12 +564,12 @@ def _run_scenario(name, shapes, dtypes, args, xla, one_pass):
       ratios = [t / o for o, t in pairs]
       result["ours_vs_tf"] = float(np.median(ratios))
       # How much the per-round ratio moved: the spread to read a ratio against.
-      result["ours_vs_tf_quartiles"] = [float(q) for q in np.percentile(ratios, [25, 75])]
+      result["ours_vs_tf_quartiles"] = quartiles(ratios)
   if "ours" in per_call_rounds and "one_pass" in per_call_rounds:
     # What n tensors add to one (NOTE [one pass]), taken within each round.
     added = [o - p for o, p in zip(per_call_rounds["ours"], per_call_rounds["one_pass"])]
     result["ours_minus_one_pass_s"] = float(np.median(added))
-    result["ours_minus_one_pass_quartiles_s"] = [float(q) for q in np.percentile(added, [25, 75])]
+    result["ours_minus_one_pass_quartiles_s"] = quartiles(added)
   log(f"  ours {fmt_us(ours.get('per_call_s'))}  tf {fmt_us(tf_arm.get('per_call_s'))}"
       f"  ratio {result.get('ours_vs_tf', float('nan')):.2f}x  roofline {result['roofline_gbps']:.1f} GB/s")
   del variables, pass_variable, fns, timed
@@ -820,8 +825,8 @@ def optimizer_steps(args):
         if name.startswith(family + ":") and name != bare:
           entry.setdefault("overhead_s", {})[name] = paired(lambda a, b: a - b, t, times[bare])
           # The spread to read an overhead against (a step moves by tens of ms).
-          entry.setdefault("overhead_quartiles_s", {})[name] = [
-              float(q) for q in np.percentile([a - b for a, b in zip(t, times[bare])], [25, 75])]
+          entry.setdefault("overhead_quartiles_s", {})[name] = quartiles(
+              [a - b for a, b in zip(t, times[bare])])
           entry.setdefault("overhead_fraction", {})[name] = paired(
               lambda a, b: (a - b) / b, t, times[bare])
     log(f"[optimizer {kind}] " + ", ".join(f"{k} {v * 1e3:.1f} ms"
@@ -953,12 +958,12 @@ def op_times(args):
         entry["arms"][arm] = {"label": ARM_LABELS[arm], "optimized_away": True}
         continue
       entry["arms"][arm] = {"label": ARM_LABELS[arm], "per_call_s": float(np.median(per_round[arm])),
-                            "quartiles_s": [float(q) for q in np.percentile(per_round[arm], [25, 75])]}
+                            "quartiles_s": quartiles(per_round[arm])}
     for other in ("one_pass", "floor"):
       if kernels["ours"] and kernels[other]:
         added = [o - p for o, p in zip(per_round["ours"], per_round[other])]
         entry[f"ours_minus_{other}_s"] = float(np.median(added))
-        entry[f"ours_minus_{other}_quartiles_s"] = [float(q) for q in np.percentile(added, [25, 75])]
+        entry[f"ours_minus_{other}_quartiles_s"] = quartiles(added)
     log(f"  {time.perf_counter() - start:.0f} s, {rounds} rounds: " +
         "  ".join(f"{arm} {arm_us(e, unit=' us')}" for arm, e in entry["arms"].items()))
     results.append(entry)
