@@ -78,8 +78,19 @@ def _rebuild(grad, unscaled):
 # lets each group run as soon as its gradients exist, while they are in cache.
 # Measured on BERT-sized float32 gradients with Keras 3 SGD (docs/BENCHMARKS.md,
 # "Optimizer steps"). On a GPU the kernels of a stream run one after another
-# anyway, and one launch for the whole list is the point, so the list stays one
-# op there.
+# anyway, and one launch for the whole list is the point, so a GPU's gradients
+# stay one op there.
+#
+# Which gradients are on a CPU is read from the gradients themselves: each
+# tensor's `.device`, parsed with tf.DeviceSpec, as it stands in the graph being
+# built. An unplaced gradient (empty device string) goes where TensorFlow's
+# placer will put it, the process's first device of `unplaced_device_type`,
+# which the caller passes in ("GPU" where the process has a logical GPU, else
+# "CPU"): that bit is the only process state involved, and unscale_groups
+# itself is a pure function of its arguments. A device string is taken as
+# written: a graph built under tf.device("/GPU:0") on a machine without a GPU
+# keeps that string and is grouped as on a GPU (soft placement moves it to the
+# CPU only when it runs; the numbers are the same either way).
 CPU_GROUP_BYTES = 1 << 20
 
 
@@ -90,21 +101,64 @@ def _static_bytes(tensor):
   return CPU_GROUP_BYTES if count is None else count * tensor.dtype.size
 
 
-def unscale_groups(dense):
-  """`dense` split into lists of consecutive tensors, one FixedUnscaleGrads each
-  (NOTE [CPU groups])."""
-  if tf.config.list_logical_devices("GPU"):
-    return [dense]
-  groups, current, current_bytes = [], [], 0
-  for tensor in dense:
+def _device_key(device, unplaced_device_type):
+  """(job, replica, task, type, index) of a device string; missing fields are
+  the process's defaults (localhost, 0, 0, `unplaced_device_type`, 0)."""
+  spec = tf.DeviceSpec.from_string(device or "")
+  return (spec.job or "localhost", spec.replica or 0, spec.task or 0,
+          (spec.device_type or unplaced_device_type).upper(), spec.device_index or 0)
+
+
+def unscale_groups(dense, unplaced_device_type):
+  """Splits `dense` into groups that get one FixedUnscaleGrads each (NOTE [CPU groups]).
+
+  A pure function of the tensors' devices, static shapes and dtypes and of
+  `unplaced_device_type`:
+
+  - the gradients on one non-CPU device (a GPU) form one group, wherever they
+    are in the list;
+  - the gradients on one CPU device form runs, in list order, of at most
+    CPU_GROUP_BYTES (a larger gradient, or one of unknown size, is a group of
+    its own); gradients on other devices in between do not break a run;
+  - gradients on different devices never share a group.
+
+  Args:
+    dense: a list of tensors (graph tensors; eager tensors work too).
+    unplaced_device_type: the device type an unplaced gradient (empty
+      `.device`) will run on, e.g. "GPU" or "CPU". Required: callers decide it
+      (unscale_gradients passes "GPU" where the process has a logical GPU).
+
+  Returns:
+    A list of lists of positions into `dense`, each in increasing order, the
+    groups ordered by their first position; every position appears once.
+  """
+  if not isinstance(unplaced_device_type, str) or not unplaced_device_type:
+    raise ValueError("unplaced_device_type must be a device type such as 'GPU' or 'CPU', "
+                     f"got {unplaced_device_type!r}")
+  groups = []
+  open_group = {}  # device key -> [group, its bytes] (CPU: the run still filling)
+  for position, tensor in enumerate(dense):
+    key = _device_key(tensor.device, unplaced_device_type)
+    current = open_group.get(key)
+    if key[3] != "CPU":
+      if current is None:
+        current = open_group[key] = [[], 0]
+        groups.append(current[0])
+      current[0].append(position)
+      continue
     size = _static_bytes(tensor)
-    if current and current_bytes + size > CPU_GROUP_BYTES:
-      groups.append(current)
-      current, current_bytes = [], 0
-    current.append(tensor)
-    current_bytes += size
-  groups.append(current)
+    if current is None or (current[0] and current[1] + size > CPU_GROUP_BYTES):
+      current = open_group[key] = [[], 0]
+      groups.append(current[0])
+    current[0].append(position)
+    current[1] += size
   return groups
+
+
+def unplaced_device_type():
+  """Where TensorFlow places an op without a device: "GPU" if this process has
+  a logical GPU, else "CPU"."""
+  return "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
 
 
 @tf.autograph.experimental.do_not_convert
@@ -127,8 +181,11 @@ def unscale_gradients(grads, loss_scale):
   if not dense:
     return grads
   if uses_custom_ops():
-    unscaled = [u for group in unscale_groups(dense)
-                for u in ops.fixed_unscale_grads(group, loss_scale)]
+    unscaled = [None] * len(dense)
+    for group in unscale_groups(dense, unplaced_device_type()):
+      for position, u in zip(group, ops.fixed_unscale_grads([dense[i] for i in group],
+                                                              loss_scale)):
+        unscaled[position] = u
   else:
     scale32 = np.float32(loss_scale)
     reciprocal32 = np.float32(1) / scale32
