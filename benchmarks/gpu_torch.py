@@ -1,29 +1,33 @@
-"""PyTorch arms of `make gpu-bench` (the launcher arms are in launcher_driver.cu).
+"""PyTorch arms of `make gpu-bench` (the launcher arms are in the CUDA launcher driver).
 
-Times, on the gradient sets of launcher_driver's bench and in the same units
-(bytes moved = read + write of every element, GB/s, fraction of a device-to-
-device copy of the same bytes measured in the same run):
+    python benchmarks/gpu_torch.py        # or: python -m benchmarks.gpu_torch
+
+Times, on every gradient set of benchmarks/gradient_sets.txt (its `full`
+variant, the tensors the launcher driver's bench reads from the same file) and
+in the same units (bytes moved = read + write of every element, GB/s, fraction
+of a device-to-device copy of the same bytes measured in the same run):
   * torch._foreach_mul_(tensors, inv_scale)
   * torch._amp_foreach_non_finite_check_and_unscale_(tensors, found_inf, inv_scale)
-Exits 0 with a message where torch with CUDA cannot be imported.
+Needs PyTorch only (no TensorFlow, no numpy): the sets come through the plain-
+Python reader benchmarks.gradient_sets. Exits 0 with a message where torch
+with CUDA cannot be imported.
 """
 
+import os
 import statistics
 import sys
+
+if not __package__:  # run as a script: the repository root holds the package
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import gradient_sets  # noqa: E402  pylint: disable=wrong-import-position
 
 DTYPES = ("float32", "float16")
 
 
-def gradient_sets():
-  """The sets of launcher_driver.cu's GradientSets(), element counts per tensor."""
-  many_small = [1024 + (i * 2654435761) % 4294967296 % 64513 for i in range(400)]
-  bert_like = [3328 * 768, 512 * 768, 2 * 768]
-  for _ in range(12):
-    for _ in range(4):
-      bert_like += [768 * 768, 768]
-    bert_like += [768 * 3072, 3072, 3072 * 768, 768, 768, 768, 768, 768]
-  few_large = [4 << 20] * 8
-  return {"many_small": many_small, "bert_like": bert_like, "few_large": few_large}
+def element_counts():
+  """{set name: [elements of each tensor]}: the full variant of every set."""
+  return {name: [gradient_sets.elements(shape) for shape in variants["full"]]
+          for name, variants in gradient_sets.read().items()}
 
 
 def time_micros(torch, body, iterations):
@@ -74,14 +78,14 @@ def main():
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as error:
-    print(f"gpu_bench_torch: torch not importable ({error}); PyTorch arms skipped")
+    print(f"gpu_torch: torch not importable ({error}); PyTorch arms skipped")
     return 0
   if not torch.cuda.is_available():
-    print("gpu_bench_torch: torch has no usable CUDA device; PyTorch arms skipped")
+    print("gpu_torch: torch has no usable CUDA device; PyTorch arms skipped")
     return 0
   print(f"PyTorch {torch.__version__} on {torch.cuda.get_device_name(0)} "
         f"(CUDA {torch.version.cuda})")
-  for name, sizes in gradient_sets().items():
+  for name, sizes in element_counts().items():
     for dtype_name in DTYPES:
       bench_set(torch, name, sizes, dtype_name)
   return 0
