@@ -1,4 +1,4 @@
-"""The benchmark runs end to end (`--quick`) and writes well-formed JSON.
+"""The benchmark (`python -m benchmarks`) runs end to end (`--quick`) and writes well-formed JSON.
 
 CI runs this so the benchmark never rots; it asserts nothing about speed.
 """
@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.slow
 def test_quick_benchmark_writes_json(tmp_path):
   out = tmp_path / "bench.json"
-  command = [sys.executable, "-m", "fixed_loss_scale.bench", "--quick", "--json", str(out),
+  command = [sys.executable, "-m", "benchmarks", "--quick", "--json", str(out),
              "--sets", "tiny,many_small", "--dtypes", "float32,mixed", "--no-torch"]
   if not os.environ.get("FLS_BENCH_SMOKE_XLA"):
     command.append("--no-xla")
@@ -38,7 +38,7 @@ def test_quick_benchmark_writes_json(tmp_path):
     assert scenario["num_tensors"] > 0 and scenario["bytes"] > 0
     assert scenario["roofline_gbps"] > 0
     # Every arm's loop runs the baseline's barriers and Identities, so that the
-    # subtraction leaves the arm's own ops (NOTE [equal scaffolding] in bench.py).
+    # subtraction leaves the arm's own ops (NOTE [equal scaffolding] in benchmarks/arms.py).
     assert scenario["scaffolding_differences"] == {}, scenario["scaffolding_differences"]
     arms = scenario["arms"]
     # The floor (one IdentityN) is optimized away over a single tensor only.
@@ -52,7 +52,7 @@ def test_quick_benchmark_writes_json(tmp_path):
     for arm in ("numpy_mul", "numpy_copy"):
       assert arms[arm]["gbps"] > 0
     # The sweep's reference, our op over 1 tensor of the same bytes in the same loop
-    # (NOTE [one pass] in bench.py): timed there, absent from the other sets.
+    # (NOTE [one pass] in benchmarks/scenarios.py): timed there, absent from the other sets.
     is_sweep = scenario["scenario"].startswith("sweep/")
     assert ("one_pass" in arms) == is_sweep, (scenario["scenario"], sorted(arms))
     if is_sweep:
@@ -64,7 +64,7 @@ def test_quick_benchmark_writes_json(tmp_path):
       assert len(scenario["ours_minus_one_pass_quartiles_s"]) == 2
     assert "torch" in arms  # skipped with a reason here
 
-  # The sweep's op times from TF's step stats (NOTE [op time] in bench.py): every
+  # The sweep's op times from TF's step stats (NOTE [op time] in benchmarks/op_times.py): every
   # arm's kernels were found in the trace, TF's n multiplies each, and timed.
   sweep_counts = [s["num_tensors"] for s in results["scenarios"]
                   if s["scenario"].startswith("sweep/")]
@@ -109,7 +109,7 @@ def test_quick_benchmark_writes_json(tmp_path):
       assert low <= overhead <= high, (name, low, overhead, high)
 
   # --report re-prints a saved run without measuring: the same table, byte for byte.
-  report = subprocess.run([sys.executable, "-m", "fixed_loss_scale.bench", "--report", str(out)],
+  report = subprocess.run([sys.executable, "-m", "benchmarks", "--report", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
   assert report.returncode == 0, report.stderr[-4000:]
   assert report.stdout == proc.stdout
