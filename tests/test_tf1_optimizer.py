@@ -183,6 +183,13 @@ def test_loss_scale_arguments():
       _ours(base, bad)
   with pytest.raises(ValueError, match="Optimizer"):
     _ours(tf.keras.optimizers.SGD(), 8)
+  # TF's wrapper's words for the same mistakes (its loss_scale_optimizer_test
+  # matches the first), each followed by this package's guidance.
+  with pytest.raises(ValueError, match=r"^loss_scale cannot be None; .*dynamic"):
+    _ours(base, None)
+  with pytest.raises(ValueError, match=r'^"opt" must be an instance of Optimizer, but got: '
+                                       r".*FixedLossScaleOptimizer"):
+    _ours(tf.keras.optimizers.SGD(), 8)
   assert isinstance(_ours(base, 8), TFWrapper)
 
 

@@ -40,7 +40,11 @@ def as_fixed_loss_scale(
     return loss_scale
   if isinstance(loss_scale, tf_loss_scale.FixedLossScale):
     return loss_scale_module.FixedLossScale(loss_scale._loss_scale_value)  # pylint: disable=protected-access
-  if loss_scale is None or isinstance(loss_scale, (str, tf_loss_scale.LossScale, dict)):
+  if loss_scale is None:
+    # TF's MixedPrecisionLossScaleOptimizer's words, then ours.
+    raise ValueError("loss_scale cannot be None; pass a number (at least 1) or a "
+                     f"FixedLossScale, or for dynamic loss scaling use {dynamic_hint}")
+  if isinstance(loss_scale, (str, tf_loss_scale.LossScale, dict)):
     raise ValueError(
         f"loss_scale must be a number or a FixedLossScale, got {loss_scale!r}; for dynamic "
         f"loss scaling use {dynamic_hint}")
@@ -73,8 +77,10 @@ class MixedPrecisionLossScaleOptimizer(tf_lso.MixedPrecisionLossScaleOptimizer):
 
   def __init__(self, opt, loss_scale):
     if not isinstance(opt, tf1_optimizer.Optimizer):
-      raise ValueError('"opt" must be an instance of tf.compat.v1.train.Optimizer, but got: '
-                       f"{type(opt)}")
+      # TF's wrapper's words, then ours.
+      raise ValueError(f'"opt" must be an instance of Optimizer, but got: {type(opt)}; it '
+                       "must be a tf.compat.v1.train.Optimizer (for a Keras optimizer use "
+                       "fixed_loss_scale.keras.FixedLossScaleOptimizer)")
     super().__init__(opt, as_fixed_loss_scale(loss_scale))
 
   @property
