@@ -112,10 +112,15 @@ def test_keras_fit_under_mirrored_strategy(mirrored):
 
 def test_keras_custom_loops_under_mirrored_strategy(mirrored):
   # The tf.keras 2 style (get_unscaled_gradients, then apply_gradients, which
-  # must not unscale again) in each replica thread equals the Keras 3 style.
+  # built with unscale_in_apply=False does not unscale again) in each replica
+  # thread equals the Keras 3 style; so does the Keras 3 style with the
+  # gradients also unscaled for logging, eagerly before the first trace and
+  # inside it (issue 21: that once made apply skip its own unscale).
   _, arrays = mirrored
   for part in ("w", "b"):
     assert_bitwise_equal(arrays[f"keras_loop_tf_keras2_style_{part}"],
+                         arrays[f"keras_loop_keras3_style_{part}"])
+    assert_bitwise_equal(arrays[f"keras_loop_keras3_logged_{part}"],
                          arrays[f"keras_loop_keras3_style_{part}"])
     np.testing.assert_allclose(arrays[f"keras_loop_keras3_style_{part}"],
                                arrays[f"keras_loop_single_{part}"], rtol=1e-5, atol=1e-6)

@@ -182,9 +182,10 @@ def test_float16_variables_at_scale_65536_where_loss_scale_factor_gives_zeros():
 
 
 @pytest.mark.parametrize("clip_in_loop", [False, True])
-def test_tf_keras2_custom_loop_ports_unchanged(mixed_float16, clip_in_loop):
+def test_tf_keras2_custom_loop_with_unscale_in_apply_false(mixed_float16, clip_in_loop):
   # A tf.keras 2 loop: get_scaled_loss, get_unscaled_gradients, (optionally
-  # clip by hand), apply_gradients -- which must not unscale a second time.
+  # clip by hand), apply_gradients -- which, built with unscale_in_apply=False,
+  # must not unscale a second time.
   x, y = _data()
 
   def train(optimizer, ours):
@@ -216,7 +217,8 @@ def test_tf_keras2_custom_loop_ports_unchanged(mixed_float16, clip_in_loop):
     inner = keras.optimizers.SGD(0.1)
     scale_loss = staticmethod(lambda loss: loss * 2048.0)
 
-  ours, op_types = train(FixedLossScaleOptimizer(keras.optimizers.SGD(0.1), 2048), True)
+  ours, op_types = train(
+      FixedLossScaleOptimizer(keras.optimizers.SGD(0.1), 2048, unscale_in_apply=False), True)
   theirs, _ = train(Reference, False)
   for a, b in zip(ours, theirs):
     assert_bitwise_equal(a, b)
@@ -272,6 +274,27 @@ def test_constructor_and_delegation():
     FixedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD()), 8)
   with pytest.raises(ValueError, match="clipnorm"):
     FixedLossScaleOptimizer(keras.optimizers.SGD(), 8, clipnorm=1.0)
+  # Keras 3's LossScaleOptimizer's words for the same mistakes, then ours.
+  with pytest.raises(ValueError, match=r"does not support `global_clipnorm`\. Instead, set "
+                                       r"`global_clipnorm` on the `inner_optimizer`; the wrapper"):
+    FixedLossScaleOptimizer(keras.optimizers.SGD(), 8, global_clipnorm=1.0)
+  with pytest.raises(ValueError, match=r"on the `inner_optimizer`; but this wrapper's scale"):
+    FixedLossScaleOptimizer(keras.optimizers.SGD(), 8, loss_scale_factor=4.0)
+  with pytest.raises(ValueError, match=r"does not support arguments: `foo`, `bar`"):
+    FixedLossScaleOptimizer(keras.optimizers.SGD(), 8, foo=1, bar=2)
+  # As Keras's class, base-optimizer arguments at their defaults (which older
+  # saved configs carry) are accepted and change nothing.
+  defaults = FixedLossScaleOptimizer(keras.optimizers.SGD(name="sgd"), 8, name="w",
+                                     clipnorm=None, use_ema=False, ema_momentum=0.99,
+                                     loss_scale_factor=None)
+  assert defaults.get_config() == FixedLossScaleOptimizer(keras.optimizers.SGD(name="sgd"), 8,
+                                                          name="w").get_config()
+  assert opt.unscale_in_apply is True
+  assert FixedLossScaleOptimizer(keras.optimizers.SGD(), 8,
+                                 unscale_in_apply=False).unscale_in_apply is False
+  for bad in (None, 0, 1, "False"):
+    with pytest.raises(ValueError, match="unscale_in_apply must be True"):
+      FixedLossScaleOptimizer(keras.optimizers.SGD(), 8, unscale_in_apply=bad)
   with pytest.warns(UserWarning, match="loss_scale_factor"):
     opt = FixedLossScaleOptimizer(keras.optimizers.SGD(loss_scale_factor=64.0), 8)
   assert opt.inner_optimizer.loss_scale_factor is None  # not unscaled twice
@@ -281,6 +304,7 @@ def test_get_config_from_config_and_keras_serialize():
   opt = FixedLossScaleOptimizer(keras.optimizers.Adam(0.003, clipnorm=1.5), 512, name="fls")
   config = opt.get_config()
   assert config["loss_scale"] == 512.0 and config["name"] == "fls"
+  assert config["unscale_in_apply"] is True
   rebuilt = FixedLossScaleOptimizer.from_config(config)
   assert isinstance(rebuilt.inner_optimizer, keras.optimizers.Adam)
   assert rebuilt.inner_optimizer.clipnorm == 1.5 and rebuilt.loss_scale == 512.0
@@ -288,6 +312,15 @@ def test_get_config_from_config_and_keras_serialize():
   assert serialized["registered_name"] == "fixed_loss_scale>FixedLossScaleOptimizer"
   again = keras.optimizers.deserialize(serialized)  # no custom_objects needed
   assert type(again) is FixedLossScaleOptimizer and again.get_config() == config
+  # The tf.keras 2 mode survives the same round trips.
+  tf2_style = FixedLossScaleOptimizer(keras.optimizers.SGD(0.1), 64, unscale_in_apply=False)
+  assert tf2_style.get_config()["unscale_in_apply"] is False
+  assert FixedLossScaleOptimizer.from_config(tf2_style.get_config()).unscale_in_apply is False
+  assert keras.optimizers.deserialize(
+      keras.optimizers.serialize(tf2_style)).unscale_in_apply is False
+  # A config saved before the argument existed gets the default.
+  old_config = {k: v for k, v in config.items() if k != "unscale_in_apply"}
+  assert FixedLossScaleOptimizer.from_config(old_config).unscale_in_apply is True
 
 
 def test_model_save_and_load_round_trip(mixed_float16, tmp_path):
@@ -299,6 +332,7 @@ def test_model_save_and_load_round_trip(mixed_float16, tmp_path):
   loaded = keras.models.load_model(path)  # no custom_objects
   assert type(loaded.optimizer) is FixedLossScaleOptimizer
   assert loaded.optimizer.loss_scale == 1024.0
+  assert loaded.optimizer.unscale_in_apply is True
   assert loaded.optimizer.inner_optimizer.global_clipnorm == 1.0
   assert loaded.optimizer.iterations.numpy() == 4
   for a, b in zip(loaded.optimizer.variables, model.optimizer.variables):
@@ -310,3 +344,181 @@ def test_model_save_and_load_round_trip(mixed_float16, tmp_path):
   for a, b in zip(loaded.trainable_weights, model.trainable_weights):
     assert_bitwise_equal(a.numpy(), b.numpy())
   assert CUSTOM_OPS <= set(_train_function_op_types(loaded))
+
+
+# The issue's reproduction (issue 21): whether apply unscales must not depend on
+# earlier calls of get_unscaled_gradients (eagerly, in another trace, or with
+# the result thrown away). v = [1, 1], loss = sum(v) * 1024, SGD(1.0): each
+# step subtracts the true gradient, 1, so after two steps v is [-1, -1]
+# (numpy: 1 - 2 * 1.0). An unscale skipped gives -2047; unscaled twice,
+# 1 - 2/1024.
+
+REPRO_SCALE = 1024.0
+REPRO_EXPECTED = np.ones(2, np.float32) - 2 * np.float32(1.0)
+
+
+def _repro(unscale_in_apply):
+  v = keras.Variable(np.ones(2, np.float32))
+  opt = FixedLossScaleOptimizer(keras.optimizers.SGD(1.0), REPRO_SCALE,
+                                unscale_in_apply=unscale_in_apply)
+  opt.build([v])
+
+  def log():  # e.g. to log the gradients; the result is thrown away
+    opt.get_unscaled_gradients([tf.constant([REPRO_SCALE, REPRO_SCALE])])
+
+  def keras3_step(log_inside=False):
+    with tf.GradientTape() as tape:
+      loss = opt.scale_loss(tf.reduce_sum(v))
+    grads = tape.gradient(loss, [v])
+    if log_inside:
+      opt.get_unscaled_gradients(grads)  # thrown away
+    opt.apply(grads, [v])
+
+  def tf_keras2_step(log_inside=False):
+    with tf.GradientTape() as tape:
+      loss = opt.get_scaled_loss(tf.reduce_sum(v))
+    grads = opt.get_unscaled_gradients(tape.gradient(loss, [v]))
+    if log_inside:
+      opt.get_unscaled_gradients(grads)  # thrown away
+    opt.apply_gradients(zip(grads, [v]))
+
+  return v, log, keras3_step if unscale_in_apply else tf_keras2_step
+
+
+def _eager_log_then_traced(log, step):
+  log()
+  fn = tf.function(step)
+  fn()
+  fn()
+
+
+def _traced_then_eager_log(log, step):
+  fn = tf.function(step)
+  fn()
+  log()
+  fn()
+
+
+def _two_functions(log, step):
+  log_fn = tf.function(log)
+  log_fn()  # traced (and run) before the step function is traced
+  fn = tf.function(step)
+  log_fn()
+  fn()
+  fn()
+
+
+def _retrace(log, step):
+  fn = tf.function(lambda tag: step())
+  fn(0)
+  log()
+  fn(1)  # a new Python argument: traced again, after the eager log
+  assert fn.experimental_get_tracing_count() == 2
+
+
+def _log_thrown_away_inside_the_trace(log, step):
+  del log
+  fn = tf.function(lambda: step(log_inside=True))
+  fn()
+  fn()
+
+
+def _eager(log, step):
+  log()
+  step()
+  log()
+  step(log_inside=True)
+
+
+ORDERS = {
+    "eager_log_then_traced": _eager_log_then_traced,
+    "traced_then_eager_log": _traced_then_eager_log,
+    "two_functions": _two_functions,
+    "retrace": _retrace,
+    "log_thrown_away_inside_the_trace": _log_thrown_away_inside_the_trace,
+    "eager": _eager,
+}
+
+
+@pytest.mark.parametrize("order", sorted(ORDERS))
+@pytest.mark.parametrize("style", ["keras3", "tf_keras2"])
+def test_apply_does_not_depend_on_earlier_calls(order, style):
+  v, log, step = _repro(unscale_in_apply=style == "keras3")
+  ORDERS[order](log, step)
+  assert_bitwise_equal(v.numpy(), REPRO_EXPECTED)
+
+
+def test_issue_reproduction_verbatim():
+  v = keras.Variable(np.ones(2, np.float32))
+  opt = fls.keras.FixedLossScaleOptimizer(keras.optimizers.SGD(1.0), 1024.0)
+  opt.build([v])
+  opt.get_unscaled_gradients([tf.constant([1024.0, 1024.0])])  # e.g. to log them, eagerly
+
+  @tf.function
+  def step():
+    with tf.GradientTape() as tape:
+      loss = opt.scale_loss(tf.reduce_sum(v))
+    opt.apply(tape.gradient(loss, [v]), [v])
+
+  step()
+  step()
+  np.testing.assert_array_equal(v.numpy(), [-1.0, -1.0])
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_each_mode_is_a_function_of_the_constructor_only(traced):
+  # The same gradients through apply_gradients after a get_unscaled_gradients
+  # call: the default unscales them, unscale_in_apply=False does not. The
+  # reference is numpy: v - lr * g * float32(1/s) and v - lr * g.
+  g = np.array([512.0, -2048.0], np.float32)
+  for unscale_in_apply, applied in ((True, g * (np.float32(1) / np.float32(REPRO_SCALE))),
+                                    (False, g)):
+    v = keras.Variable(np.ones(2, np.float32))
+    opt = FixedLossScaleOptimizer(keras.optimizers.SGD(1.0), REPRO_SCALE,
+                                  unscale_in_apply=unscale_in_apply)
+    opt.get_unscaled_gradients([tf.constant(g)])
+
+    def apply():
+      opt.apply_gradients([(tf.constant(g), v)])
+
+    (tf.function(apply) if traced else apply)()
+    assert_bitwise_equal(v.numpy(), np.ones(2, np.float32) - applied)
+
+
+def test_unscale_in_apply_false_refuses_scale_loss_and_so_fit():
+  opt = FixedLossScaleOptimizer(keras.optimizers.SGD(0.1), 1024, unscale_in_apply=False)
+  with pytest.raises(ValueError, match="unscale_in_apply=False"):
+    opt.scale_loss(tf.constant(1.0))
+  assert float(opt.get_scaled_loss(tf.constant(1.5))) == 1536.0  # the tf.keras 2 name works
+  x, y = _data()
+  model = _model()
+  model.compile(optimizer=opt, loss="mse")
+  before = [w.numpy() for w in model.trainable_weights]
+  with pytest.raises(ValueError, match="unscale_in_apply=False"):
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+  for a, b in zip(before, model.trainable_weights):
+    assert_bitwise_equal(a, b.numpy())  # nothing was applied
+
+
+def test_model_save_and_load_keeps_unscale_in_apply_false(tmp_path):
+  opt = FixedLossScaleOptimizer(keras.optimizers.SGD(0.5), 256, unscale_in_apply=False)
+  model = _model()
+  model.compile(optimizer=opt, loss="mse")
+  path = str(tmp_path / "tf_keras2_style.keras")
+  model.save(path)
+  loaded = keras.models.load_model(path)
+  assert type(loaded.optimizer) is FixedLossScaleOptimizer
+  assert loaded.optimizer.unscale_in_apply is False and loaded.optimizer.loss_scale == 256.0
+  # ...and it behaves as saved: a tf.keras 2 step on each model (unscaling once,
+  # in get_unscaled_gradients) gives the same weights.
+  x, y = _data()
+  for m in (model, loaded):
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_mean(keras.losses.mean_squared_error(y, m(x)))
+      scaled = m.optimizer.get_scaled_loss(loss)
+    grads = m.optimizer.get_unscaled_gradients(tape.gradient(scaled, m.trainable_weights))
+    m.optimizer.apply_gradients(zip(grads, m.trainable_weights))
+  for a, b in zip(loaded.trainable_weights, model.trainable_weights):
+    assert_bitwise_equal(a.numpy(), b.numpy())
+  assert not all(np.array_equal(a, b.numpy()) for a, b in
+                 zip([w.numpy() for w in _model().trainable_weights], model.trainable_weights))

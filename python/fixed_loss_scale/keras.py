@@ -18,9 +18,13 @@ inner optimizer clips (`clipnorm`, `global_clipnorm`, `clipvalue`) and applies
 them. Inside XLA (`jit_compile=True`, or Keras's default
 `jit_compile="auto"` where it turns XLA on) and eagerly the same numbers come
 from plain arithmetic. TensorFlow backend only.
+
+Whether `apply`/`apply_gradients` unscale is fixed when the wrapper is built, by
+its `unscale_in_apply` argument (saved in its config), and never inferred from
+earlier calls: True (the default) for `fit` and Keras 3 loops, False for
+tf.keras 2 loops that call `get_unscaled_gradients` before `apply_gradients`.
 """
 
-import threading
 import warnings
 
 import keras
@@ -32,25 +36,19 @@ if keras.backend.backend() != "tensorflow":
   raise ImportError("fixed_loss_scale.keras needs the TensorFlow Keras backend; "
                     f"KERAS_BACKEND is {keras.backend.backend()!r}")
 
-
-class _UnscaledByCaller:
-  """Per-thread flag: `get_unscaled_gradients` ran and `apply` has not run since.
-
-  A plain object (not a dict), so that Keras/TF attribute tracking ignores it.
-  Per thread, because MirroredStrategy runs each replica in its own thread.
-  """
-
-  def __init__(self):
-    self._threads = set()
-
-  def set(self):
-    self._threads.add(threading.get_ident())
-
-  def pop(self):
-    ident = threading.get_ident()
-    was_set = ident in self._threads
-    self._threads.discard(ident)
-    return was_set
+# The base-optimizer arguments that Keras 3's LossScaleOptimizer refuses unless
+# they have these values (older saved configs carry them); this class likewise.
+_BASE_OPTIMIZER_DEFAULTS = {
+    "weight_decay": None,
+    "clipnorm": None,
+    "global_clipnorm": None,
+    "clipvalue": None,
+    "use_ema": False,
+    "ema_momentum": 0.99,
+    "ema_overwrite_frequency": None,
+    "loss_scale_factor": None,
+    "gradient_accumulation_steps": None,
+}
 
 
 @keras.saving.register_keras_serializable(package="fixed_loss_scale",
@@ -65,7 +63,8 @@ class FixedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
   model.fit(x, y)
   ```
 
-  In a custom loop, either the Keras 3 way (what `fit` does):
+  In a custom loop, either the Keras 3 way (what `fit` does), with the default
+  `unscale_in_apply=True`:
 
   ```python
   with tf.GradientTape() as tape:
@@ -73,19 +72,20 @@ class FixedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
   opt.apply(tape.gradient(scaled_loss, variables), variables)  # unscales, then applies
   ```
 
-  or the tf.keras 2 way, unchanged from code written for tf.keras 2's
-  `LossScaleOptimizer`:
+  or the tf.keras 2 way, for code written against tf.keras 2's
+  `LossScaleOptimizer`, with `unscale_in_apply=False`:
 
   ```python
+  opt = FixedLossScaleOptimizer(keras.optimizers.SGD(0.1), 1024, unscale_in_apply=False)
   scaled_loss = opt.get_scaled_loss(loss)
   grads = opt.get_unscaled_gradients(tape.gradient(scaled_loss, variables))
   grads, _ = tf.clip_by_global_norm(grads, 1.0)       # anything in between
-  opt.apply_gradients(zip(grads, variables))          # does not unscale again
+  opt.apply_gradients(zip(grads, variables))          # applies them as they are
   ```
 
-  `apply`/`apply_gradients` unscale the gradients they are given unless
-  `get_unscaled_gradients` was called (in the same thread, i.e. the same
-  replica) since the previous `apply`; then they take them as already unscaled.
+  What `apply` does depends on `unscale_in_apply` only, never on what was
+  called before: `get_unscaled_gradients` just returns unscaled copies (use it
+  to log gradients in either mode).
 
   Args:
     inner_optimizer: The `keras.optimizers.Optimizer` to wrap. Create it (and
@@ -95,25 +95,58 @@ class FixedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     loss_scale: A Python or numpy number (at least 1, at most 2**126) or
       a `FixedLossScale`.
     name: Optional name of this optimizer.
+    unscale_in_apply: True (default): `apply` and `apply_gradients` divide the
+      gradients they are given by the scale, as Keras 3's `LossScaleOptimizer`
+      does; `fit` needs this. False: they pass the gradients to the inner
+      optimizer as given, which must then already be unscaled (tf.keras 2
+      loops: `get_unscaled_gradients`, then `apply_gradients`); `scale_loss`,
+      which `fit` calls before `apply`, then raises ValueError, and the
+      tf.keras 2 name `get_scaled_loss` scales the loss. Saved by
+      `get_config`, so `.keras` files keep it.
+
+  Raises:
+    ValueError: for a base-optimizer argument (`clipnorm`, ...: set it on the
+      inner optimizer), any other unknown argument, an `inner_optimizer` that is
+      not a Keras optimizer or is already a `LossScaleOptimizer`, a
+      `loss_scale` that is not a usable fixed scale, or an `unscale_in_apply`
+      that is not a bool.
   """
 
-  def __init__(self, inner_optimizer, loss_scale, name=None, **kwargs):
+  def __init__(self, inner_optimizer, loss_scale, name=None, unscale_in_apply=True, **kwargs):
+    for arg_name, default_value in _BASE_OPTIMIZER_DEFAULTS.items():
+      if arg_name in kwargs:
+        value = kwargs.pop(arg_name)
+        if value is not default_value and value != default_value:
+          # Keras 3's LossScaleOptimizer's words, then ours.
+          if arg_name == "loss_scale_factor":
+            hint = ("; but this wrapper's scale is its `loss_scale` argument, and it clears "
+                    "the inner optimizer's loss_scale_factor so gradients are not unscaled twice")
+          else:
+            hint = ("; the wrapper unscales the gradients first, then the inner optimizer "
+                    "clips, decays and applies the true gradients")
+          raise ValueError(
+              f"FixedLossScaleOptimizer does not support `{arg_name}`. Instead, set "
+              f"`{arg_name}` on the `inner_optimizer`{hint}")
     if kwargs:
       raise ValueError("FixedLossScaleOptimizer does not support arguments: "
-                       f"`{'`, `'.join(kwargs)}`; set them on the inner optimizer")
+                       f"`{'`, `'.join(kwargs)}`.")
     if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
       raise ValueError("inner_optimizer must be a keras.optimizers.Optimizer, got "
                        f"{type(inner_optimizer).__name__}")
     if isinstance(inner_optimizer, keras.optimizers.LossScaleOptimizer):
       raise ValueError("inner_optimizer is already a LossScaleOptimizer; wrap its "
                        "inner_optimizer instead")
+    if not isinstance(unscale_in_apply, bool):
+      raise ValueError("unscale_in_apply must be True (apply unscales: fit, Keras 3 loops) "
+                       "or False (apply takes unscaled gradients: tf.keras 2 loops), got "
+                       f"{unscale_in_apply!r}")
     loss_scale = as_fixed_loss_scale(
         loss_scale, dynamic_hint="keras.optimizers.LossScaleOptimizer").loss_scale_value
     # LossScaleOptimizer.__init__ is skipped: it sets up dynamic scaling.
     keras.optimizers.Optimizer.__init__(self, learning_rate=0.0, name=name)
     self.inner_optimizer = inner_optimizer
     self._loss_scale_value = loss_scale
-    self._unscaled_by_caller = _UnscaledByCaller()
+    self._unscale_in_apply = unscale_in_apply
     if inner_optimizer.loss_scale_factor is not None:
       warnings.warn(
           f"FixedLossScaleOptimizer: clearing inner_optimizer.loss_scale_factor="
@@ -136,34 +169,54 @@ class FixedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     """Always False (tf.keras 2 API)."""
     return False
 
+  @property
+  def unscale_in_apply(self):
+    """Whether `apply`/`apply_gradients` unscale the gradients they are given
+    (the constructor argument; it cannot change)."""
+    return self._unscale_in_apply
+
   def build(self, var_list):
     if not self.inner_optimizer.built:
       self.inner_optimizer.build(var_list)
     keras.optimizers.Optimizer.build(self, var_list)
 
   def scale_loss(self, loss):
-    """Returns `loss * loss_scale` (FixedScaleLoss in graphs)."""
+    """Returns `loss * loss_scale` (FixedScaleLoss in graphs).
+
+    Raises:
+      ValueError: if built with `unscale_in_apply=False`, where `apply` would
+        take the scaled gradients that `fit` (which calls `scale_loss`) passes
+        it as unscaled ones.
+    """
+    if not self._unscale_in_apply:
+      raise ValueError(
+          "FixedLossScaleOptimizer was built with unscale_in_apply=False: apply() takes the "
+          "gradients it is given as already unscaled, so the Keras 3 pair scale_loss()/apply() "
+          "(and so model.fit) would apply gradients loss_scale times too large. Use "
+          "get_scaled_loss() and get_unscaled_gradients() before apply_gradients() (tf.keras 2 "
+          "style), or build the wrapper with unscale_in_apply=True (the default)")
     return scaling.scale_loss(loss, self._loss_scale_value)
 
   def get_scaled_loss(self, loss):
-    """tf.keras 2 name of `scale_loss`."""
-    return self.scale_loss(loss)
+    """tf.keras 2 name of `scale_loss`: returns `loss * loss_scale`, whatever
+    `unscale_in_apply` is."""
+    return scaling.scale_loss(loss, self._loss_scale_value)
 
   def get_unscaled_gradients(self, grads):
     """Returns the list `grads` divided by the scale (FixedUnscaleGrads in graphs);
-    None stays None, tf.IndexedSlices keep their indices."""
-    self._unscaled_by_caller.set()
+    None stays None, tf.IndexedSlices keep their indices. It changes nothing
+    else: whether `apply` unscales again is `unscale_in_apply`'s business."""
     return list(scaling.unscale_gradients(list(grads), self._loss_scale_value))
 
   def apply(self, grads, trainable_variables=None):
-    """Unscales `grads` (unless `get_unscaled_gradients` already did) and lets the
-    inner optimizer clip and apply them."""
+    """Unscales `grads` if `unscale_in_apply` (the default) and lets the inner
+    optimizer clip and apply them."""
     if not self.built:
       with keras.name_scope(self.name, caller=self):
         self.build(trainable_variables)
       self.built = True
     grads = list(grads)
-    if not self._unscaled_by_caller.pop():
+    if self._unscale_in_apply:
       variables = (list(trainable_variables)
                    if trainable_variables is not None else self._trainable_variables)
       # Variables updated by overwriting with their gradient (float8 scale and
@@ -186,10 +239,13 @@ class FixedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         "name": self.name,
         "inner_optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
         "loss_scale": self.loss_scale,
+        "unscale_in_apply": self.unscale_in_apply,
     }
 
   @classmethod
   def from_config(cls, config, custom_objects=None):
+    """Rebuilds the wrapper; a config saved before `unscale_in_apply` existed
+    gets the default, True."""
     config = dict(config)
     inner_optimizer = keras.saving.deserialize_keras_object(
         config.pop("inner_optimizer"), custom_objects=custom_objects)
@@ -197,4 +253,4 @@ class FixedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
 
   def __repr__(self):
     return (f"FixedLossScaleOptimizer({type(self.inner_optimizer).__name__}, "
-            f"loss_scale={self.loss_scale!r})")
+            f"loss_scale={self.loss_scale!r}, unscale_in_apply={self.unscale_in_apply!r})")

@@ -151,15 +151,24 @@ def keras_fit(arrays, results, name, make_optimizer, strategy, auto_scale_loss=T
   keras.mixed_precision.set_global_policy("float32")
 
 
-def keras_custom_loop(arrays, name, strategy, tf_keras2_style):
-  """Keras wrapper in a strategy.run loop: Keras 3 style (scale_loss, apply) or
-  tf.keras 2 style (get_scaled_loss, get_unscaled_gradients, apply_gradients)."""
+def keras_custom_loop(arrays, name, strategy, style):
+  """Keras wrapper in a strategy.run loop, in one of three styles:
+
+  - "keras3": scale_loss, apply (default unscale_in_apply=True);
+  - "tf_keras2": get_scaled_loss, get_unscaled_gradients, apply_gradients,
+    with unscale_in_apply=False;
+  - "keras3_logged": as "keras3", but each replica also calls
+    get_unscaled_gradients (to log them) eagerly before the step is first
+    traced, and inside the step on the gradients it then passes to apply --
+    which must unscale them all the same (issue 21).
+  """
   x, y, w0 = tf1_data()
   with strategy.scope():
     layer = keras.layers.Dense(1, kernel_initializer=keras.initializers.Constant(w0))
     layer.build((None, 6))
     variables = [layer.kernel, layer.bias]
-    opt = FixedLossScaleOptimizer(keras.optimizers.SGD(0.05, momentum=0.9), 512)
+    opt = FixedLossScaleOptimizer(keras.optimizers.SGD(0.05, momentum=0.9), 512,
+                                  unscale_in_apply=style != "tf_keras2")
     opt.build(variables)
 
   def replica_fn():
@@ -170,12 +179,17 @@ def keras_custom_loop(arrays, name, strategy, tf_keras2_style):
       xs, ys = tf.gather(x, replica), tf.gather(y, replica)
     with tf.GradientTape() as tape:
       loss = tf.reduce_sum(tf.square(layer(xs) - ys)) / 16.0
-      scaled = opt.get_scaled_loss(loss) if tf_keras2_style else opt.scale_loss(loss)
+      scaled = opt.get_scaled_loss(loss) if style == "tf_keras2" else opt.scale_loss(loss)
     grads = tape.gradient(scaled, variables)
-    if tf_keras2_style:
+    if style == "tf_keras2":
       opt.apply_gradients(zip(opt.get_unscaled_gradients(grads), variables))
     else:
+      if style == "keras3_logged":
+        opt.get_unscaled_gradients(grads)  # logged, thrown away
       opt.apply(grads, variables)
+
+  if style == "keras3_logged":
+    strategy.run(lambda: opt.get_unscaled_gradients([tf.ones([6, 1]) * 512.0]))  # eagerly
 
   @tf.function
   def step():
@@ -206,9 +220,10 @@ def main(out_dir):
             auto_scale_loss=False)
   keras_fit(arrays, results, "ours_single",
             lambda: FixedLossScaleOptimizer(keras.optimizers.Adam(1e-2), 1024), single)
-  keras_custom_loop(arrays, "keras3_style", mirrored, tf_keras2_style=False)
-  keras_custom_loop(arrays, "tf_keras2_style", mirrored, tf_keras2_style=True)
-  keras_custom_loop(arrays, "single", single, tf_keras2_style=False)
+  keras_custom_loop(arrays, "keras3_style", mirrored, "keras3")
+  keras_custom_loop(arrays, "tf_keras2_style", mirrored, "tf_keras2")
+  keras_custom_loop(arrays, "keras3_logged", mirrored, "keras3_logged")
+  keras_custom_loop(arrays, "single", single, "keras3")
   np.savez(os.path.join(out_dir, "arrays.npz"), **arrays)
   with open(os.path.join(out_dir, "results.json"), "w") as f:
     json.dump(results, f)
