@@ -47,46 +47,57 @@ CXXFLAGS_COMMON := $(CXX_FLAGS) -fPIC -I. -I$(TF_INCLUDE) $(TF_DEFINES)
 CPU_CXXFLAGS := $(CXXFLAGS_COMMON)
 LDFLAGS_TF := -shared -L$(TF_LIBDIR) -l:$(TF_LIBNAME) -Wl,-rpath,'$$ORIGIN/../tensorflow'
 
-CPU_SRCS := tf_ops/cc/ops/fixed_loss_scale_ops.cc \
-            tf_ops/cc/kernels/fixed_loss_scale_kernels.cc \
-            tf_ops/cc/kernels/fixed_loss_scale_cpu.cc \
-            tf_ops/cc/kernels/multi_tensor_scale_cpu.cc
-CPU_OBJS := $(patsubst %.cc,$(BUILD_DIR)/%.o,$(CPU_SRCS))
-HEADERS := $(wildcard tf_ops/cc/kernels/*.h tf_ops/cuda/*.h)
+# tf_ops/core/ includes no TensorFlow header (its objects are compiled without
+# TensorFlow's include path, so one that did would not build); tf_ops/tf/ is the
+# only code that includes TensorFlow.
+CORE_CPU_SRCS := tf_ops/core/cpu/multi_tensor_scale_cpu.cc \
+                 tf_ops/core/cpu/simd_avx2.cc \
+                 tf_ops/core/cpu/simd_avx512.cc \
+                 tf_ops/core/cpu/simd_avx512_bf16.cc \
+                 tf_ops/core/c_api.cc
+TF_SRCS := tf_ops/tf/ops/fixed_loss_scale_ops.cc \
+           tf_ops/tf/kernels/fixed_loss_scale_kernels.cc \
+           tf_ops/tf/kernels/fixed_loss_scale_cpu.cc
+CORE_OBJS := $(patsubst %.cc,$(BUILD_DIR)/%.o,$(CORE_CPU_SRCS))
+CPU_OBJS := $(CORE_OBJS) $(patsubst %.cc,$(BUILD_DIR)/%.o,$(TF_SRCS))
+HEADERS := $(wildcard tf_ops/core/*.h tf_ops/core/cpu/*.h tf_ops/core/gpu/*.h tf_ops/tf/kernels/*.h)
 
-$(BUILD_DIR)/%.o: %.cc $(HEADERS) config.mk
+$(BUILD_DIR)/tf_ops/core/%.o: tf_ops/core/%.cc $(HEADERS) config.mk
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXX_FLAGS) -fPIC -I. $(TF_DEFINES) -c $< -o $@
+$(BUILD_DIR)/tf_ops/tf/%.o: tf_ops/tf/%.cc $(HEADERS) config.mk
 	@mkdir -p $(dir $@)
 	$(CXX) $(CPU_CXXFLAGS) -c $< -o $@
 
 # ---- CUDA -----------------------------------------------------------------------
 # With WITH_CUDA=1 (configure.sh found nvcc) the library also holds the GPU
-# kernels (docs/GPU.md): nvcc compiles tf_ops/cuda/multi_tensor_scale.cu for
+# kernels (docs/GPU.md): nvcc compiles tf_ops/core/gpu/multi_tensor_scale.cu for
 # $(CUDA_ARCHS) plus PTX for $(CUDA_PTX_ARCH); g++ compiles the TensorFlow
 # adapter and the kernel registrations with GOOGLE_CUDA against the CUDA headers
 # in TensorFlow's wheel. The static CUDA runtime is linked in with its symbols
 # kept private, so the library loads where there is no GPU and no CUDA.
 #   make host-emulation-test   the kernel body run on the host for every
 #                              (block, thread) of its launches (g++ only)
-#   make launcher-driver       tf_ops/cuda/launcher_driver, built by nvcc alone
+#   make launcher-driver       tf_ops/tests/launcher_driver.cu, built by nvcc alone
 #   make gpu-check             launcher_driver check on a GPU (GPU_CHECK_ARGS=--quick)
 #   make gpu-bench             launcher_driver bench, then the PyTorch arms
 .PHONY: host-emulation-test launcher-driver gpu-check gpu-bench
 GPU_OBJS :=
 GPU_LDFLAGS :=
 HOST_EMULATION_TEST := $(BUILD_DIR)/tests/host_emulation_test
-LAUNCHER_DRIVER := $(BUILD_DIR)/cuda/launcher_driver
+LAUNCHER_DRIVER := $(BUILD_DIR)/tests/launcher_driver
 GPU_CHECK_ARGS ?=
 ifeq ($(WITH_CUDA),1)
-CUDA_LAUNCHER_OBJ := $(BUILD_DIR)/tf_ops/cuda/multi_tensor_scale.o
-GPU_OBJS := $(CUDA_LAUNCHER_OBJ) $(BUILD_DIR)/tf_ops/cc/kernels/fixed_loss_scale_gpu.o
+CUDA_LAUNCHER_OBJ := $(BUILD_DIR)/tf_ops/core/gpu/multi_tensor_scale.o
+GPU_OBJS := $(CUDA_LAUNCHER_OBJ) $(BUILD_DIR)/tf_ops/tf/kernels/fixed_loss_scale_gpu.o
 GPU_LDFLAGS := $(CUDART_STATIC) -Wl,--exclude-libs,$(notdir $(CUDART_STATIC)) -lrt -ldl -lpthread
-$(BUILD_DIR)/tf_ops/cc/kernels/fixed_loss_scale_kernels.o \
-$(BUILD_DIR)/tf_ops/cc/kernels/fixed_loss_scale_gpu.o: \
+$(BUILD_DIR)/tf_ops/tf/kernels/fixed_loss_scale_kernels.o \
+$(BUILD_DIR)/tf_ops/tf/kernels/fixed_loss_scale_gpu.o: \
     CPU_CXXFLAGS := $(CXXFLAGS_COMMON) $(GPU_DEFINES) -I$(TF_CUDA_INCLUDE)
-$(CUDA_LAUNCHER_OBJ): tf_ops/cuda/multi_tensor_scale.cu $(HEADERS) config.mk
+$(CUDA_LAUNCHER_OBJ): tf_ops/core/gpu/multi_tensor_scale.cu $(HEADERS) config.mk
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCC_FLAGS) -I. -c $< -o $@
-$(LAUNCHER_DRIVER): tf_ops/cuda/launcher_driver.cu $(CUDA_LAUNCHER_OBJ) tf_ops/tests/gpu_kernel_cases.h $(HEADERS)
+$(LAUNCHER_DRIVER): tf_ops/tests/launcher_driver.cu $(CUDA_LAUNCHER_OBJ) tf_ops/tests/gpu_kernel_cases.h $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCC_FLAGS) -I. -o $@ $< $(CUDA_LAUNCHER_OBJ)
 launcher-driver: $(LAUNCHER_DRIVER)
@@ -94,7 +105,7 @@ gpu-check: $(LAUNCHER_DRIVER)
 	$(LAUNCHER_DRIVER) check $(GPU_CHECK_ARGS)
 gpu-bench: $(LAUNCHER_DRIVER)
 	$(LAUNCHER_DRIVER) bench
-	$(PYTHON) tf_ops/cuda/gpu_bench_torch.py
+	$(PYTHON) benchmarks/gpu_torch.py
 else
 ifeq ($(WITH_CUDA),0)
 $(info make: WITH_CUDA=0 in config.mk (configure.sh found no nvcc): CPU kernels only)
@@ -104,7 +115,7 @@ launcher-driver gpu-check gpu-bench:
 endif
 $(HOST_EMULATION_TEST): tf_ops/tests/host_emulation_test.cc tf_ops/tests/gpu_kernel_cases.h $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(CXX) -std=c++17 -O2 -Wall -Wextra -I. -o $@ $<
+	$(CXX) $(TEST_CXX_FLAGS) -I. -o $@ $<
 host-emulation-test: $(HOST_EMULATION_TEST)
 	$(HOST_EMULATION_TEST)
 # ---- end CUDA -------------------------------------------------------------------
@@ -149,15 +160,15 @@ clean:
 BENCH_ARGS ?=
 bench: install
 	@mkdir -p docs/bench
-	$(VENV_PY) -m fixed_loss_scale.bench --json docs/bench/results.json \
+	$(VENV_PY) -m benchmarks --json docs/bench/results.json \
 	    --plot docs/bench/results.png $(BENCH_ARGS)
-	$(VENV_PY) -m fixed_loss_scale.bench --report docs/bench/results.json > docs/bench/results.txt
+	$(VENV_PY) -m benchmarks --report docs/bench/results.json > docs/bench/results.txt
 
 SIMD_TEST_LIB := $(BUILD_DIR)/tests/libfls_simd_paths.so
-$(SIMD_TEST_LIB): tests/cc/simd_paths_shim.cc tf_ops/cc/kernels/multi_tensor_scale_cpu.cc $(HEADERS)
+$(SIMD_TEST_LIB): tf_ops/tests/simd_paths_shim.cc $(CORE_CPU_SRCS) $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(CXX) -std=c++17 -O3 -fPIC -shared -Wall -Wextra -I. -o $@ \
-	    tests/cc/simd_paths_shim.cc tf_ops/cc/kernels/multi_tensor_scale_cpu.cc
+	$(CXX) $(CXX_FLAGS) -fPIC -shared -I. -o $@ \
+	    tf_ops/tests/simd_paths_shim.cc $(CORE_CPU_SRCS)
 simd-test-lib: $(SIMD_TEST_LIB)
 # ---- end Benchmarks -------------------------------------------------------------
 
@@ -172,20 +183,18 @@ bazel: config.mk
 # ---- end Bazel ------------------------------------------------------------------
 
 # ---- Reliability ----------------------------------------------------------------
-# make sanitizer-test   the CPU core (multi_tensor_scale_cpu.cc, no TensorFlow)
+# make sanitizer-test   the CPU core (tf_ops/core/cpu, no TensorFlow)
 #                       built with ASan+UBSan into a standalone test
 #                       (tf_ops/tests/cpu_core_sanitizer_test.cc), run once per
 #                       CPU path; unsupported paths fall back to the best one.
 .PHONY: sanitizer-test
 SANITIZER_TEST := $(BUILD_DIR)/tests/cpu_core_sanitizer_test
-SANITIZER_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
-$(SANITIZER_TEST): tf_ops/tests/cpu_core_sanitizer_test.cc tf_ops/cc/kernels/multi_tensor_scale_cpu.cc $(HEADERS)
+$(SANITIZER_TEST): tf_ops/tests/cpu_core_sanitizer_test.cc $(CORE_CPU_SRCS) $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(CXX) -std=c++17 -O1 -g -Wall -Wextra $(SANITIZER_FLAGS) -I. -o $@ \
-	    tf_ops/tests/cpu_core_sanitizer_test.cc tf_ops/cc/kernels/multi_tensor_scale_cpu.cc
+	$(CXX) $(SANITIZER_FLAGS) -I. -o $@ \
+	    tf_ops/tests/cpu_core_sanitizer_test.cc $(CORE_CPU_SRCS)
 sanitizer-test: $(SANITIZER_TEST)
 	@for path in scalar avx2 avx512; do \
-	  FIXED_LOSS_SCALE_CPU_PATH=$$path ASAN_OPTIONS=halt_on_error=1:detect_stack_use_after_return=1 \
-	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 $(SANITIZER_TEST) || exit 1; \
+	  FIXED_LOSS_SCALE_CPU_PATH=$$path $(SANITIZER_TEST) || exit 1; \
 	done
 # ---- end Reliability ------------------------------------------------------------

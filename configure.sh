@@ -76,6 +76,10 @@ WITH_CUDA=$([[ -n "$NVCC_BIN" ]] && echo 1 || echo 0)
 # use them as they are. Paths (-I, TensorFlow's include dir and defines) are
 # added by each build, as each knows where its sources and headers live.
 CXX_FLAGS="-std=c++17 -O3 -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-deprecated-declarations -fvisibility-inlines-hidden"
+# The TF-free C++ tests of the core (tf_ops/tests/): the host emulation of the
+# GPU kernel body, and the CPU core under AddressSanitizer and UBSan.
+TEST_CXX_FLAGS="-std=c++17 -O2 -Wall -Wextra"
+SANITIZER_FLAGS="-std=c++17 -O1 -g -Wall -Wextra -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
 # What the TensorFlow adapter and the kernel registrations need on top to see
 # GPU devices and streams.
 GPU_DEFINES="-DGOOGLE_CUDA=1 -DEIGEN_USE_GPU"
@@ -105,6 +109,8 @@ CUDA_ARCHS := $CUDA_ARCHS
 CUDA_PTX_ARCH := $CUDA_PTX_ARCH
 TF_CUDA_INCLUDE := $TF_CUDA_INCLUDE
 CXX_FLAGS := $CXX_FLAGS
+TEST_CXX_FLAGS := $TEST_CXX_FLAGS
+SANITIZER_FLAGS := $SANITIZER_FLAGS
 GPU_DEFINES := $GPU_DEFINES
 NVCC_FLAGS := $NVCC_FLAGS
 MK
@@ -123,6 +129,8 @@ build --action_env=FLS_CUDA_ARCHS="$CUDA_ARCHS"
 build --action_env=FLS_CUDA_PTX_ARCH=$CUDA_PTX_ARCH
 build --action_env=FLS_TF_CUDA_INCLUDE=$TF_CUDA_INCLUDE
 build --action_env=FLS_CXX_FLAGS="$CXX_FLAGS"
+build --action_env=FLS_TEST_CXX_FLAGS="$TEST_CXX_FLAGS"
+build --action_env=FLS_SANITIZER_FLAGS="$SANITIZER_FLAGS"
 build --action_env=FLS_GPU_DEFINES="$GPU_DEFINES"
 build --action_env=FLS_NVCC_FLAGS="$NVCC_FLAGS"
 build --python_path=$PYTHON_BIN

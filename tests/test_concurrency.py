@@ -127,7 +127,7 @@ LEAK_BOUND = 16 * MiB  # over 10,000 calls: under 1.7 KB a call; one lost output
 
 @pytest.mark.slow
 def test_memory_stays_flat_over_10000_calls():
-  result = subprocess.run([sys.executable, os.path.join(HERE, "reliability_workers", "leak_check.py"),
+  result = subprocess.run([sys.executable, os.path.join(HERE, "workers", "leak_check.py"),
                            str(CALLS)], capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-4000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -148,7 +148,7 @@ def test_sharded_ops_running_at_once_finish_and_are_exact(inter_op, intra_op):
   """Eight sharded ops at once, in a function, eagerly and in a Session. The
   kernel's helpers run on the inter-op threads that also run these ops: with a
   single such thread, a kernel that waited for its helper to start would hang."""
-  worker = os.path.join(HERE, "reliability_workers", "helper_threads.py")
+  worker = os.path.join(HERE, "workers", "helper_threads.py")
   result = subprocess.run([sys.executable, worker, str(inter_op), str(intra_op)],
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-4000:]

@@ -2,7 +2,7 @@
 restarted from its checkpoint ends with exactly the weights (and, for Keras, the
 optimizer state) of a run that was never interrupted.
 
-Three flavors (tests/reliability_workers/crash_resume.py): a custom loop with
+Three flavors (tests/workers/crash_resume.py): a custom loop with
 tf.train.Checkpoint, the TF1 optimizer wrapper with a Saver, and Keras `fit`
 with BackupAndRestore. For each, one run kills itself right after step 13 (work
 since the last checkpoint is lost), the restarted run is killed from outside
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-WORKER = os.path.join(HERE, "reliability_workers", "crash_resume.py")
+WORKER = os.path.join(HERE, "workers", "crash_resume.py")
 TIMEOUT = 300
 # Steps per checkpoint (BackupAndRestore saves at the end of each 6-step epoch).
 CHECKPOINT_EVERY = {"custom": 5, "tf1": 5, "keras": 6}

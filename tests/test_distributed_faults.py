@@ -5,7 +5,7 @@ ends with the right weights. Every wait here is bounded, and every process is
 killed at the end whatever happens.
 
 Workers: tests/workers/multi_worker.py and cluster.py (training with the
-optimizer wrappers), tests/reliability_workers/mwms_join.py (joining only).
+optimizer wrappers), tests/workers/mwms_join.py (joining only).
 """
 
 import json
@@ -23,7 +23,7 @@ from workers.cluster import start_cluster
 from workers.cluster import stop_cluster
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-JOIN_WORKER = os.path.join(HERE, "reliability_workers", "mwms_join.py")
+JOIN_WORKER = os.path.join(HERE, "workers", "mwms_join.py")
 START_BOUND_S = 180     # both workers up and training
 SURVIVOR_BOUND_S = 120  # the survivor's exit, counted from its peer's death
 STEPS = 8

@@ -16,7 +16,7 @@ from conftest import assert_bitwise_equal
 from conftest import reference_unscale
 from fixed_loss_scale import ops
 
-WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reliability_workers",
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workers",
                       "forwarding_peak.py")
 
 
@@ -45,7 +45,7 @@ def test_sole_owner_inputs_are_scaled_in_place():
   """With forwardable inputs unscaling allocates no second copy of the gradients:
   the step's peak memory is the gradients once (plus the variables), for one op
   and for unscale_gradients' CPU groups alike. Measured in a subprocess with
-  TF's BFC allocator (tests/reliability_workers/forwarding_peak.py)."""
+  TF's BFC allocator (tests/workers/forwarding_peak.py)."""
   result = subprocess.run([sys.executable, WORKER], capture_output=True, text=True, timeout=300,
                           check=False)
   assert result.returncode == 0, result.stderr[-4000:]

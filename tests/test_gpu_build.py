@@ -1,7 +1,7 @@
 """The GPU kernels are built into the op library and registered (docs/GPU.md).
 
 With WITH_CUDA=1 in config.mk (configure.sh found nvcc), `make` compiles
-tf_ops/cuda/multi_tensor_scale.cu with nvcc and links it, with the static CUDA
+tf_ops/core/gpu/multi_tensor_scale.cu with nvcc and links it, with the static CUDA
 runtime, into the op library next to the CPU kernels. On any machine, GPU or
 not, these tests check that
   * TensorFlow's kernel registry lists a GPU kernel of both ops for half,
@@ -26,7 +26,7 @@ from tensorflow.python.framework import kernels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIBRARY = os.path.join(ROOT, "python", "fixed_loss_scale", "_fixed_loss_scale_ops.so")
-DRIVER = os.path.join(ROOT, "build", "cuda", "launcher_driver")
+DRIVER = os.path.join(ROOT, "build", "tests", "launcher_driver")
 OPS = ("FixedScaleLoss", "FixedUnscaleGrads")
 DTYPES = {tf.float16, tf.bfloat16, tf.float32, tf.float64}
 # launcher_driver's exit status when the CUDA runtime finds no device.

@@ -1,7 +1,7 @@
 """The GPU kernel's logic, checked on the host without a GPU (docs/GPU.md).
 
 `make host-emulation-test` builds tf_ops/tests/host_emulation_test.cc with g++
-alone and runs it: the kernel body of tf_ops/cuda/multi_tensor_scale_body.h is
+alone and runs it: the kernel body of tf_ops/core/gpu/multi_tensor_scale_body.h is
 executed for every (block, thread) of the launch the launcher makes, on every
 dtype, sizes 0..2^20, legal misaligned offsets, in place and out of place, and
 lists of 1 to 10,000 tensors, with every memory access counted and checked

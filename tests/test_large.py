@@ -1,6 +1,6 @@
 """Size: one float16 tensor of more than 2^31 elements, and 10,000 tensors in one call.
 
-The 4 GiB tensor runs in a subprocess (tests/reliability_workers/large_tensor.py)
+The 4 GiB tensor runs in a subprocess (tests/workers/large_tensor.py)
 so that its peak resident memory is measured and then returned to the system:
 the tiled input is forwarded to the op's output, so the peak stays near one copy.
 """
@@ -22,7 +22,7 @@ from fixed_loss_scale import _loader
 
 RAW = _loader.load_ops()
 HERE = os.path.dirname(os.path.abspath(__file__))
-WORKER = os.path.join(HERE, "reliability_workers", "large_tensor.py")
+WORKER = os.path.join(HERE, "workers", "large_tensor.py")
 GiB = 2**30
 
 # numpy warns when it widens a bfloat16 NaN for the oracle's NaN checks.

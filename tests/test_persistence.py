@@ -1,5 +1,5 @@
 """Persistence: a TF2 SavedModel and a TF1 MetaGraph+checkpoint that use the ops,
-saved in one fresh process and loaded in another (tests/reliability_workers/
+saved in one fresh process and loaded in another (tests/workers/
 persistence.py). With the package imported they train on exactly as the saving
 process did; without it, loading fails with an error naming the missing op type,
 and succeeds in the same process once the package is imported."""
@@ -17,7 +17,7 @@ from conftest import assert_bitwise_equal
 from conftest import reference_scale
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-WORKER = os.path.join(HERE, "reliability_workers", "persistence.py")
+WORKER = os.path.join(HERE, "workers", "persistence.py")
 README = os.path.join(os.path.dirname(HERE), "README.md")
 SCALE = 1000.1
 DTYPES = ["float16", "bfloat16", "float32", "float64"]

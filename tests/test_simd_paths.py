@@ -1,7 +1,8 @@
 """The vectorised CPU paths give the scalar path's bits for every input.
 
-The CPU core (multi_tensor_scale_cpu.cc) is built alone, without TensorFlow, by
-`make simd-test-lib` and driven through ctypes, so each path (scalar, AVX2+F16C,
+The CPU core (tf_ops/core/cpu) is built alone, without TensorFlow, by
+`make simd-test-lib` and driven through ctypes (dtype and path codes come from
+the library's C API, tf_ops/core/c_api.h), so each path (scalar, AVX2+F16C,
 AVX-512) is called explicitly whatever the CPU would pick. Every half and
 bfloat16 bit pattern, random float/double bit patterns and the special values
 are compared bit for bit (NaN payloads included) under both MXCSR states:
@@ -23,9 +24,10 @@ from conftest import reference_unscale
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIB_PATH = os.path.join(ROOT, "build", "tests", "libfls_simd_paths.so")
 
-SCALAR, AVX2, AVX512 = 0, 1, 2
-PATH_NAMES = {SCALAR: "scalar", AVX2: "avx2", AVX512: "avx512"}
-HALF, BFLOAT16, FLOAT, DOUBLE = 0, 1, 2, 3
+# Paths and dtypes by name; the library gives their codes (path_code, dtype_code).
+SCALAR, AVX2, AVX512 = "scalar", "avx2", "avx512"
+HALF, BFLOAT16, FLOAT, DOUBLE = "half", "bfloat16", "float", "double"
+DTYPES = (HALF, BFLOAT16, FLOAT, DOUBLE)
 STORAGE = {HALF: np.uint16, BFLOAT16: np.uint16, FLOAT: np.uint32, DOUBLE: np.uint64}
 
 # Loss scales, including awkward non-powers of two, one whose float32 reciprocal
@@ -39,6 +41,8 @@ def lib():
   subprocess.run(["make", "-s", "simd-test-lib"], cwd=ROOT, check=True)
   library = ctypes.CDLL(LIB_PATH)
   library.fls_cpu_path_supported.argtypes = [ctypes.c_int]
+  library.fls_cpu_path_code.argtypes = [ctypes.c_char_p]
+  library.fls_dtype_code.argtypes = [ctypes.c_char_p]
   library.fls_scale.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
                                 ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_float,
                                 ctypes.c_double, ctypes.c_int]
@@ -56,24 +60,40 @@ def factors(loss_scale, reciprocal=True):
   return s32, np.float64(s32)
 
 
+def path_code(lib, name):
+  code = lib.fls_cpu_path_code(name.encode())
+  assert code >= 0, f"the library knows no CPU path {name!r}"
+  return code
+
+
+def dtype_code(lib, name):
+  code = lib.fls_dtype_code(name.encode())
+  assert code >= 0, f"the library knows no dtype {name!r}"
+  return code
+
+
+def supported(lib, path):
+  return bool(lib.fls_cpu_path_supported(path_code(lib, path)))
+
+
 def run(lib, path, dtype, bits, factor, ftz_daz, first=0, last=None, out=None):
   """Scales the bit patterns `bits` with `path`; returns the output bits."""
   bits = np.ascontiguousarray(bits)
   last = bits.size if last is None else last
   out = np.zeros_like(bits) if out is None else out
-  lib.fls_scale(path, dtype, bits.ctypes.data, out.ctypes.data, bits.size, first, last,
+  lib.fls_scale(path_code(lib, path), dtype_code(lib, dtype), bits.ctypes.data, out.ctypes.data, bits.size, first, last,
                 float(factor[0]), float(factor[1]), int(ftz_daz))
   return out
 
 
 def simd_paths(lib):
-  return [p for p in (AVX2, AVX512) if lib.fls_cpu_path_supported(p)]
+  return [p for p in (AVX2, AVX512) if supported(lib, p)]
 
 
-@pytest.fixture(params=[AVX2, AVX512], ids=["avx2", "avx512"])
+@pytest.fixture(params=[AVX2, AVX512])
 def path(request, lib):
-  if not lib.fls_cpu_path_supported(request.param):
-    pytest.skip(f"this CPU or build has no {PATH_NAMES[request.param]} path")
+  if not supported(lib, request.param):
+    pytest.skip(f"this CPU or build has no {request.param} path")
   return request.param
 
 
@@ -100,7 +120,7 @@ def special_bits(dtype):
   return np.array(base + [b | sign for b in base], STORAGE[dtype])
 
 
-@pytest.mark.parametrize("dtype", [HALF, BFLOAT16], ids=["half", "bfloat16"])
+@pytest.mark.parametrize("dtype", [HALF, BFLOAT16])
 @pytest.mark.parametrize("ftz_daz", [True, False], ids=["ftz_daz", "ieee"])
 @pytest.mark.parametrize("reciprocal", [True, False], ids=["unscale", "scale"])
 def test_every_16_bit_pattern(lib, path, dtype, ftz_daz, reciprocal):
@@ -111,10 +131,10 @@ def test_every_16_bit_pattern(lib, path, dtype, ftz_daz, reciprocal):
       continue
     expected = run(lib, SCALAR, dtype, patterns, factor, ftz_daz)
     actual = run(lib, path, dtype, patterns, factor, ftz_daz)
-    assert_same_bits(actual, expected, f"{PATH_NAMES[path]} scale {loss_scale}")
+    assert_same_bits(actual, expected, f"{path} scale {loss_scale}")
 
 
-@pytest.mark.parametrize("dtype", [FLOAT, DOUBLE], ids=["float", "double"])
+@pytest.mark.parametrize("dtype", [FLOAT, DOUBLE])
 @pytest.mark.parametrize("ftz_daz", [True, False], ids=["ftz_daz", "ieee"])
 def test_random_and_special_wide_patterns(lib, path, dtype, ftz_daz):
   rng = np.random.default_rng(5)
@@ -128,11 +148,10 @@ def test_random_and_special_wide_patterns(lib, path, dtype, ftz_daz):
       factor = factors(loss_scale, reciprocal)
       expected = run(lib, SCALAR, dtype, patterns, factor, ftz_daz)
       actual = run(lib, path, dtype, patterns, factor, ftz_daz)
-      assert_same_bits(actual, expected, f"{PATH_NAMES[path]} scale {loss_scale}")
+      assert_same_bits(actual, expected, f"{path} scale {loss_scale}")
 
 
-@pytest.mark.parametrize("dtype", [HALF, BFLOAT16, FLOAT, DOUBLE],
-                         ids=["half", "bfloat16", "float", "double"])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_scalar_path_matches_numpy_oracle(lib, dtype):
   """Under TF's MXCSR state the scalar path (the reference for the SIMD paths)
   agrees with the numpy oracles used by the op tests."""
@@ -153,8 +172,7 @@ def test_scalar_path_matches_numpy_oracle(lib, dtype):
       assert_bitwise_equal(out.view(np_dtype), reference_scale(values, loss_scale))
 
 
-@pytest.mark.parametrize("dtype", [HALF, BFLOAT16, FLOAT, DOUBLE],
-                         ids=["half", "bfloat16", "float", "double"])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_odd_lengths_misaligned_starts_and_in_place(lib, path, dtype):
   """Every start offset up to two vectors and every length up to a few vectors
   (loop remainders, masked tails): exactly [first, last) is written, in place too."""
@@ -183,13 +201,13 @@ def test_byte_range_sharding_of_a_mixed_list(lib):
   at odd offsets) writes every element once, with the active path's bits equal
   to the scalar path's."""
   rng = np.random.default_rng(8)
-  dtypes = [int(d) for d in rng.integers(0, 4, size=41)]
+  dtypes = [DTYPES[int(d)] for d in rng.integers(0, 4, size=41)]
   counts = [int(c) for c in rng.integers(0, 500, size=41)]
   ins = [rng.integers(0, np.iinfo(STORAGE[d]).max, size=c, dtype=STORAGE[d])
          for d, c in zip(dtypes, counts)]
   factor = factors(7.3)
   expected = [run(lib, SCALAR, d, x, factor, False) for d, x in zip(dtypes, ins)]
-  dtype_array = np.array(dtypes, np.int32)
+  dtype_array = np.array([dtype_code(lib, d) for d in dtypes], np.int32)
   total = sum(c * np.dtype(STORAGE[d]).itemsize for d, c in zip(dtypes, counts))
   for trial in range(20):
     cuts = np.unique(np.concatenate([[0, total], rng.integers(0, total, size=trial * 3)]))
@@ -210,5 +228,5 @@ def test_best_path_is_active(lib):
   """Without FIXED_LOSS_SCALE_CPU_PATH the core runs the best path it has."""
   if "FIXED_LOSS_SCALE_CPU_PATH" in os.environ:
     pytest.skip("FIXED_LOSS_SCALE_CPU_PATH is set")
-  best = max([SCALAR] + simd_paths(lib))
+  best = max(path_code(lib, p) for p in [SCALAR] + simd_paths(lib))
   assert lib.fls_active_cpu_path() == best

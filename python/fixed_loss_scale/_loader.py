@@ -7,6 +7,7 @@ the command that rebuilds it: graph-mode code must never fall back silently to
 Python arithmetic.
 """
 
+import ctypes
 import functools
 import json
 import os
@@ -61,6 +62,21 @@ def load_ops():
   _name_op_in_type_errors(module)
   _ops_module = module
   return _ops_module
+
+
+@functools.lru_cache(maxsize=None)
+def c_api():
+  """The op library's C API (tf_ops/core/c_api.h) through ctypes: the core's
+  constants and choices, read rather than restated. Loads the library first."""
+  load_ops()
+  library = ctypes.CDLL(library_path())
+  for name, restype in (("fls_min_loss_scale", ctypes.c_float),
+                        ("fls_max_loss_scale", ctypes.c_float),
+                        ("fls_min_sharded_bytes", ctypes.c_int64),
+                        ("fls_cpu_path_name", ctypes.c_char_p)):
+    getattr(library, name).restype = restype
+  library.fls_dtype_code.argtypes = [ctypes.c_char_p]
+  return library
 
 
 def _name_op_in_type_errors(module):

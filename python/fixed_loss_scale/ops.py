@@ -16,10 +16,10 @@ from fixed_loss_scale import _loader
 
 SUPPORTED_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 _SUPPORTED_NAMES = "half, bfloat16, float32, float64"
-# The largest loss scale whose float32 reciprocal is a normal number (2**-126).
-MAX_LOSS_SCALE = 2.0**126
-
 _raw_ops = _loader.load_ops()
+# The largest loss scale whose float32 reciprocal is a normal number (2**-126):
+# the op library's own bound (NOTE [loss scale range], tf_ops/core/tensor_span.h).
+MAX_LOSS_SCALE = float(_loader.c_api().fls_max_loss_scale())
 
 
 def validate_loss_scale(value, what="loss_scale"):

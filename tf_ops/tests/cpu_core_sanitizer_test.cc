@@ -1,9 +1,7 @@
-// Standalone test of the CPU core (multi_tensor_scale_cpu.cc), built without
-// TensorFlow under AddressSanitizer and UndefinedBehaviorSanitizer by
-// `make sanitizer-test`:
-//
-//   g++ -fsanitize=address,undefined -fno-sanitize-recover=all -I. (this file)
-//       tf_ops/cc/kernels/multi_tensor_scale_cpu.cc
+// Standalone test of the CPU core (tf_ops/core/cpu/), built without TensorFlow
+// under AddressSanitizer and UndefinedBehaviorSanitizer (SANITIZER_FLAGS of
+// configure.sh) by `make sanitizer-test` and by Bazel
+// (//tf_ops/tests:cpu_core_sanitizer_test_<path>), with the core's sources.
 //
 // Every result is checked against a scalar reference written here from the
 // IEEE definitions (ldexp/frexp/nearbyint in double, float128 for double), not
@@ -36,7 +34,7 @@
 #include <xmmintrin.h>
 #endif
 
-#include "tf_ops/cc/kernels/multi_tensor_scale_cpu.h"
+#include "tf_ops/core/cpu/multi_tensor_scale_cpu.h"
 
 namespace fls = fixed_loss_scale;
 using fls::DType;
@@ -55,7 +53,7 @@ class ScopedCoreEnvironment {
   ScopedCoreEnvironment() {
 #if defined(__SSE2__)
     saved_ = _mm_getcsr();
-    if (g_ftz) _mm_setcsr(saved_ | 0x8040u);  // FTZ (bit 15) | DAZ (bit 6)
+    if (g_ftz) _mm_setcsr(saved_ | fls::kMxcsrFtzDaz);
 #endif
   }
   ~ScopedCoreEnvironment() {
@@ -96,16 +94,6 @@ long g_failures = 0;
       }                                                             \
     }                                                               \
   } while (0)
-
-const char* Name(DType d) {
-  switch (d) {
-    case DType::kHalf: return "half";
-    case DType::kBFloat16: return "bfloat16";
-    case DType::kFloat: return "float";
-    case DType::kDouble: return "double";
-  }
-  return "?";
-}
 
 int Size(DType d) { return d == DType::kDouble ? 8 : d == DType::kFloat ? 4 : 2; }
 
@@ -347,26 +335,26 @@ void CheckCase(const Case& c, fls::ScaleFactor factor, const std::string& what) 
     if (!Matches(c.dtype, c.input[i], got, factor.f, factor.d)) {
       if (++bad <= 3) {
         EXPECT(false, "%s %s n=%lld element %lld: in 0x%llx out 0x%llx expected 0x%llx (f=%a)",
-               what.c_str(), Name(c.dtype), (long long)c.n, (long long)i,
+               what.c_str(), fls::DTypeName(c.dtype), (long long)c.n, (long long)i,
                (unsigned long long)c.input[i], (unsigned long long)got,
                (unsigned long long)Reference(c.dtype, c.input[i], factor.f, factor.d), factor.f);
       }
     }
   }
-  EXPECT(bad == 0, "%s %s n=%lld: %d wrong elements", what.c_str(), Name(c.dtype), (long long)c.n, bad);
+  EXPECT(bad == 0, "%s %s n=%lld: %d wrong elements", what.c_str(), fls::DTypeName(c.dtype), (long long)c.n, bad);
   if (c.out) {
     for (int64_t i = 0; i < c.n; ++i) {
       if (LoadBits(c.in->data(), c.dtype, i) != c.input[i]) {
         EXPECT(false, "%s %s: input element %lld modified by an out-of-place call", what.c_str(),
-               Name(c.dtype), (long long)i);
+               fls::DTypeName(c.dtype), (long long)i);
         break;
       }
     }
     EXPECT(c.out->GuardsIntact(), "%s %s n=%lld: output guard bytes overwritten", what.c_str(),
-           Name(c.dtype), (long long)c.n);
+           fls::DTypeName(c.dtype), (long long)c.n);
   }
   EXPECT(c.in->GuardsIntact(), "%s %s n=%lld: input guard bytes overwritten", what.c_str(),
-         Name(c.dtype), (long long)c.n);
+         fls::DTypeName(c.dtype), (long long)c.n);
 }
 
 void RunWhole(std::vector<std::unique_ptr<Case>>& cases, fls::ScaleFactor factor) {
@@ -614,6 +602,12 @@ void TestReference() {
 }
 
 }  // namespace
+
+// The sanitizers' options, built in so that Make and Bazel run the test alike.
+extern "C" const char* __asan_default_options() {
+  return "halt_on_error=1:detect_stack_use_after_return=1";
+}
+extern "C" const char* __ubsan_default_options() { return "print_stacktrace=1:halt_on_error=1"; }
 
 int main(int argc, char** argv) {
   const uint64_t seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 20240601;

@@ -1,6 +1,6 @@
 // The cases the GPU kernel is checked on, shared by the host emulation
 // (tf_ops/tests/host_emulation_test.cc, g++) and the GPU driver
-// (tf_ops/cuda/launcher_driver.cu, nvcc), so a real GPU runs exactly what the
+// (tf_ops/tests/launcher_driver.cu, nvcc), so a real GPU runs exactly what the
 // emulation runs.
 //
 // A case is a list of tensors laid out in one byte arena: every input and
@@ -19,8 +19,8 @@
 #include <string>
 #include <vector>
 
-#include "tf_ops/cc/kernels/scale_math.h"
-#include "tf_ops/cuda/multi_tensor_scale_body.h"
+#include "tf_ops/core/scale_math.h"
+#include "tf_ops/core/gpu/multi_tensor_scale_body.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <xmmintrin.h>
@@ -34,11 +34,10 @@ namespace testing {
 // as TensorFlow does in the threads that run CPU kernels.
 class ScopedFlushToZero {
  public:
-  ScopedFlushToZero() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | kFtzDaz); }
+  ScopedFlushToZero() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | kMxcsrFtzDaz); }
   ~ScopedFlushToZero() { _mm_setcsr(saved_); }
 
  private:
-  static constexpr unsigned kFtzDaz = 0x8040u;
   unsigned saved_;
 };
 
@@ -89,20 +88,6 @@ class Rng {
  private:
   uint64_t state_;
 };
-
-inline const char* DTypeName(DType dtype) {
-  switch (dtype) {
-    case DType::kHalf:
-      return "half";
-    case DType::kBFloat16:
-      return "bfloat16";
-    case DType::kFloat:
-      return "float";
-    case DType::kDouble:
-      return "double";
-  }
-  return "?";
-}
 
 constexpr DType kAllDTypes[] = {DType::kHalf, DType::kBFloat16, DType::kFloat, DType::kDouble};
 
@@ -338,11 +323,11 @@ inline std::vector<uint8_t> ExpectedArena(const ListCase& list, const ArenaPlan&
 }
 
 // The launch's tensor list with buffers inside the arena at `base`.
-inline std::vector<GpuTensor> TensorsAt(const ListCase& list, const ArenaPlan& plan,
+inline std::vector<TensorSpan> TensorsAt(const ListCase& list, const ArenaPlan& plan,
                                         uint8_t* base) {
-  std::vector<GpuTensor> tensors;
+  std::vector<TensorSpan> tensors;
   for (size_t t = 0; t < list.tensors.size(); ++t) {
-    tensors.push_back(GpuTensor{base + plan.in_begin[t], base + plan.out_begin[t],
+    tensors.push_back(TensorSpan{base + plan.in_begin[t], base + plan.out_begin[t],
                                 list.tensors[t].num_elements, list.tensors[t].dtype});
   }
   return tensors;

@@ -31,7 +31,7 @@
 #include <string>
 #include <vector>
 
-#include "tf_ops/cuda/multi_tensor_scale_body.h"
+#include "tf_ops/core/gpu/multi_tensor_scale_body.h"
 #include "tf_ops/tests/gpu_kernel_cases.h"
 
 namespace fixed_loss_scale {
@@ -105,7 +105,7 @@ void RunGrid(const Table& table, int64_t total_chunks, const Memory& memory) {
 }
 
 template <int64_t kCapacity, typename Memory>
-int64_t RunWithInlineTable(const std::vector<GpuTensor>& tensors, ScaleFactor factor,
+int64_t RunWithInlineTable(const std::vector<TensorSpan>& tensors, ScaleFactor factor,
                            const Memory& memory) {
   auto table = std::make_unique<gpu::InlineTable<kCapacity>>();
   const int64_t total_chunks =
@@ -117,7 +117,7 @@ int64_t RunWithInlineTable(const std::vector<GpuTensor>& tensors, ScaleFactor fa
 // The launch LaunchMultiTensorScale makes for `tensors`, run on the host;
 // returns its number of blocks.
 template <typename Memory>
-int64_t EmulateLaunch(const std::vector<GpuTensor>& tensors, ScaleFactor factor,
+int64_t EmulateLaunch(const std::vector<TensorSpan>& tensors, ScaleFactor factor,
                       const Memory& memory) {
   const int64_t num_tensors = static_cast<int64_t>(tensors.size());
   if (num_tensors == 0) return 0;

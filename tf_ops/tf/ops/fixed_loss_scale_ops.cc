@@ -1,10 +1,10 @@
 // Registration of FixedScaleLoss and FixedUnscaleGrads: interface and shape
 // functions only (kernels live in ../kernels).
-#include <cmath>
 
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
+#include "tf_ops/core/tensor_span.h"
 
 namespace fixed_loss_scale {
 namespace {
@@ -17,9 +17,8 @@ using tensorflow::shape_inference::ShapeHandle;
 absl::Status ValidateLossScale(InferenceContext* c) {
   float loss_scale = 0.0f;
   TF_RETURN_IF_ERROR(c->GetAttr("loss_scale", &loss_scale));
-  // Above 2^126 the float32 reciprocal is subnormal, which TensorFlow's CPU
-  // threads flush to zero (FTZ/DAZ): gradients would silently become 0.
-  if (!std::isfinite(loss_scale) || loss_scale < 1.0f || loss_scale > 0x1p126f) {
+  // See NOTE [loss scale range] in tf_ops/core/tensor_span.h.
+  if (!IsValidLossScale(loss_scale)) {
     return tensorflow::errors::InvalidArgument(
         "loss_scale must be finite, >= 1 and <= 2^126, got ", loss_scale);
   }

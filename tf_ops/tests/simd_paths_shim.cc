@@ -1,6 +1,7 @@
-// A C entry point to the CPU core for tests/test_simd_paths.py (ctypes): runs
+// C entry points to the CPU core for tests/test_simd_paths.py (ctypes): runs
 // one CpuPath over a buffer under a chosen MXCSR state. Built without any
-// TensorFlow header by `make simd-test-lib`.
+// TensorFlow header by `make simd-test-lib`, together with tf_ops/core/c_api.cc
+// (path queries, dtype codes).
 #include <cstdint>
 #include <vector>
 
@@ -8,7 +9,7 @@
 #include <xmmintrin.h>
 #endif
 
-#include "tf_ops/cc/kernels/multi_tensor_scale_cpu.h"
+#include "tf_ops/core/cpu/multi_tensor_scale_cpu.h"
 
 using fixed_loss_scale::CpuPath;
 using fixed_loss_scale::DType;
@@ -17,22 +18,16 @@ using fixed_loss_scale::TensorSpan;
 
 extern "C" {
 
-int fls_cpu_path_supported(int path) {
-  return fixed_loss_scale::CpuPathSupported(static_cast<CpuPath>(path)) ? 1 : 0;
-}
-
-int fls_active_cpu_path() { return static_cast<int>(fixed_loss_scale::ActiveCpuPath()); }
-
 // out[first:last] = in[first:last] * factor with `path`; `dtype` numbers as
-// fixed_loss_scale::DType. With ftz_daz != 0 the MXCSR flush-to-zero and
+// fixed_loss_scale::DType (fls_dtype_code). With ftz_daz != 0 the MXCSR flush-to-zero and
 // denormals-are-zero bits are set for the call (as in TensorFlow's threads),
 // otherwise cleared; the caller's MXCSR is restored afterwards.
 void fls_scale(int path, int dtype, const void* in, void* out, int64_t num_elements,
                int64_t first, int64_t last, float factor_f, double factor_d, int ftz_daz) {
 #if defined(__x86_64__)
   const unsigned int saved = _mm_getcsr();
-  const unsigned int kFtzDaz = 0x8040u;
-  _mm_setcsr(ftz_daz ? (saved | kFtzDaz) : (saved & ~kFtzDaz));
+  _mm_setcsr(ftz_daz ? (saved | fixed_loss_scale::kMxcsrFtzDaz)
+                     : (saved & ~fixed_loss_scale::kMxcsrFtzDaz));
 #endif
   const TensorSpan span{in, out, num_elements, static_cast<DType>(dtype)};
   fixed_loss_scale::ScaleElementsWithPath(static_cast<CpuPath>(path), span, first, last,

@@ -6,9 +6,10 @@
 //                                     against the CPU kernels' element math on the
 //                                     host; --quick keeps sizes <= 4096 and the
 //                                     lists (for compute-sanitizer)
-//   launcher_driver bench             one launch for the whole list vs one launch
+//   launcher_driver bench [FILE]      one launch for the whole list vs one launch
 //                                     per tensor vs a device-to-device copy of
-//                                     the same bytes, on three gradient sets
+//                                     the same bytes, on the "full" gradient sets
+//                                     of FILE (benchmarks/gradient_sets.txt)
 //
 // Exit status: 0 passed, 1 failed, 2 usage, 3 no CUDA device (tests skip on 3).
 #include <cuda_runtime_api.h>
@@ -21,7 +22,7 @@
 #include <string>
 #include <vector>
 
-#include "tf_ops/cuda/multi_tensor_scale.h"
+#include "tf_ops/core/gpu/multi_tensor_scale.h"
 #include "tf_ops/tests/gpu_kernel_cases.h"
 
 namespace fixed_loss_scale {
@@ -71,7 +72,7 @@ struct Scratch {
 
 // Launches over `tensors` with table scratch when the list needs it. The
 // caller synchronizes before the pinned scratch is reused.
-cudaError_t Launch(const std::vector<GpuTensor>& tensors, ScaleFactor factor, Scratch& scratch,
+cudaError_t Launch(const std::vector<TensorSpan>& tensors, ScaleFactor factor, Scratch& scratch,
                    cudaStream_t stream) {
   const int64_t count = static_cast<int64_t>(tensors.size());
   const size_t bytes = MultiTensorScaleScratchBytes(count);
@@ -148,33 +149,62 @@ int RunCheck(bool quick) {
 
 // ---- bench ---------------------------------------------------------------------
 struct GradientSet {
-  const char* name;
+  std::string name;
   std::vector<int64_t> sizes;
 };
 
-// The sets of the benchmark. many_small's sizes come from a formula that
-// gpu_bench_torch.py repeats, so both measure the same tensors.
-std::vector<GradientSet> GradientSets() {
-  GradientSet many_small{"many_small", {}};
-  for (int64_t i = 0; i < 400; ++i) {
-    many_small.sizes.push_back(1024 + (i * 2654435761LL) % 4294967296LL % 64513);
+// Element count of one shape token of the sets file: dimensions joined by 'x',
+// optionally "*N" for N copies (added N times to `sizes`). False if malformed.
+bool AppendShape(const std::string& token, std::vector<int64_t>* sizes) {
+  const size_t star = token.find('*');
+  const std::string dims = token.substr(0, star);
+  const long long copies = star == std::string::npos ? 1 : std::atoll(token.c_str() + star + 1);
+  int64_t elements = 1;
+  size_t begin = 0;
+  while (begin <= dims.size()) {
+    const size_t end = std::min(dims.find('x', begin), dims.size());
+    const long long dim = std::atoll(dims.substr(begin, end - begin).c_str());
+    if (dim <= 0) return false;
+    elements *= dim;
+    begin = end + 1;
   }
-  // BERT-base encoder: 12 layers of Q, K, V, O (768x768 + 768), FFN (768x3072 +
-  // 3072, 3072x768 + 768) and two layer norms (768 + 768); plus word
-  // (3328x768), position (512x768) and type (2x768) embeddings: 195 tensors,
-  // 88.0M elements.
-  GradientSet bert_like{"bert_like", {3328 * 768, 512 * 768, 2 * 768}};
-  for (int layer = 0; layer < 12; ++layer) {
-    for (int projection = 0; projection < 4; ++projection) {
-      bert_like.sizes.push_back(768 * 768);
-      bert_like.sizes.push_back(768);
-    }
-    for (int64_t size : {768 * 3072, 3072, 3072 * 768, 768, 768, 768, 768, 768}) {
-      bert_like.sizes.push_back(size);
-    }
+  if (copies <= 0) return false;
+  sizes->insert(sizes->end(), static_cast<size_t>(copies), elements);
+  return true;
+}
+
+// The "full" sets of the benchmark's one definition, benchmarks/gradient_sets.txt
+// (its format is described at its top): the CPU benchmark and the PyTorch GPU
+// script read the same file, so all three measure the same tensors.
+std::vector<GradientSet> ReadGradientSets(const char* path) {
+  std::vector<GradientSet> sets;
+  FILE* file = std::fopen(path, "r");
+  if (file == nullptr) {
+    std::fprintf(stderr, "launcher_driver bench: cannot open gradient sets file %s\n", path);
+    std::exit(kExitUsage);
   }
-  GradientSet few_large{"few_large", std::vector<int64_t>(8, int64_t{4} << 20)};
-  return {many_small, bert_like, few_large};
+  char line[1 << 16];
+  while (std::fgets(line, sizeof(line), file) != nullptr) {
+    std::vector<std::string> tokens;
+    for (char* token = std::strtok(line, " \t\r\n"); token != nullptr;
+         token = std::strtok(nullptr, " \t\r\n")) {
+      tokens.emplace_back(token);
+    }
+    if (tokens.empty() || tokens[0][0] == '#' || tokens.size() < 3 || tokens[1] != "full") {
+      continue;
+    }
+    GradientSet set{tokens[0], {}};
+    for (size_t i = 2; i < tokens.size(); ++i) {
+      if (!AppendShape(tokens[i], &set.sizes)) {
+        std::fprintf(stderr, "launcher_driver bench: bad shape '%s' in set %s of %s\n",
+                     tokens[i].c_str(), tokens[0].c_str(), path);
+        std::exit(kExitUsage);
+      }
+    }
+    sets.push_back(set);
+  }
+  std::fclose(file);
+  return sets;
 }
 
 // Mean time of one call of `body` over `iterations` calls on `stream`, in
@@ -229,15 +259,15 @@ void BenchSet(const GradientSet& set, DType dtype, cudaStream_t stream) {
     std::vector<float> ones(total_bytes / 4, 1.0f);
     Check(cudaMemcpy(data, ones.data(), total_bytes, cudaMemcpyHostToDevice), "upload");
   }
-  std::vector<GpuTensor> tensors;
+  std::vector<TensorSpan> tensors;
   for (size_t t = 0; t < set.sizes.size(); ++t) {
     uint8_t* base = static_cast<uint8_t*>(data) + offsets[t];
-    tensors.push_back(GpuTensor{base, base, set.sizes[t], dtype});
+    tensors.push_back(TensorSpan{base, base, set.sizes[t], dtype});
   }
   // Every set fits an inline table, so back-to-back launches share no pinned
   // scratch (which would need a synchronization between them).
   if (MultiTensorScaleScratchBytes(static_cast<int64_t>(tensors.size())) != 0) {
-    std::printf("  %s: longer than an inline table, skipped\n", set.name);
+    std::printf("  %s: longer than an inline table, skipped\n", set.name.c_str());
     return;
   }
   const ScaleFactor factor = ReciprocalFactorFor(1.0f);
@@ -254,13 +284,13 @@ void BenchSet(const GradientSet& set, DType dtype, cudaStream_t stream) {
     Check(Launch(tensors, factor, scratch, stream), "one launch");
   });
   const double per_tensor_us = TimeMicros(stream, iterations, [&] {
-    for (const GpuTensor& tensor : tensors) {
+    for (const TensorSpan& tensor : tensors) {
       Check(LaunchMultiTensorScale(&tensor, 1, factor, nullptr, nullptr, stream),
             "per-tensor launch");
     }
   });
-  std::printf("  %-10s %-7s %4zu tensors %11lld elements %9.1f MB moved\n", set.name,
-              testing::DTypeName(dtype), set.sizes.size(), static_cast<long long>(total_elements),
+  std::printf("  %-10s %-7s %4zu tensors %11lld elements %9.1f MB moved\n", set.name.c_str(),
+              DTypeName(dtype), set.sizes.size(), static_cast<long long>(total_elements),
               bytes_moved / 1e6);
   const double copy_gbps = bytes_moved / (copy_us * 1e3);
   PrintArm("device-to-device copy", copy_us, bytes_moved, copy_gbps);
@@ -270,12 +300,13 @@ void BenchSet(const GradientSet& set, DType dtype, cudaStream_t stream) {
   Check(cudaFree(copy_target), "cudaFree");
 }
 
-int RunBench() {
+int RunBench(const char* sets_path) {
+  const std::vector<GradientSet> sets = ReadGradientSets(sets_path);
   if (!HasDevice()) return kExitNoDevice;
   cudaStream_t stream;
   Check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
   std::printf("in-place scale of each set (bytes moved = read + write); GB/s = bytes / time\n");
-  for (const GradientSet& set : GradientSets()) {
+  for (const GradientSet& set : sets) {
     for (DType dtype : {DType::kFloat, DType::kHalf}) BenchSet(set, dtype, stream);
   }
   Check(cudaStreamDestroy(stream), "cudaStreamDestroy");
@@ -289,7 +320,9 @@ int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "";
   const bool quick = argc > 2 && std::string(argv[2]) == "--quick";
   if (mode == "check") return fixed_loss_scale::RunCheck(quick);
-  if (mode == "bench") return fixed_loss_scale::RunBench();
-  std::fprintf(stderr, "usage: %s check [--quick] | bench\n", argv[0]);
+  if (mode == "bench") {
+    return fixed_loss_scale::RunBench(argc > 2 ? argv[2] : "benchmarks/gradient_sets.txt");
+  }
+  std::fprintf(stderr, "usage: %s check [--quick] | bench [GRADIENT_SETS_FILE]\n", argv[0]);
   return fixed_loss_scale::kExitUsage;
 }

@@ -1,21 +1,21 @@
 // Launcher of the GPU kernel of FixedScaleLoss and FixedUnscaleGrads: a plain
 // C++ API over device pointers, sizes, dtype tags and a cudaStream_t that
 // depends on the CUDA runtime only (no TensorFlow), so the TensorFlow kernel
-// (tf_ops/cc/kernels/fixed_loss_scale_gpu.cc) is a thin adapter and
+// (tf_ops/tf/kernels/fixed_loss_scale_gpu.cc) is a thin adapter and
 // launcher_driver.cu builds and tests it with nvcc alone.
 //
 // One call makes one kernel launch over the whole list, whatever its length and
 // dtype mix (NOTE [chunk table] in multi_tensor_scale_body.h).
-#ifndef FIXED_LOSS_SCALE_MULTI_TENSOR_SCALE_H_
-#define FIXED_LOSS_SCALE_MULTI_TENSOR_SCALE_H_
+#ifndef FIXED_LOSS_SCALE_CORE_GPU_MULTI_TENSOR_SCALE_H_
+#define FIXED_LOSS_SCALE_CORE_GPU_MULTI_TENSOR_SCALE_H_
 
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
 #include <cstdint>
 
-#include "tf_ops/cc/kernels/scale_math.h"
-#include "tf_ops/cuda/multi_tensor_scale_body.h"
+#include "tf_ops/core/scale_math.h"
+#include "tf_ops/core/gpu/multi_tensor_scale_body.h"
 
 namespace fixed_loss_scale {
 
@@ -39,10 +39,10 @@ size_t MultiTensorScaleScratchBytes(int64_t num_tensors);
 //
 // Returns the first CUDA error met (nothing is enqueued after it), or
 // cudaErrorInvalidValue for a negative count or size, or missing scratch.
-cudaError_t LaunchMultiTensorScale(const GpuTensor* tensors, int64_t num_tensors,
+cudaError_t LaunchMultiTensorScale(const TensorSpan* tensors, int64_t num_tensors,
                                    ScaleFactor factor, void* host_scratch, void* device_scratch,
                                    cudaStream_t stream);
 
 }  // namespace fixed_loss_scale
 
-#endif  // FIXED_LOSS_SCALE_MULTI_TENSOR_SCALE_H_
+#endif  // FIXED_LOSS_SCALE_CORE_GPU_MULTI_TENSOR_SCALE_H_

@@ -1,5 +1,5 @@
 // GPU specialisation of MultiTensorScale: a thin adapter from the op's spans to
-// the CUDA-runtime-only launcher (tf_ops/cuda/multi_tensor_scale.h), which
+// the CUDA-runtime-only launcher (tf_ops/core/gpu/multi_tensor_scale.h), which
 // makes one kernel launch on the op's stream for the whole list.
 //
 // Compiled by g++ against the CUDA headers in TensorFlow's wheel; the launcher
@@ -15,23 +15,14 @@
 #include "tensorflow/core/common_runtime/device/device_event_mgr.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor_reference.h"
-#include "tf_ops/cc/kernels/fixed_loss_scale.h"
-#include "tf_ops/cuda/multi_tensor_scale.h"
+#include "tf_ops/tf/kernels/fixed_loss_scale.h"
+#include "tf_ops/core/gpu/multi_tensor_scale.h"
 
 namespace fixed_loss_scale {
 namespace {
 
 using tensorflow::OpKernelContext;
 using tensorflow::Tensor;
-
-std::vector<GpuTensor> ToGpuTensors(const std::vector<TensorSpan>& spans) {
-  std::vector<GpuTensor> tensors;
-  tensors.reserve(spans.size());
-  for (const TensorSpan& span : spans) {
-    tensors.push_back(GpuTensor{span.in, span.out, span.num_elements, span.dtype});
-  }
-  return tensors;
-}
 
 // The table scratch of a list too long for kernel parameters: a pinned host
 // buffer the launcher fills and copies from, and the device buffer it copies to
@@ -68,8 +59,7 @@ template <>
 absl::Status MultiTensorScale<Eigen::GpuDevice>::operator()(OpKernelContext* context,
                                                            const std::vector<TensorSpan>& spans,
                                                            ScaleFactor factor) const {
-  const std::vector<GpuTensor> tensors = ToGpuTensors(spans);
-  const int64_t num_tensors = static_cast<int64_t>(tensors.size());
+  const int64_t num_tensors = static_cast<int64_t>(spans.size());
   const int64_t scratch_bytes = static_cast<int64_t>(MultiTensorScaleScratchBytes(num_tensors));
   Tensor host_scratch;
   Tensor device_scratch;
@@ -77,7 +67,7 @@ absl::Status MultiTensorScale<Eigen::GpuDevice>::operator()(OpKernelContext* con
     TF_RETURN_IF_ERROR(AllocateTableScratch(context, scratch_bytes, &host_scratch, &device_scratch));
   }
   const cudaError_t launched = LaunchMultiTensorScale(
-      tensors.data(), num_tensors, factor,
+      spans.data(), num_tensors, factor,
       scratch_bytes > 0 ? host_scratch.data() : nullptr,
       scratch_bytes > 0 ? device_scratch.data() : nullptr, context->eigen_gpu_device().stream());
   if (scratch_bytes > 0) ReleaseWhenStreamPasses(context, host_scratch);

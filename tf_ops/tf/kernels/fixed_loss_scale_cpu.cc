@@ -1,6 +1,7 @@
-// CPU specialisation of MultiTensorScale: byte-balanced shards of the whole
-// list (NOTE [byte sharding] in multi_tensor_scale_cpu.h), shared between the
-// calling thread and helpers on TensorFlow's inter-op threads (NOTE [helpers]).
+// CPU specialisation of MultiTensorScale: the core's byte-balanced shards of the
+// whole list (NOTE [byte sharding], NOTE [shard plan] in
+// tf_ops/core/cpu/multi_tensor_scale_cpu.h), shared between the calling thread
+// and helpers on TensorFlow's inter-op threads (NOTE [helpers]).
 #include <algorithm>
 #include <atomic>
 #include <functional>
@@ -9,32 +10,22 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/platform/mutex.h"
 #include "tensorflow/core/platform/threadpool.h"
-#include "tf_ops/cc/kernels/fixed_loss_scale.h"
+#include "tf_ops/core/cpu/multi_tensor_scale_cpu.h"
+#include "tf_ops/tf/kernels/fixed_loss_scale.h"
 
 namespace fixed_loss_scale {
 namespace {
-
-// Below this many bytes (read + written counted once) a list is scaled on the
-// calling thread: waking a pool thread costs more than it saves.
-constexpr int64_t kMinBytesPerShard = 256 << 10;
-// Shards per thread: a few, so a thread slowed by something else is caught up by
-// the others, and each shard still streams a large contiguous block.
-constexpr int64_t kShardsPerThread = 4;
-// At most this many bytes per shard, so that on large lists a thread that was
-// slowed down (by another process, or by the memory system) leaves at most one
-// small shard for the others to wait on at the end.
-constexpr int64_t kMaxBytesPerShard = 4 << 20;
 
 // One sharded call, shared by the caller and its helpers; each helper holds a
 // reference, since it may start after the call returned (NOTE [helpers]).
 struct ShardedCall {
   ShardedCall(const std::vector<TensorSpan>* spans, const std::vector<int64_t>* offsets,
-              int64_t shard_bytes, ScaleFactor factor)
+              ShardPlan plan, ScaleFactor factor)
       : spans(spans),
         offsets(offsets),
         total_bytes(offsets->back()),
-        shard_bytes(shard_bytes),
-        num_shards((total_bytes + shard_bytes - 1) / shard_bytes),
+        shard_bytes(plan.shard_bytes),
+        num_shards(plan.num_shards),
         factor(factor) {}
 
   // The caller's; read only while holding a claimed, unfinished shard, when the
@@ -83,20 +74,14 @@ void WaitForAllShards(ShardedCall& call) {
 // returns. So no call waits on a queue, and none can deadlock.
 //
 // Helpers go to the runner the executor gave this op (its inter-op threads),
-// not to the intra-op pool. Measured on 2 cores, a 4 MB list of 10 tensors,
-// in five A/B runs that switched the helper call by call: TF's 10 Muls / ours
-// 0.95-1.22x on the runner against 0.81-1.05x on the pool, the runner ahead
-// in every run; 100 tensors 2.0x instead of 1.07x; large lists tie either way.
-// (Those runs used the benchmark's older baseline, which flattered ours
-// against TF by a few us: docs/BENCHMARKS.md, "Equal scaffolding"; runner
-// against pool, both paid it alike.) Our reading, not measured: the intra-op
-// thread must be woken, while an idle inter-op thread is still spinning. Without a runner (none outside
-// executors) helpers go to the intra-op pool, whose size also sets how many
-// threads share the work.
+// not to the intra-op pool: call-by-call A/B runs put the runner ahead on small
+// lists and tied on large ones (docs/BENCHMARKS.md, "Kernel design A/B runs").
+// Without a runner (none outside executors) helpers go to the intra-op pool,
+// whose size also sets how many threads share the work.
 //
 // ThreadPool::ParallelFor instead hands every shard to the pool while the
 // caller waits: one more wake-up before any work starts and one fewer thread
-// working, which cost ~30 us per call on lists of a few MB.
+// working, measurably slower per call on lists of a few MB (same section).
 template <>
 absl::Status MultiTensorScale<Eigen::ThreadPoolDevice>::operator()(
     tensorflow::OpKernelContext* context, const std::vector<TensorSpan>& spans,
@@ -106,13 +91,12 @@ absl::Status MultiTensorScale<Eigen::ThreadPoolDevice>::operator()(
   tensorflow::thread::ThreadPool* pool =
       context->device()->tensorflow_cpu_worker_threads()->workers;
   const int64_t threads = pool == nullptr ? 1 : pool->NumThreads();
-  if (threads <= 1 || total_bytes < 2 * kMinBytesPerShard) {
+  const ShardPlan plan = PlanShards(total_bytes, threads);
+  if (plan.num_shards <= 1) {
     ScaleByteRange(spans, offsets, 0, total_bytes, factor);
     return absl::OkStatus();
   }
-  const int64_t shard_bytes = std::clamp(total_bytes / (threads * kShardsPerThread) + 1,
-                                         kMinBytesPerShard, kMaxBytesPerShard);
-  auto call = std::make_shared<ShardedCall>(&spans, &offsets, shard_bytes, factor);
+  auto call = std::make_shared<ShardedCall>(&spans, &offsets, plan, factor);
   const int64_t helpers = std::min(threads, call->num_shards) - 1;
   std::function<void()> helper = [call]() { RunShards(*call); };
   std::function<void(std::function<void()>)>* runner = context->runner();

@@ -1,13 +1,12 @@
 // OpKernels for FixedScaleLoss and FixedUnscaleGrads: validate the attr, forward
 // each input buffer to its output when TensorFlow allows (in place) or allocate
 // a new one, then make one MultiTensorScale<Device> call for the whole list.
-#include <cmath>
 #include <vector>
 
 #include "tensorflow/core/framework/node_def_util.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/types.h"
-#include "tf_ops/cc/kernels/fixed_loss_scale.h"
+#include "tf_ops/tf/kernels/fixed_loss_scale.h"
 
 namespace fixed_loss_scale {
 namespace {
@@ -49,9 +48,10 @@ struct InputInfo {
 //
 // NOTE [direct forwarding]: OpKernelContext::forward_input scans every output's
 // forwarding reservation on each call, so forwarding all n inputs of one op
-// costs O(n^2): 10,000 gradients spent ~25 ms there. Reservations exist only on
-// nodes that Grappler's scoped-allocator pass marked (the `_forward_input` and
-// `_scoped_allocator` attrs). For unmarked nodes (`direct`), the same checks as
+// costs O(n^2) (measured: docs/BENCHMARKS.md, "Kernel design A/B runs").
+// Reservations exist only on nodes that Grappler's scoped-allocator pass marked
+// (the `_forward_input` and `_scoped_allocator` attrs). For unmarked nodes
+// (`direct`), the same checks as
 // forward_input (not a ref, sole owner of its buffer, same memory type,
 // compatible allocator attributes) are made here in O(1) and the input tensor
 // is set as the output, sharing its buffer; anything else takes TF's path.
@@ -76,9 +76,8 @@ class FixedLossScaleOpBase : public OpKernel {
  public:
   explicit FixedLossScaleOpBase(OpKernelConstruction* context) : OpKernel(context) {
     OP_REQUIRES_OK(context, context->GetAttr("loss_scale", &loss_scale_));
-    // Above 2^126 the reciprocal is a float32 subnormal, flushed to zero here.
-    OP_REQUIRES(context,
-                std::isfinite(loss_scale_) && loss_scale_ >= 1.0f && loss_scale_ <= 0x1p126f,
+    // NOTE [loss scale range] (tf_ops/core/tensor_span.h).
+    OP_REQUIRES(context, IsValidLossScale(loss_scale_),
                 tensorflow::errors::InvalidArgument(type_string(),
                                                     ": loss_scale must be finite, >= 1 and <= "
                                                     "2^126, got ",
@@ -111,12 +110,8 @@ class FixedLossScaleOpBase : public OpKernel {
   // NOTE [inline]: not "expensive", so TF's executor runs the op on the thread
   // that made it ready instead of handing it to another inter-op thread when
   // other nodes are ready too. Large lists lose nothing: the kernel spreads
-  // them over threads itself (MultiTensorScale). Measured on 2 cores, one
-  // process switching call by call (TF's per-tensor Muls for reference):
-  // 100 x 256 floats 40 -> 27 us (TF 58), mixed 34 -> 25 us, 10 x 400 KB
-  // 95 -> 84 us; 100 x 40 KB went 129 -> 144-158 us the other way (TF 204-207;
-  // our reading: the handed-off call found the other thread still spinning
-  // for its helper), 8 x 16 MB tie.
+  // them over threads itself (MultiTensorScale). Measured call by call on small
+  // and large lists: docs/BENCHMARKS.md, "Kernel design A/B runs".
   bool IsExpensive() override { return false; }
 
   float loss_scale_ = 1.0f;

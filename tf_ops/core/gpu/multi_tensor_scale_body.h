@@ -1,6 +1,7 @@
 // The GPU kernel of FixedScaleLoss and FixedUnscaleGrads as plain C++: the
 // launch constants, the chunk table, the choice of table and the work of one
-// (block, thread). multi_tensor_scale.cu wraps it in __global__ kernels;
+// (block, thread), over the core's TensorSpan list (tensor_span.h; pointers
+// are device pointers here). multi_tensor_scale.cu wraps it in __global__ kernels;
 // tf_ops/tests/host_emulation_test.cc (built with g++, no GPU) runs the same
 // code for every (block, thread) of the same launch on the host.
 //
@@ -40,14 +41,14 @@
 // on both sides, and the tensor is scaled element by element. Pointers must be
 // aligned to their element size (TensorFlow guarantees it); an odd address for
 // a 2-byte type is not a valid typed pointer and is not supported.
-#ifndef FIXED_LOSS_SCALE_MULTI_TENSOR_SCALE_BODY_H_
-#define FIXED_LOSS_SCALE_MULTI_TENSOR_SCALE_BODY_H_
+#ifndef FIXED_LOSS_SCALE_CORE_GPU_MULTI_TENSOR_SCALE_BODY_H_
+#define FIXED_LOSS_SCALE_CORE_GPU_MULTI_TENSOR_SCALE_BODY_H_
 
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 
-#include "tf_ops/cc/kernels/scale_math.h"
+#include "tf_ops/core/scale_math.h"
 
 // The per-pack arrays must live in registers: fully unrolled loops index them
 // with constants only (otherwise nvcc places them in local memory). Device
@@ -59,16 +60,6 @@
 #endif
 
 namespace fixed_loss_scale {
-
-// One tensor of a launch: out[i] = in[i] * factor for i < num_elements. `in`
-// and `out` are device pointers aligned to the element size; they are either
-// the same buffer (in place) or do not overlap.
-struct GpuTensor {
-  const void* in;
-  void* out;
-  int64_t num_elements;
-  DType dtype;
-};
 
 namespace gpu {
 
@@ -215,13 +206,13 @@ inline BufferTable BufferTableAt(void* buffer, int64_t num_tensors, ScaleFactor 
 // Writes the list into `table` (an InlineTable of enough capacity or a
 // BufferTable) and returns the total number of chunks.
 template <typename Table>
-int64_t FillTable(const GpuTensor* tensors, int64_t num_tensors, ScaleFactor factor,
+int64_t FillTable(const TensorSpan* tensors, int64_t num_tensors, ScaleFactor factor,
                   Table* table) {
   table->num_tensors = num_tensors;
   table->factor = factor;
   int64_t chunks = 0;
   for (int64_t t = 0; t < num_tensors; ++t) {
-    const GpuTensor& tensor = tensors[t];
+    const TensorSpan& tensor = tensors[t];
     table->chunk_begin[t] = chunks;
     table->in[t] = tensor.in;
     table->out[t] = tensor.out;
@@ -420,4 +411,4 @@ FLS_HOST_DEVICE void ScaleTableChunk(const Table& table, int64_t block, int thre
 }  // namespace gpu
 }  // namespace fixed_loss_scale
 
-#endif  // FIXED_LOSS_SCALE_MULTI_TENSOR_SCALE_BODY_H_
+#endif  // FIXED_LOSS_SCALE_CORE_GPU_MULTI_TENSOR_SCALE_BODY_H_

@@ -1,22 +1,20 @@
 // See multi_tensor_scale_cpu.h.
-#include "tf_ops/cc/kernels/multi_tensor_scale_cpu.h"
+#include "tf_ops/core/cpu/multi_tensor_scale_cpu.h"
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
-#include "tf_ops/cc/kernels/scale_simd_x86.h"
+#if defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
+
+#include "tf_ops/core/cpu/simd_loops.h"
+#include "tf_ops/core/scale_math.h"
 
 namespace fixed_loss_scale {
+namespace simd {
 namespace {
-
-// One loop per storage type and path, over elements [0, n) of src/dst.
-struct PathLoops {
-  void (*half)(const uint16_t* src, uint16_t* dst, int64_t n, float f);
-  void (*bfloat16)(const uint16_t* src, uint16_t* dst, int64_t n, float f);
-  void (*float32)(const float* src, float* dst, int64_t n, float f);
-  void (*float64)(const double* src, double* dst, int64_t n, double f);
-};
 
 // The portable loops: one tight loop per storage type, so the per-element switch
 // of ScaleElement stays out of the hot path.
@@ -33,15 +31,19 @@ void ScalarDouble(const double* src, double* dst, int64_t n, double f) {
   for (int64_t i = 0; i < n; ++i) dst[i] = ScaleDouble(src[i], f);
 }
 
-constexpr PathLoops kScalarLoops = {ScalarHalf, ScalarBFloat16, ScalarFloat, ScalarDouble};
+}  // namespace
+
+extern const PathLoops kScalarLoops = {ScalarHalf, ScalarBFloat16, ScalarFloat, ScalarDouble};
+
 #if defined(FLS_HAVE_X86_SIMD)
-constexpr PathLoops kAvx2Loops = {simd::ScaleHalfAvx2, simd::ScaleBFloat16Avx2,
-                                  simd::ScaleFloatAvx2, simd::ScaleDoubleAvx2};
-constexpr PathLoops kAvx512Loops = {simd::ScaleHalfAvx512, simd::ScaleBFloat16Avx512,
-                                    simd::ScaleFloatAvx512, simd::ScaleDoubleAvx512};
-constexpr PathLoops kAvx512Bf16Loops = {simd::ScaleHalfAvx512, simd::ScaleBFloat16Avx512Bf16,
-                                        simd::ScaleFloatAvx512, simd::ScaleDoubleAvx512};
+bool MxcsrFlushesSubnormals() { return (_mm_getcsr() & kMxcsrFtzDaz) == kMxcsrFtzDaz; }
 #endif
+
+}  // namespace simd
+
+namespace {
+
+using simd::PathLoops;
 
 // The loops of `path` for the calling thread: on AVX-512, the bfloat16 loop
 // depends on the thread's MXCSR (NOTE [bfloat16 convert]), read here once per
@@ -49,12 +51,12 @@ constexpr PathLoops kAvx512Bf16Loops = {simd::ScaleHalfAvx512, simd::ScaleBFloat
 const PathLoops& LoopsFor(CpuPath path) {
 #if defined(FLS_HAVE_X86_SIMD)
   if (path == CpuPath::kAvx512) {
-    return simd::CpuHasAvx512Bf16() && simd::MxcsrFlushesSubnormals() ? kAvx512Bf16Loops
-                                                                       : kAvx512Loops;
+    return simd::CpuHasAvx512Bf16() && simd::MxcsrFlushesSubnormals() ? simd::kAvx512Bf16Loops
+                                                                       : simd::kAvx512Loops;
   }
-  if (path == CpuPath::kAvx2) return kAvx2Loops;
+  if (path == CpuPath::kAvx2) return simd::kAvx2Loops;
 #endif
-  return kScalarLoops;
+  return simd::kScalarLoops;
 }
 
 CpuPath BestSupportedPath() {
@@ -125,6 +127,21 @@ bool CpuPathSupported(CpuPath path) {
   }
 }
 
+bool Avx512Bf16LoopActive() {
+#if defined(FLS_HAVE_X86_SIMD)
+  return ActiveCpuPath() == CpuPath::kAvx512 && simd::CpuHasAvx512Bf16();
+#else
+  return false;
+#endif
+}
+
+ShardPlan PlanShards(int64_t total_bytes, int64_t threads) {
+  if (threads <= 1 || total_bytes < kMinShardedBytes) return ShardPlan{total_bytes, 1};
+  const int64_t shard_bytes = std::clamp(total_bytes / (threads * kShardsPerThread) + 1,
+                                         kMinBytesPerShard, kMaxBytesPerShard);
+  return ShardPlan{shard_bytes, (total_bytes + shard_bytes - 1) / shard_bytes};
+}
+
 CpuPath ActiveCpuPath() {
   static const CpuPath path = ChoosePath();
   return path;
@@ -171,8 +188,8 @@ void ScaleByteRange(const std::vector<TensorSpan>& spans,
   for (; i < spans.size() && byte_offsets[i] < byte_end; ++i) {
     const int64_t element_size = DTypeSize(spans[i].dtype);
     const int64_t first = FirstElementAtOrAfter(byte_begin, byte_offsets[i], element_size);
-    // Most spans lie wholly inside the range: no division for them (one per
-    // span was ~8% of a call over 100 bfloat16 tensors of 256 elements, by perf).
+    // Most spans lie wholly inside the range: no division for them (a division
+    // per span showed in profiles of lists of small tensors).
     const int64_t last =
         byte_end >= byte_offsets[i + 1]
             ? spans[i].num_elements

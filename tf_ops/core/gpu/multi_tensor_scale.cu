@@ -1,8 +1,8 @@
 // See multi_tensor_scale.h. The kernels are thin wrappers of ScaleTableChunks
 // (multi_tensor_scale_body.h); this file picks the table, fills it and launches.
-#include "tf_ops/cuda/multi_tensor_scale.h"
+#include "tf_ops/core/gpu/multi_tensor_scale.h"
 
-#include "tf_ops/cuda/multi_tensor_scale_body.h"
+#include "tf_ops/core/gpu/multi_tensor_scale_body.h"
 
 namespace fixed_loss_scale {
 namespace gpu {
@@ -34,7 +34,7 @@ cudaError_t LaunchKernel(void (*kernel)(Table), const Table& table, int64_t tota
 }
 
 template <int64_t kCapacity>
-cudaError_t LaunchWithInlineTable(const GpuTensor* tensors, int64_t num_tensors,
+cudaError_t LaunchWithInlineTable(const TensorSpan* tensors, int64_t num_tensors,
                                   ScaleFactor factor, cudaStream_t stream) {
   // Up to 32 KB: a static_assert in the body header bounds the largest.
   InlineTable<kCapacity> table;
@@ -43,7 +43,7 @@ cudaError_t LaunchWithInlineTable(const GpuTensor* tensors, int64_t num_tensors,
   return LaunchKernel(ScaleInlineTableKernel<kCapacity>, table, total_chunks, stream);
 }
 
-cudaError_t LaunchWithBufferTable(const GpuTensor* tensors, int64_t num_tensors,
+cudaError_t LaunchWithBufferTable(const TensorSpan* tensors, int64_t num_tensors,
                                   ScaleFactor factor, void* host_scratch, void* device_scratch,
                                   cudaStream_t stream) {
   if (host_scratch == nullptr || device_scratch == nullptr) return cudaErrorInvalidValue;
@@ -58,7 +58,7 @@ cudaError_t LaunchWithBufferTable(const GpuTensor* tensors, int64_t num_tensors,
                       total_chunks, stream);
 }
 
-bool IsValidList(const GpuTensor* tensors, int64_t num_tensors) {
+bool IsValidList(const TensorSpan* tensors, int64_t num_tensors) {
   if (num_tensors < 0 || (num_tensors > 0 && tensors == nullptr)) return false;
   for (int64_t t = 0; t < num_tensors; ++t) {
     if (tensors[t].num_elements < 0) return false;
@@ -74,7 +74,7 @@ size_t MultiTensorScaleScratchBytes(int64_t num_tensors) {
   return gpu::BufferLayoutFor(num_tensors).total_bytes;
 }
 
-cudaError_t LaunchMultiTensorScale(const GpuTensor* tensors, int64_t num_tensors,
+cudaError_t LaunchMultiTensorScale(const TensorSpan* tensors, int64_t num_tensors,
                                    ScaleFactor factor, void* host_scratch, void* device_scratch,
                                    cudaStream_t stream) {
   if (!gpu::IsValidList(tensors, num_tensors)) return cudaErrorInvalidValue;

@@ -1,8 +1,8 @@
 // Element math shared by every kernel of this library: "x * factor in the op's
 // math type, rounded once to the storage type".
 //
-// This header has no dependency (no TensorFlow, no Eigen, no CUDA header) so
-// that the same code runs in the CPU core, in the CUDA kernel and in host-only
+// This header needs only tensor_span.h (no TensorFlow, no Eigen, no CUDA header)
+// so that the same code runs in the CPU core, in the CUDA kernel and in host-only
 // tests built with plain g++. Half and bfloat16 are handled as raw 16-bit
 // patterns; conversions are written out here rather than borrowed from Eigen or
 // cuda_fp16.h so that CPU and GPU round bit-identically, NaN payloads included.
@@ -18,42 +18,15 @@
 // quietened input NaN explicitly so both devices agree bit for bit with numpy.
 // float16 keeps the top payload bits (as numpy and x86 F16C do); bfloat16 NaN
 // becomes the canonical 0x7fc0 with the input's sign (as Eigen and ml_dtypes do).
-#ifndef FIXED_LOSS_SCALE_SCALE_MATH_H_
-#define FIXED_LOSS_SCALE_SCALE_MATH_H_
+#ifndef FIXED_LOSS_SCALE_CORE_SCALE_MATH_H_
+#define FIXED_LOSS_SCALE_CORE_SCALE_MATH_H_
 
 #include <cstdint>
 #include <cstring>
 
-#if defined(__CUDACC__)
-#define FLS_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define FLS_HOST_DEVICE inline
-#endif
+#include "tf_ops/core/tensor_span.h"
 
 namespace fixed_loss_scale {
-
-// Storage types a kernel sees. The numbering is part of the GPU chunk table.
-enum class DType : uint8_t { kHalf = 0, kBFloat16 = 1, kFloat = 2, kDouble = 3 };
-
-FLS_HOST_DEVICE int64_t DTypeSize(DType dtype) {
-  return dtype == DType::kDouble ? 8 : dtype == DType::kFloat ? 4 : 2;
-}
-
-// The multiplier, in both precisions: float32 for half/bfloat16/float32,
-// float64 for float64. For FixedUnscaleGrads, `f` is `1.0f / loss_scale` and `d`
-// is `1.0 / double(loss_scale)`; for FixedScaleLoss both are the scale itself.
-struct ScaleFactor {
-  float f;
-  double d;
-};
-
-FLS_HOST_DEVICE ScaleFactor ScaleFactorFor(float multiplier) {
-  return ScaleFactor{multiplier, static_cast<double>(multiplier)};
-}
-
-FLS_HOST_DEVICE ScaleFactor ReciprocalFactorFor(float loss_scale) {
-  return ScaleFactor{1.0f / loss_scale, 1.0 / static_cast<double>(loss_scale)};
-}
 
 template <typename To, typename From>
 FLS_HOST_DEVICE To BitCast(From from) {
@@ -266,4 +239,4 @@ FLS_HOST_DEVICE void ScaleElementFlushed(DType dtype, const void* in, void* out,
 
 }  // namespace fixed_loss_scale
 
-#endif  // FIXED_LOSS_SCALE_SCALE_MATH_H_
+#endif  // FIXED_LOSS_SCALE_CORE_SCALE_MATH_H_
