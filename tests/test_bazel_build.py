@@ -1,5 +1,6 @@
 """`make bazel` builds the op library with Bazel (through bazelisk, see
-docs/BAZEL.md), and that library loads and computes what numpy computes.
+docs/BAZEL.md), and that library loads and computes what numpy computes; it
+also runs the TF-free core's C++ tests (//tf_ops/tests:all), which pass.
 
 With WITH_CUDA=1 in config.mk (configure.sh found nvcc), Bazel builds the GPU
 variant, as `make` does: GPU kernels of both ops registered, device code in the
@@ -74,9 +75,14 @@ def _run_make_bazel():
   return process.returncode, output
 
 
+# The output of the module's one `make bazel`.
+_BUILD_OUTPUT = []
+
+
 @pytest.fixture(scope="module")
 def bazel_lib():
   returncode, output = _run_make_bazel()
+  _BUILD_OUTPUT.append(output)
   if returncode != 0:
     reasons = [line for line in output.splitlines() if line.startswith(CANNOT_INSTALL)]
     if reasons:
@@ -165,11 +171,24 @@ def test_bazel_gpu_variant_carries_device_code_and_keeps_cuda_private(bazel_lib)
 def test_bazel_device_code_is_the_make_builds(bazel_lib):
   if not _with_cuda():
     pytest.skip("CPU-only build: configure.sh found no nvcc (WITH_CUDA=0 in config.mk)")
-  device_sources = glob.glob(os.path.join(ROOT, "tf_ops", "cuda", "multi_tensor_scale*")) + \
-      glob.glob(os.path.join(ROOT, "tf_ops", "cc", "kernels", "*.h"))
+  device_sources = glob.glob(os.path.join(ROOT, "tf_ops", "core", "gpu", "*")) + \
+      glob.glob(os.path.join(ROOT, "tf_ops", "core", "*.h"))
   newest_source = max(os.path.getmtime(path) for path in device_sources)
   if not os.path.exists(MAKE_LIB) or os.path.getmtime(MAKE_LIB) < newest_source:
     pytest.skip("the Make-built library is missing or older than the CUDA sources: run make")
   # Same source, same nvcc, same flags (tf_ops/BUILD mirrors the Makefile's
   # NVCC_FLAGS): the same device code, byte for byte.
   assert _fatbin(bazel_lib) == _fatbin(MAKE_LIB)
+
+
+@pytest.mark.slow
+def test_bazel_runs_the_core_cpp_tests(bazel_lib):
+  """The host emulation and the sanitizer test (one per CPU path) ran as Bazel
+  cc_test targets, built from tf_ops/core/ without TensorFlow, and passed."""
+  output = _BUILD_OUTPUT[-1]
+  targets = ["host_emulation_test"] + [f"cpu_core_sanitizer_test_{path}"
+                                       for path in ("scalar", "avx2", "avx512")]
+  for target in targets:
+    assert re.search(rf"//tf_ops/tests:{target}\s+(\(cached\) )?PASSED", output), output[-4000:]
+  assert re.search(rf"Executed \d+ out of {len(targets)} tests: {len(targets)} tests pass",
+                   output), output[-4000:]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the op library with Bazel, through bazelisk, and copies it to
-# build/bazel/_fixed_loss_scale_ops.so (`make bazel` runs this; see docs/BAZEL.md).
+# build/bazel/_fixed_loss_scale_ops.so, then runs the core's C++ tests
+# (//tf_ops/tests:all) (`make bazel` runs this; see docs/BAZEL.md).
 #
 # Which Bazel bazelisk runs:
 #   - USE_BAZEL_VERSION, when you set it (a version bazelisk downloads, or a path);
@@ -9,7 +10,8 @@
 #   - else the version in .bazelversion, which bazelisk downloads (needs a network).
 # Debian's Bazel has no bundled copies of the rules its own tools load, so for it
 # rules_java comes from Debian's bazel-rules-java and rules_cc from the stand-in
-# in third_party/rules_cc (--override_repository).
+# in third_party/rules_cc, and `bazel test`'s remote_coverage_tools from the one in
+# third_party/remote_coverage_tools (--override_repository).
 # bazelisk comes from npm into .bazelisk/ (gitignored) when it is not on PATH.
 #
 # Usage: tools/bazel_build.sh [extra `bazel build` arguments]
@@ -71,7 +73,8 @@ if [[ ${USE_BAZEL_VERSION:-} == "$DEBIAN_BAZEL" ]]; then
       cannot_install "$DEBIAN_RULES_JAVA is missing (Debian package bazel-rules-java; install it as root)"
   fi
   overrides=(--override_repository=rules_cc="$ROOT/third_party/rules_cc"
-             --override_repository=rules_java="$DEBIAN_RULES_JAVA")
+             --override_repository=rules_java="$DEBIAN_RULES_JAVA"
+             --override_repository=remote_coverage_tools="$ROOT/third_party/remote_coverage_tools")
 fi
 
 # ---- bazelisk ----------------------------------------------------------------
@@ -122,3 +125,6 @@ bin_dir=$(bazel info "${overrides[@]}" "$@" bazel-bin)
 mkdir -p "$OUT_DIR"
 install -m 0755 "$bin_dir/tf_ops/$LIB_NAME" "$OUT_DIR/$LIB_NAME"
 say "built $OUT_DIR/$LIB_NAME"
+# The core's TF-free C++ tests (tf_ops/tests/BUILD): host emulation, sanitizers.
+bazel test --jobs="${FLS_BAZEL_JOBS:-2}" --test_output=errors "${overrides[@]}" "$@" //tf_ops/tests:all
+say "core C++ tests passed"

@@ -32,6 +32,8 @@ _CUDA_ENV = [
 # configure.sh's flag sets, shared with the Makefile (config.mk).
 _FLAG_ENV = [
     "FLS_CXX_FLAGS",
+    "FLS_TEST_CXX_FLAGS",
+    "FLS_SANITIZER_FLAGS",
     "FLS_GPU_DEFINES",
     "FLS_NVCC_FLAGS",
 ]
@@ -85,6 +87,8 @@ def _tf_configure_impl(ctx):
         "FLS_CUDA_PTX_ARCH = %s" % repr(env.get("FLS_CUDA_PTX_ARCH", "")),
         "FLS_TF_CUDA_INCLUDE = %s" % repr(env.get("FLS_TF_CUDA_INCLUDE", "")),
         "FLS_CXX_FLAGS = %s" % repr(_split(env.get("FLS_CXX_FLAGS", ""))),
+        "FLS_TEST_CXX_FLAGS = %s" % repr(_split(env.get("FLS_TEST_CXX_FLAGS", ""))),
+        "FLS_SANITIZER_FLAGS = %s" % repr(_split(env.get("FLS_SANITIZER_FLAGS", ""))),
         "FLS_GPU_DEFINES = %s" % repr(_split(env.get("FLS_GPU_DEFINES", ""))),
         "FLS_NVCC_FLAGS = %s" % repr(env.get("FLS_NVCC_FLAGS", "")),
         "",
