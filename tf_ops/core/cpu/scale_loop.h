@@ -42,6 +42,7 @@
 
 #include <cstdint>
 
+#include "tf_ops/core/cpu/simd_loops.h"
 #include "tf_ops/core/scale_math.h"
 
 #define FLS_SIMD_INLINE FLS_SIMD_TARGET __attribute__((always_inline)) inline
@@ -97,6 +98,85 @@ FLS_SIMD_TARGET void ScaleLoop(const typename Traits::Element* src,
     for (; i < n; ++i) dst[i] = Traits::ScaleOne(src[i], f);
   }
 }
+
+// Float products, as the bits of a GCC vector of uint32_t (any width) -> their
+// bfloat16 bits rounded to nearest-even, in the low 16 bits of each lane, as
+// FloatToBFloat16Bits (NaNs are set by the caller from the inputs).
+template <typename U32Vector>
+FLS_SIMD_INLINE U32Vector RoundToBFloat16Bits(U32Vector bits) {
+  return (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+}
+
+// The traits of float and double, for every ISA: x * f in the element's own
+// precision, with one ISA's register primitives `Ops` (Splat, LoadU, StoreU, Mul
+// overloaded for float and double; MaskedLoadU and MaskedStoreU where kMasked).
+// No prefetch (NOTE [16-bit prefetch]).
+template <typename T, typename Ops>
+struct MultiplyTraits {
+  using Element = T;
+  using Factor = T;
+  using Vector = decltype(Ops::LoadU(static_cast<const T*>(nullptr)));
+  using Multiplier = Vector;
+  static constexpr int kLanes = static_cast<int>(sizeof(Vector) / sizeof(T));
+  static constexpr int kUnroll = 4;
+  static constexpr int kPrefetchBytes = 0;
+  static constexpr bool kMaskedTail = Ops::kMasked;
+  FLS_SIMD_INLINE static Multiplier Broadcast(T f) { return Ops::Splat(f); }
+  FLS_SIMD_INLINE static Vector Load(const T* p) { return Ops::LoadU(p); }
+  FLS_SIMD_INLINE static void Store(T* p, Vector v) { Ops::StoreU(p, v); }
+  FLS_SIMD_INLINE static Vector Scale(Vector v, Multiplier m) { return Ops::Mul(v, m); }
+  FLS_SIMD_INLINE static Vector MaskedLoad(const T* p, int count) {
+    return Ops::MaskedLoadU(p, count);
+  }
+  FLS_SIMD_INLINE static void MaskedStore(T* p, int count, Vector v) {
+    Ops::MaskedStoreU(p, count, v);
+  }
+  static T ScaleOne(T x, T f) {
+    if constexpr (sizeof(T) == 4) {
+      return ScaleFloat(x, f);
+    } else {
+      return ScaleDouble(x, f);
+    }
+  }
+};
+
+// The storage side of the half and bfloat16 traits, for every ISA: kLanes
+// 16-bit patterns in one register of `Ops` (LoadBits<kLanes>, StoreBits, and
+// the masked pair where kMasked), the math in `Ops`' float registers. The
+// traits add kUnroll, kPrefetchBytes, Scale and ScaleOne.
+template <int kLanesPerRegister, typename Ops>
+struct Bits16Storage {
+  using Element = uint16_t;
+  using Factor = float;
+  using Vector = decltype(Ops::template LoadBits<kLanesPerRegister>(nullptr));
+  using Multiplier = decltype(Ops::Splat(0.0f));
+  static constexpr int kLanes = kLanesPerRegister;
+  static constexpr bool kMaskedTail = Ops::kMasked;
+  FLS_SIMD_INLINE static Multiplier Broadcast(float f) { return Ops::Splat(f); }
+  FLS_SIMD_INLINE static Vector Load(const uint16_t* p) { return Ops::template LoadBits<kLanes>(p); }
+  FLS_SIMD_INLINE static void Store(uint16_t* p, Vector v) { Ops::StoreBits(p, v); }
+  FLS_SIMD_INLINE static Vector MaskedLoad(const uint16_t* p, int count) {
+    return Ops::template MaskedLoadBits<kLanes>(p, count);
+  }
+  FLS_SIMD_INLINE static void MaskedStore(uint16_t* p, int count, Vector v) {
+    Ops::MaskedStoreBits(p, count, v);
+  }
+};
+
+// Half, for every ISA: widened to floats exactly (VCVTPH2PS), multiplied,
+// narrowed with round-to-nearest-even (VCVTPS2PH); simd_loops.h says why these
+// are the scalar bits. `Ops` gives kHalfLanes, FloatsFromHalves, HalvesFromFloats.
+template <typename Ops>
+struct HalfTraits : Bits16Storage<Ops::kHalfLanes, Ops> {
+  using Vector = typename Bits16Storage<Ops::kHalfLanes, Ops>::Vector;
+  using Multiplier = typename Bits16Storage<Ops::kHalfLanes, Ops>::Multiplier;
+  static constexpr int kUnroll = 4;
+  static constexpr int kPrefetchBytes = kPrefetchBytes16;
+  FLS_SIMD_INLINE static Vector Scale(Vector h, Multiplier m) {
+    return Ops::HalvesFromFloats(Ops::Mul(Ops::FloatsFromHalves(h), m));
+  }
+  static uint16_t ScaleOne(uint16_t x, float f) { return ScaleHalfBits(x, f); }
+};
 
 }  // namespace
 }  // namespace simd

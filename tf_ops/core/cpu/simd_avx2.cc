@@ -18,84 +18,49 @@ namespace fixed_loss_scale {
 namespace simd {
 namespace {
 
-struct FloatTraits {
-  using Element = float;
-  using Factor = float;
-  using Vector = __m256;
-  using Multiplier = __m256;
-  static constexpr int kLanes = 8;
-  static constexpr int kUnroll = 4;
-  static constexpr int kPrefetchBytes = 0;
-  static constexpr bool kMaskedTail = false;
-  FLS_SIMD_INLINE static Multiplier Broadcast(float f) { return _mm256_set1_ps(f); }
-  FLS_SIMD_INLINE static Vector Load(const float* p) { return _mm256_loadu_ps(p); }
-  FLS_SIMD_INLINE static void Store(float* p, Vector v) { _mm256_storeu_ps(p, v); }
-  FLS_SIMD_INLINE static Vector Scale(Vector v, Multiplier m) { return _mm256_mul_ps(v, m); }
-  static float ScaleOne(float x, float f) { return ScaleFloat(x, f); }
-};
-
-struct DoubleTraits {
-  using Element = double;
-  using Factor = double;
-  using Vector = __m256d;
-  using Multiplier = __m256d;
-  static constexpr int kLanes = 4;
-  static constexpr int kUnroll = 4;
-  static constexpr int kPrefetchBytes = 0;
-  static constexpr bool kMaskedTail = false;
-  FLS_SIMD_INLINE static Multiplier Broadcast(double f) { return _mm256_set1_pd(f); }
-  FLS_SIMD_INLINE static Vector Load(const double* p) { return _mm256_loadu_pd(p); }
-  FLS_SIMD_INLINE static void Store(double* p, Vector v) { _mm256_storeu_pd(p, v); }
-  FLS_SIMD_INLINE static Vector Scale(Vector v, Multiplier m) { return _mm256_mul_pd(v, m); }
-  static double ScaleOne(double x, double f) { return ScaleDouble(x, f); }
-};
-
-// What the half and bfloat16 loops share: the bits as uint16_t, the math in float.
-struct Bits16 {
-  using Element = uint16_t;
-  using Factor = float;
-  using Multiplier = __m256;
-  static constexpr int kPrefetchBytes = kPrefetchBytes16;
-  static constexpr bool kMaskedTail = false;
-  FLS_SIMD_INLINE static Multiplier Broadcast(float f) { return _mm256_set1_ps(f); }
-};
-
-struct HalfTraits : Bits16 {
-  using Vector = __m128i;
-  static constexpr int kLanes = 8;
-  static constexpr int kUnroll = 4;
-  FLS_SIMD_INLINE static Vector Load(const uint16_t* p) {
-    return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+// The 256-bit primitives of MultiplyTraits (scale_loop.h).
+struct Ops {
+  static constexpr bool kMasked = false;
+  FLS_SIMD_INLINE static __m256 Splat(float f) { return _mm256_set1_ps(f); }
+  FLS_SIMD_INLINE static __m256d Splat(double f) { return _mm256_set1_pd(f); }
+  FLS_SIMD_INLINE static __m256 LoadU(const float* p) { return _mm256_loadu_ps(p); }
+  FLS_SIMD_INLINE static __m256d LoadU(const double* p) { return _mm256_loadu_pd(p); }
+  FLS_SIMD_INLINE static void StoreU(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+  FLS_SIMD_INLINE static void StoreU(double* p, __m256d v) { _mm256_storeu_pd(p, v); }
+  FLS_SIMD_INLINE static __m256 Mul(__m256 a, __m256 b) { return _mm256_mul_ps(a, b); }
+  FLS_SIMD_INLINE static __m256d Mul(__m256d a, __m256d b) { return _mm256_mul_pd(a, b); }
+  // Half: 8 in a 128-bit register, as 8 floats.
+  static constexpr int kHalfLanes = 8;
+  FLS_SIMD_INLINE static __m256 FloatsFromHalves(__m128i h) { return _mm256_cvtph_ps(h); }
+  FLS_SIMD_INLINE static __m128i HalvesFromFloats(__m256 x) {
+    return _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   }
-  FLS_SIMD_INLINE static void Store(uint16_t* p, Vector v) {
+  // 8 (half) or 16 (bfloat16) 16-bit patterns (Bits16Storage).
+  template <int kLanes>
+  FLS_SIMD_INLINE static auto LoadBits(const uint16_t* p) {
+    if constexpr (kLanes == 8) {
+      return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    } else {
+      return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    }
+  }
+  FLS_SIMD_INLINE static void StoreBits(uint16_t* p, __m128i v) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), v);
   }
-  FLS_SIMD_INLINE static Vector Scale(Vector h, Multiplier m) {
-    return _mm256_cvtps_ph(_mm256_mul_ps(_mm256_cvtph_ps(h), m),
-                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  }
-  static uint16_t ScaleOne(uint16_t x, float f) { return ScaleHalfBits(x, f); }
-};
-
-// Eight float products -> their bfloat16 bits rounded to nearest-even, in the
-// low 16 bits of each 32-bit lane (NaNs are fixed by the caller).
-FLS_SIMD_INLINE __m256i RoundToBFloat16(__m256 p) {
-  const __m256i bits = _mm256_castps_si256(p);
-  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
-  return _mm256_srli_epi32(
-      _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7fff)), odd), 16);
-}
-
-struct BFloat16Traits : Bits16 {
-  using Vector = __m256i;
-  static constexpr int kLanes = 16;
-  static constexpr int kUnroll = 2;
-  FLS_SIMD_INLINE static Vector Load(const uint16_t* p) {
-    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  }
-  FLS_SIMD_INLINE static void Store(uint16_t* p, Vector v) {
+  FLS_SIMD_INLINE static void StoreBits(uint16_t* p, __m256i v) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
   }
+};
+
+// Eight float products -> their bfloat16 bits, in the low half of each lane.
+FLS_SIMD_INLINE __m256i RoundToBFloat16(__m256 p) {
+  typedef uint32_t U32x8 __attribute__((vector_size(32)));
+  return reinterpret_cast<__m256i>(RoundToBFloat16Bits(reinterpret_cast<U32x8>(p)));
+}
+
+struct BFloat16Traits : Bits16Storage<16, Ops> {
+  static constexpr int kUnroll = 2;
+  static constexpr int kPrefetchBytes = kPrefetchBytes16;
   // Sixteen bfloat16 -> float -> * f -> bfloat16. Interleaving with zero widens
   // each bfloat16 into the high half of a float with no cross-lane shuffle; the
   // unpacks and packus all work per 128-bit lane, so packus puts every result
@@ -120,8 +85,9 @@ struct BFloat16Traits : Bits16 {
 
 }  // namespace
 
-extern const PathLoops kAvx2Loops = {ScaleLoop<HalfTraits>, ScaleLoop<BFloat16Traits>,
-                                     ScaleLoop<FloatTraits>, ScaleLoop<DoubleTraits>};
+extern const PathLoops kAvx2Loops = {ScaleLoop<HalfTraits<Ops>>, ScaleLoop<BFloat16Traits>,
+                                     ScaleLoop<MultiplyTraits<float, Ops>>,
+                                     ScaleLoop<MultiplyTraits<double, Ops>>};
 
 }  // namespace simd
 }  // namespace fixed_loss_scale

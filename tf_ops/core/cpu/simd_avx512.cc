@@ -20,93 +20,16 @@
 #define FLS_SIMD_TARGET __attribute__((target("avx2,f16c,fma,avx512f,avx512bw,avx512vl")))
 #include "tf_ops/core/cpu/scale_loop.h"
 // (after scale_loop.h, which defines FLS_SIMD_INLINE)
-#include "tf_ops/core/cpu/avx512_bfloat16.h"
+#include "tf_ops/core/cpu/avx512_ops.h"
 
 namespace fixed_loss_scale {
 namespace simd {
 namespace {
 
-struct FloatTraits {
-  using Element = float;
-  using Factor = float;
-  using Vector = __m512;
-  using Multiplier = __m512;
-  static constexpr int kLanes = 16;
-  static constexpr int kUnroll = 4;
-  static constexpr int kPrefetchBytes = 0;
-  static constexpr bool kMaskedTail = true;
-  FLS_SIMD_INLINE static Multiplier Broadcast(float f) { return _mm512_set1_ps(f); }
-  FLS_SIMD_INLINE static Vector Load(const float* p) { return _mm512_loadu_ps(p); }
-  FLS_SIMD_INLINE static void Store(float* p, Vector v) { _mm512_storeu_ps(p, v); }
-  FLS_SIMD_INLINE static Vector MaskedLoad(const float* p, int count) {
-    return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << count) - 1), p);
-  }
-  FLS_SIMD_INLINE static void MaskedStore(float* p, int count, Vector v) {
-    _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << count) - 1), v);
-  }
-  FLS_SIMD_INLINE static Vector Scale(Vector v, Multiplier m) { return _mm512_mul_ps(v, m); }
-  static float ScaleOne(float x, float f) { return ScaleFloat(x, f); }
-};
-
-struct DoubleTraits {
-  using Element = double;
-  using Factor = double;
-  using Vector = __m512d;
-  using Multiplier = __m512d;
-  static constexpr int kLanes = 8;
-  static constexpr int kUnroll = 4;
-  static constexpr int kPrefetchBytes = 0;
-  static constexpr bool kMaskedTail = true;
-  FLS_SIMD_INLINE static Multiplier Broadcast(double f) { return _mm512_set1_pd(f); }
-  FLS_SIMD_INLINE static Vector Load(const double* p) { return _mm512_loadu_pd(p); }
-  FLS_SIMD_INLINE static void Store(double* p, Vector v) { _mm512_storeu_pd(p, v); }
-  FLS_SIMD_INLINE static Vector MaskedLoad(const double* p, int count) {
-    return _mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << count) - 1), p);
-  }
-  FLS_SIMD_INLINE static void MaskedStore(double* p, int count, Vector v) {
-    _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << count) - 1), v);
-  }
-  FLS_SIMD_INLINE static Vector Scale(Vector v, Multiplier m) { return _mm512_mul_pd(v, m); }
-  static double ScaleOne(double x, double f) { return ScaleDouble(x, f); }
-};
-
-// Sixteen halves in a 256-bit register, widened to one 512-bit float vector.
-struct HalfTraits {
-  using Element = uint16_t;
-  using Factor = float;
-  using Vector = __m256i;
-  using Multiplier = __m512;
-  static constexpr int kLanes = 16;
-  static constexpr int kUnroll = 4;
-  static constexpr int kPrefetchBytes = kPrefetchBytes16;
-  static constexpr bool kMaskedTail = true;
-  FLS_SIMD_INLINE static Multiplier Broadcast(float f) { return _mm512_set1_ps(f); }
-  FLS_SIMD_INLINE static Vector Load(const uint16_t* p) {
-    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  }
-  FLS_SIMD_INLINE static void Store(uint16_t* p, Vector v) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
-  }
-  FLS_SIMD_INLINE static Vector MaskedLoad(const uint16_t* p, int count) {
-    return _mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << count) - 1), p);
-  }
-  FLS_SIMD_INLINE static void MaskedStore(uint16_t* p, int count, Vector v) {
-    _mm256_mask_storeu_epi16(p, static_cast<__mmask16>((1u << count) - 1), v);
-  }
-  FLS_SIMD_INLINE static Vector Scale(Vector h, Multiplier m) {
-    return _mm512_cvtps_ph(_mm512_mul_ps(_mm512_cvtph_ps(h), m),
-                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  }
-  static uint16_t ScaleOne(uint16_t x, float f) { return ScaleHalfBits(x, f); }
-};
-
-// Sixteen float products -> their bfloat16 bits rounded to nearest-even, in the
-// low 16 bits of each 32-bit lane (NaNs are fixed by the caller).
+// Sixteen float products -> their bfloat16 bits, in the low half of each lane.
 FLS_SIMD_INLINE __m512i RoundToBFloat16(__m512 p) {
-  const __m512i bits = _mm512_castps_si512(p);
-  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  return _mm512_srli_epi32(
-      _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)), odd), 16);
+  typedef uint32_t U32x16 __attribute__((vector_size(64)));
+  return reinterpret_cast<__m512i>(RoundToBFloat16Bits(reinterpret_cast<U32x16>(p)));
 }
 
 // 32 bfloat16 -> float -> * f -> bfloat16 in integer lanes: widened by
@@ -127,10 +50,12 @@ struct BFloat16Traits : BFloat16x32 {
 
 }  // namespace
 
-extern const PathLoops kAvx512Loops = {ScaleLoop<HalfTraits>, ScaleLoop<BFloat16Traits>,
-                                       ScaleLoop<FloatTraits>, ScaleLoop<DoubleTraits>};
-extern const PathLoops kAvx512Bf16Loops = {ScaleLoop<HalfTraits>, ScaleBFloat16ConvertLoop,
-                                           ScaleLoop<FloatTraits>, ScaleLoop<DoubleTraits>};
+extern const PathLoops kAvx512Loops = {ScaleLoop<HalfTraits<Ops>>, ScaleLoop<BFloat16Traits>,
+                                       ScaleLoop<MultiplyTraits<float, Ops>>,
+                                       ScaleLoop<MultiplyTraits<double, Ops>>};
+extern const PathLoops kAvx512Bf16Loops = {ScaleLoop<HalfTraits<Ops>>, ScaleBFloat16ConvertLoop,
+                                           ScaleLoop<MultiplyTraits<float, Ops>>,
+                                           ScaleLoop<MultiplyTraits<double, Ops>>};
 
 }  // namespace simd
 }  // namespace fixed_loss_scale

@@ -18,7 +18,7 @@
   __attribute__((target("avx2,f16c,fma,avx512f,avx512bw,avx512vl,avx512bf16")))
 #include "tf_ops/core/cpu/scale_loop.h"
 // (after scale_loop.h, which defines FLS_SIMD_INLINE)
-#include "tf_ops/core/cpu/avx512_bfloat16.h"
+#include "tf_ops/core/cpu/avx512_ops.h"
 
 namespace fixed_loss_scale {
 namespace simd {

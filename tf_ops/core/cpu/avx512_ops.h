@@ -1,0 +1,103 @@
+// What the two AVX-512 translation units share (simd_avx512.cc and
+// simd_avx512_bf16.cc): the 512-bit register primitives of the traits
+// templates of scale_loop.h, with masks for the remainder, and the NaN rule of
+// both bfloat16 loops. Included after scale_loop.h, compiled for the includer's
+// FLS_SIMD_TARGET (NOTE [one target per translation unit]).
+#ifndef FIXED_LOSS_SCALE_CORE_CPU_AVX512_OPS_H_
+#define FIXED_LOSS_SCALE_CORE_CPU_AVX512_OPS_H_
+
+#ifndef FLS_SIMD_INLINE
+#error "include scale_loop.h first"
+#endif
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace fixed_loss_scale {
+namespace simd {
+namespace {
+
+// The low `count` lanes.
+constexpr uint32_t LowLanes(int count) { return static_cast<uint32_t>((1ull << count) - 1); }
+
+struct Ops {
+  static constexpr bool kMasked = true;
+  FLS_SIMD_INLINE static __m512 Splat(float f) { return _mm512_set1_ps(f); }
+  FLS_SIMD_INLINE static __m512d Splat(double f) { return _mm512_set1_pd(f); }
+  FLS_SIMD_INLINE static __m512 LoadU(const float* p) { return _mm512_loadu_ps(p); }
+  FLS_SIMD_INLINE static __m512d LoadU(const double* p) { return _mm512_loadu_pd(p); }
+  FLS_SIMD_INLINE static void StoreU(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+  FLS_SIMD_INLINE static void StoreU(double* p, __m512d v) { _mm512_storeu_pd(p, v); }
+  FLS_SIMD_INLINE static __m512 Mul(__m512 a, __m512 b) { return _mm512_mul_ps(a, b); }
+  FLS_SIMD_INLINE static __m512d Mul(__m512d a, __m512d b) { return _mm512_mul_pd(a, b); }
+  FLS_SIMD_INLINE static __m512 MaskedLoadU(const float* p, int count) {
+    return _mm512_maskz_loadu_ps(static_cast<__mmask16>(LowLanes(count)), p);
+  }
+  FLS_SIMD_INLINE static __m512d MaskedLoadU(const double* p, int count) {
+    return _mm512_maskz_loadu_pd(static_cast<__mmask8>(LowLanes(count)), p);
+  }
+  FLS_SIMD_INLINE static void MaskedStoreU(float* p, int count, __m512 v) {
+    _mm512_mask_storeu_ps(p, static_cast<__mmask16>(LowLanes(count)), v);
+  }
+  FLS_SIMD_INLINE static void MaskedStoreU(double* p, int count, __m512d v) {
+    _mm512_mask_storeu_pd(p, static_cast<__mmask8>(LowLanes(count)), v);
+  }
+  // Half: 16 in a 256-bit register, as 16 floats.
+  static constexpr int kHalfLanes = 16;
+  FLS_SIMD_INLINE static __m512 FloatsFromHalves(__m256i h) { return _mm512_cvtph_ps(h); }
+  FLS_SIMD_INLINE static __m256i HalvesFromFloats(__m512 x) {
+    return _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  // 16 (half) or 32 (bfloat16) 16-bit patterns.
+  template <int kLanes>
+  FLS_SIMD_INLINE static auto LoadBits(const uint16_t* p) {
+    if constexpr (kLanes == 16) {
+      return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    } else {
+      return _mm512_loadu_si512(p);
+    }
+  }
+  template <int kLanes>
+  FLS_SIMD_INLINE static auto MaskedLoadBits(const uint16_t* p, int count) {
+    if constexpr (kLanes == 16) {
+      return _mm256_maskz_loadu_epi16(static_cast<__mmask16>(LowLanes(count)), p);
+    } else {
+      return _mm512_maskz_loadu_epi16(static_cast<__mmask32>(LowLanes(count)), p);
+    }
+  }
+  FLS_SIMD_INLINE static void StoreBits(uint16_t* p, __m256i v) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
+  }
+  FLS_SIMD_INLINE static void StoreBits(uint16_t* p, __m512i v) { _mm512_storeu_si512(p, v); }
+  FLS_SIMD_INLINE static void MaskedStoreBits(uint16_t* p, int count, __m256i v) {
+    _mm256_mask_storeu_epi16(p, static_cast<__mmask16>(LowLanes(count)), v);
+  }
+  FLS_SIMD_INLINE static void MaskedStoreBits(uint16_t* p, int count, __m512i v) {
+    _mm512_mask_storeu_epi16(p, static_cast<__mmask32>(LowLanes(count)), v);
+  }
+};
+
+// Where a bfloat16 input of `b` is NaN, sign|0x7fc0 instead of `rounded` (see
+// simd_loops.h for NaN products).
+FLS_SIMD_INLINE __m512i WithBFloat16NaNs(__m512i rounded, __m512i b) {
+  const __m512i sign_bit = _mm512_set1_epi16(static_cast<int16_t>(0x8000));
+  const __mmask32 is_nan =
+      _mm512_cmpgt_epu16_mask(_mm512_andnot_si512(sign_bit, b), _mm512_set1_epi16(0x7f80));
+  if (__builtin_expect(is_nan == 0, 1)) return rounded;
+  // (b & sign_bit) | 0x7fc0 in one instruction.
+  const __m512i nan = _mm512_ternarylogic_epi32(b, sign_bit, _mm512_set1_epi16(0x7fc0), 0xea);
+  return _mm512_mask_mov_epi16(rounded, is_nan, nan);
+}
+
+// The storage of both bfloat16 loops: 32 patterns in a register, unrolled twice.
+struct BFloat16x32 : Bits16Storage<32, Ops> {
+  static constexpr int kUnroll = 2;
+  static uint16_t ScaleOne(uint16_t x, float f) { return ScaleBFloat16Bits(x, f); }
+};
+
+}  // namespace
+}  // namespace simd
+}  // namespace fixed_loss_scale
+
+#endif  // FIXED_LOSS_SCALE_CORE_CPU_AVX512_OPS_H_
