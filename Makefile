@@ -3,7 +3,8 @@
 #   make            build the op library into python/fixed_loss_scale/
 #   make demo       set up .venv, build, install, run demo/demo.py
 #   make test       set up .venv, build, install, run the whole test suite
-#   make wheel      build dist/*.whl containing the library
+#   make wheel      build dist/*.whl containing the library (the pip build path)
+#   make sdist      build dist/*.tar.gz, the sources pip builds a wheel from
 #   make bazel      build the same library with Bazel (through bazelisk)
 SHELL := /bin/bash
 .DEFAULT_GOAL := all
@@ -24,7 +25,7 @@ CONFIG_DEPS := $(VENV_STAMP)
 endif
 
 # config.mk is (re)made before anything else whenever it is missing or stale.
-ifeq ($(filter clean venv,$(MAKECMDGOALS)),)
+ifeq ($(filter clean venv sdist,$(MAKECMDGOALS)),)
 -include config.mk
 endif
 config.mk: configure.sh $(CONFIG_DEPS)
@@ -36,7 +37,7 @@ $(VENV_STAMP): requirements.txt
 	$(VENV_PY) -m pip install --quiet -r requirements.txt
 	@touch $@
 
-.PHONY: all venv install demo test wheel bazel clean
+.PHONY: all venv install demo test wheel sdist bazel clean
 venv: $(VENV_STAMP)
 
 # ---- the op library -------------------------------------------------------
@@ -128,7 +129,7 @@ all: $(LIB)
 # The package installed into .venv in editable mode: `import fixed_loss_scale`
 # works from any directory and always sees the library just built.
 INSTALL_STAMP := $(VENV)/.fixed-loss-scale-installed
-$(INSTALL_STAMP): setup.py $(VENV_STAMP)
+$(INSTALL_STAMP): setup.py pyproject.toml tools/fls_build_backend.py $(VENV_STAMP)
 	$(VENV_PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $@
 install: $(LIB) $(INSTALL_STAMP)
@@ -140,11 +141,17 @@ demo: install
 test: install
 	$(VENV_PY) -m pytest tests $(PYTEST_ARGS)
 
+# Both go through the PEP 517 backend (tools/fls_build_backend.py) that pip uses:
+# `make wheel` is `pip wheel --no-build-isolation .` against $(PYTHON)'s
+# TensorFlow (the library just built, as configured), requiring that minor
+# version; `make sdist` packs the sources only (no configure, no TensorFlow).
 WHEEL_DIR ?= dist
+SDIST_DIR ?= dist
 wheel: $(LIB)
-	rm -rf $(BUILD_DIR)/lib $(BUILD_DIR)/bdist.*
 	$(PYTHON) -m pip wheel --quiet --no-deps --no-build-isolation -w $(WHEEL_DIR) .
 	@ls -1 $(WHEEL_DIR)/*.whl
+sdist: $(CONFIG_DEPS)
+	$(PYTHON) tools/fls_build_backend.py sdist $(SDIST_DIR)
 
 clean:
 	rm -rf $(BUILD_DIR) dist *.egg-info python/*.egg-info $(LIB) config.mk .configure.bazelrc \

@@ -38,7 +38,19 @@ print(f"TF_DEFINES={shlex.quote(defines)}")
 print(f"PYTHON_BIN={os.path.abspath(sys.executable)}")
 print(f"PYTHON_VERSION={sys.version_info.major}.{sys.version_info.minor}")
 PY
-) || { cat "$tf_log" >&2; echo "configure: '$PYTHON' cannot import tensorflow" >&2; exit 1; }
+) || {
+  # No Python or no TensorFlow is one line that says what to install (pip shows
+  # it as the build's error); any other failure shows Python's messages first.
+  if ! command -v "$PYTHON" >/dev/null; then
+    echo "configure: no Python at '$PYTHON': set PYTHON=/path/to/python3, one with TensorFlow" >&2
+  elif grep -q "No module named 'tensorflow'" "$tf_log"; then
+    echo "configure: no TensorFlow for $PYTHON: install it there (pip install tensorflow), or set PYTHON to a Python that has it" >&2
+  else
+    cat "$tf_log" >&2
+    echo "configure: '$PYTHON' cannot import tensorflow (its error is above)" >&2
+  fi
+  exit 1
+}
 eval "$tf_vars"
 
 find_nvcc() {

@@ -1,8 +1,14 @@
-"""Packaging for tf-fixed-loss-scale: the Python package plus the prebuilt op library.
+"""What pyproject.toml cannot say statically: the wheel's TensorFlow requirement
+and its platform tag.
 
-Build the library first (`make`); `make wheel` then packs it into a
-platform-specific wheel.
+Build through the PEP 517 backend (`pip install .`, `pip wheel .`, `make wheel`,
+`make sdist`; see tools/fls_build_backend.py), which builds the op library with
+./configure.sh and make first and sets FLS_TENSORFLOW_REQUIREMENT to the
+TensorFlow minor version it was built for. Without it (an sdist) the requirement
+is plain `tensorflow`: the sdist builds for whichever TensorFlow it finds.
 """
+
+import os
 
 import setuptools
 from setuptools.dist import Distribution
@@ -16,14 +22,7 @@ class BinaryDistribution(Distribution):
 
 
 setuptools.setup(
-    name="tf-fixed-loss-scale",
-    version="0.1.0",
-    description="FixedLossScale for TensorFlow 2 as fused graph-native custom ops",
-    package_dir={"": "python"},
-    packages=["fixed_loss_scale"],
-    package_data={"fixed_loss_scale": ["_fixed_loss_scale_ops.so", "_build_info.json"]},
-    python_requires=">=3.9",
-    install_requires=["tensorflow", "numpy"],
+    install_requires=[os.environ.get("FLS_TENSORFLOW_REQUIREMENT") or "tensorflow", "numpy"],
     distclass=BinaryDistribution,
     zip_safe=False,
 )

@@ -34,4 +34,4 @@ __all__ = [
     "serialize",
     "unscale_gradients",
 ]
-__version__ = "0.1.0"
+from fixed_loss_scale._version import __version__  # noqa: E402  (one definition)
