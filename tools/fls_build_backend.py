@@ -76,6 +76,14 @@ def _tensorflow_distribution():
   return names[0]
 
 
+def _tensorflow_location():
+  """The directory of the `tensorflow` package this Python imports (its TF_LIBDIR)."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.find_spec("tensorflow")
+  locations = list(spec.submodule_search_locations or []) if spec else []
+  return locations[0] if locations else None
+
+
 def _check_tools():
   if shutil.which("make") is None:
     _fail("`make` not found: install GNU make (Debian/Ubuntu: apt-get install make)")
@@ -129,6 +137,11 @@ def _needs_configure(distribution):
   installed = _installed_tensorflow_version(distribution)
   if installed is not None and config.get("TF_VERSION") != installed:
     return f"config.mk is for TensorFlow {config.get('TF_VERSION')}, {installed} is installed"
+  # Same Python, another TensorFlow: pip's isolated build environment puts its
+  # own TensorFlow in front of the interpreter's.
+  location = _tensorflow_location()
+  if location and os.path.realpath(config.get("TF_LIBDIR", "")) != os.path.realpath(location):
+    return f"config.mk is for the TensorFlow in {config.get('TF_LIBDIR')}, building with {location}"
   wanted = os.environ.get("FLS_WITH_CUDA")
   if wanted == "0" and config.get("WITH_CUDA") != "0":
     return "FLS_WITH_CUDA=0 and config.mk has the CUDA kernels"
@@ -218,8 +231,8 @@ def get_requires_for_build_sdist(config_settings=None):
 
 
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
-  backend = _setuptools_backend()
   _build_library()
+  backend = _setuptools_backend()
   _remove_stale_setuptools_output()
   _say("packing the wheel")
   name = backend.build_wheel(wheel_directory, config_settings, None)
@@ -228,8 +241,8 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
 
 
 def build_editable(wheel_directory, config_settings=None, metadata_directory=None):
-  backend = _setuptools_backend()
   _build_library()
+  backend = _setuptools_backend()
   _remove_stale_setuptools_output()
   return backend.build_editable(wheel_directory, config_settings, None)
 
