@@ -96,19 +96,61 @@ FLS_HOST_DEVICE uint16_t FloatToBFloat16Bits(float value) {
   return static_cast<uint16_t>((bits + rounding_bias) >> 16);
 }
 
+// The IEEE binary32 and binary64 layouts, for the float32 and float64 math
+// below, which is written once over the type. Only these two specialisations
+// exist.
+template <typename T>
+struct FloatLayout;
+
+template <>
+struct FloatLayout<float> {
+  using Bits = uint32_t;
+  static constexpr Bits kSign = 0x80000000u;
+  static constexpr Bits kMagnitude = 0x7fffffffu;
+  static constexpr Bits kExponent = 0x7f800000u;    // all ones: Inf; above: NaN
+  static constexpr Bits kQuietBit = 0x00400000u;    // the top mantissa bit
+  static constexpr Bits kMinNormal = 0x00800000u;   // FLT_MIN
+  // For ScaleFloatingFlushed: the power of two that brings a product at or
+  // below the smallest normal into the normal range, and that normal scaled.
+  static constexpr float kUnboundedScale = 0x1p64f;
+  static constexpr float kScaledMinNormal = 0x1p-126f * kUnboundedScale;  // 2^-62
+};
+
+template <>
+struct FloatLayout<double> {
+  using Bits = uint64_t;
+  static constexpr Bits kSign = 0x8000000000000000ull;
+  static constexpr Bits kMagnitude = 0x7fffffffffffffffull;
+  static constexpr Bits kExponent = 0x7ff0000000000000ull;
+  static constexpr Bits kQuietBit = 0x0008000000000000ull;
+  static constexpr Bits kMinNormal = 0x0010000000000000ull;  // DBL_MIN
+  static constexpr double kUnboundedScale = 0x1p128;
+  static constexpr double kScaledMinNormal = 0x1p-1022 * kUnboundedScale;  // 2^-894
+};
+
+// Whether `bits` of a T are a NaN, and that NaN made quiet (payload kept).
+template <typename T>
+FLS_HOST_DEVICE bool IsNaNBits(typename FloatLayout<T>::Bits bits) {
+  return (bits & FloatLayout<T>::kMagnitude) > FloatLayout<T>::kExponent;
+}
+
+template <typename T>
+FLS_HOST_DEVICE T QuietNaN(typename FloatLayout<T>::Bits bits) {
+  return BitCast<T>(bits | FloatLayout<T>::kQuietBit);
+}
+
 // x * factor with the input NaN returned (quietened) as-is: see NOTE [NaN payloads].
-FLS_HOST_DEVICE float ScaleFloat(float x, float factor) {
-  const uint32_t bits = BitCast<uint32_t>(x);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return BitCast<float>(bits | 0x00400000u);
+template <typename T>
+FLS_HOST_DEVICE T ScaleFloating(T x, T factor) {
+  const typename FloatLayout<T>::Bits bits = BitCast<typename FloatLayout<T>::Bits>(x);
+  if (IsNaNBits<T>(bits)) return QuietNaN<T>(bits);
   return x * factor;
 }
 
+FLS_HOST_DEVICE float ScaleFloat(float x, float factor) { return ScaleFloating<float>(x, factor); }
+
 FLS_HOST_DEVICE double ScaleDouble(double x, double factor) {
-  const uint64_t bits = BitCast<uint64_t>(x);
-  if ((bits & 0x7fffffffffffffffull) > 0x7ff0000000000000ull) {
-    return BitCast<double>(bits | 0x0008000000000000ull);
-  }
-  return x * factor;
+  return ScaleFloating<double>(x, factor);
 }
 
 FLS_HOST_DEVICE uint16_t ScaleHalfBits(uint16_t h, float factor) {
@@ -134,55 +176,43 @@ FLS_HOST_DEVICE uint16_t ScaleBFloat16Bits(uint16_t b, float factor) {
 // themselves run with FTZ/DAZ off (the GPU default without --use_fast_math).
 
 // A subnormal as zero of the same sign (DAZ).
-FLS_HOST_DEVICE float FlushSubnormal(float x) {
-  const uint32_t bits = BitCast<uint32_t>(x);
-  return (bits & 0x7f800000u) == 0 ? BitCast<float>(bits & 0x80000000u) : x;
+template <typename T>
+FLS_HOST_DEVICE T FlushSubnormal(T x) {
+  using Layout = FloatLayout<T>;
+  const typename Layout::Bits bits = BitCast<typename Layout::Bits>(x);
+  return (bits & Layout::kExponent) == 0 ? BitCast<T>(bits & Layout::kSign) : x;
 }
 
-FLS_HOST_DEVICE double FlushSubnormal(double x) {
-  const uint64_t bits = BitCast<uint64_t>(x);
-  return (bits & 0x7ff0000000000000ull) == 0 ? BitCast<double>(bits & 0x8000000000000000ull)
-                                              : x;
+// ScaleFloating as the CPU computes it under FTZ/DAZ.
+template <typename T>
+FLS_HOST_DEVICE T ScaleFloatingFlushed(T x, T factor) {
+  using Layout = FloatLayout<T>;
+  using Bits = typename Layout::Bits;
+  const Bits bits = BitCast<Bits>(x);
+  if (IsNaNBits<T>(bits)) return QuietNaN<T>(bits);
+  x = FlushSubnormal(x);
+  factor = FlushSubnormal(factor);
+  const T product = x * factor;
+  const Bits product_bits = BitCast<Bits>(product);
+  if ((product_bits & Layout::kMagnitude) > Layout::kMinNormal) return product;
+  // |product| <= the smallest normal. Rounded with an unbounded exponent the
+  // product is (x * 2^64) * factor / 2^64: with factor 0 or normal, |x| <= 1
+  // here, so x * 2^64 is exact and the scaled product a normal number rounded
+  // once (float; 2^128 for double).
+  const T scaled = (x * Layout::kUnboundedScale) * factor;
+  const Bits scaled_magnitude = BitCast<Bits>(scaled) & Layout::kMagnitude;
+  if (scaled_magnitude < BitCast<Bits>(Layout::kScaledMinNormal)) {
+    return BitCast<T>(product_bits & Layout::kSign);
+  }
+  return product;
 }
 
-// ScaleFloat as the CPU computes it under FTZ/DAZ.
 FLS_HOST_DEVICE float ScaleFloatFlushed(float x, float factor) {
-  const uint32_t bits = BitCast<uint32_t>(x);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return BitCast<float>(bits | 0x00400000u);
-  x = FlushSubnormal(x);
-  factor = FlushSubnormal(factor);
-  const float product = x * factor;
-  const uint32_t product_bits = BitCast<uint32_t>(product);
-  if ((product_bits & 0x7fffffffu) > 0x00800000u) return product;  // above FLT_MIN
-  // |product| <= FLT_MIN. Rounded with an unbounded exponent the product is
-  // (x * 2^64) * factor / 2^64: with factor 0 or normal, |x| <= 1 here, so
-  // x * 2^64 is exact and the scaled product a normal float rounded once.
-  const float scaled = (x * 0x1p64f) * factor;
-  const uint32_t scaled_magnitude = BitCast<uint32_t>(scaled) & 0x7fffffffu;
-  if (scaled_magnitude < BitCast<uint32_t>(0x1p-62f)) {
-    return BitCast<float>(product_bits & 0x80000000u);
-  }
-  return product;
+  return ScaleFloatingFlushed<float>(x, factor);
 }
 
-// ScaleDouble as the CPU computes it under FTZ/DAZ (see ScaleFloatFlushed,
-// with 2^128 for 2^64).
 FLS_HOST_DEVICE double ScaleDoubleFlushed(double x, double factor) {
-  const uint64_t bits = BitCast<uint64_t>(x);
-  if ((bits & 0x7fffffffffffffffull) > 0x7ff0000000000000ull) {
-    return BitCast<double>(bits | 0x0008000000000000ull);
-  }
-  x = FlushSubnormal(x);
-  factor = FlushSubnormal(factor);
-  const double product = x * factor;
-  const uint64_t product_bits = BitCast<uint64_t>(product);
-  if ((product_bits & 0x7fffffffffffffffull) > 0x0010000000000000ull) return product;
-  const double scaled = (x * 0x1p128) * factor;
-  const uint64_t scaled_magnitude = BitCast<uint64_t>(scaled) & 0x7fffffffffffffffull;
-  if (scaled_magnitude < BitCast<uint64_t>(0x1p-894)) {
-    return BitCast<double>(product_bits & 0x8000000000000000ull);
-  }
-  return product;
+  return ScaleFloatingFlushed<double>(x, factor);
 }
 
 FLS_HOST_DEVICE uint16_t ScaleHalfBitsFlushed(uint16_t h, float factor) {
