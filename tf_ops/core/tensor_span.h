@@ -31,19 +31,15 @@ FLS_HOST_DEVICE int64_t DTypeSize(DType dtype) {
   return dtype == DType::kDouble ? 8 : dtype == DType::kFloat ? 4 : 2;
 }
 
-// TensorFlow's names for the four types ("half", not "float16").
+// TensorFlow's names for the four types ("half", not "float16"), indexed by
+// the DType's code.
+constexpr const char* kDTypeNames[] = {"half", "bfloat16", "float", "double"};
+static_assert(sizeof(kDTypeNames) / sizeof(kDTypeNames[0]) == kNumDTypes,
+              "one name per DType");
+
 inline const char* DTypeName(DType dtype) {
-  switch (dtype) {
-    case DType::kHalf:
-      return "half";
-    case DType::kBFloat16:
-      return "bfloat16";
-    case DType::kFloat:
-      return "float";
-    case DType::kDouble:
-      return "double";
-  }
-  return "unknown";
+  const int code = static_cast<int>(dtype);
+  return code < kNumDTypes ? kDTypeNames[code] : "unknown";
 }
 
 // The multiplier, in both precisions: float32 for half/bfloat16/float32,

@@ -78,27 +78,26 @@ CpuPath ChoosePath() {
   return path;
 }
 
+// Runs `loop` over elements [first, first + n) of a span stored as T.
+template <typename T, typename Multiplier>
+void RunLoop(void (*loop)(const T*, T*, int64_t, Multiplier), const TensorSpan& span,
+             int64_t first, int64_t n, Multiplier multiplier) {
+  loop(static_cast<const T*>(span.in) + first, static_cast<T*>(span.out) + first, n, multiplier);
+}
+
 void ScaleWith(const PathLoops& loops, const TensorSpan& span, int64_t first, int64_t last,
                ScaleFactor factor) {
   if (first >= last) return;
   const int64_t n = last - first;
   switch (span.dtype) {
     case DType::kHalf:
-      loops.half(static_cast<const uint16_t*>(span.in) + first,
-                 static_cast<uint16_t*>(span.out) + first, n, factor.f);
-      break;
+      return RunLoop(loops.half, span, first, n, factor.f);
     case DType::kBFloat16:
-      loops.bfloat16(static_cast<const uint16_t*>(span.in) + first,
-                     static_cast<uint16_t*>(span.out) + first, n, factor.f);
-      break;
+      return RunLoop(loops.bfloat16, span, first, n, factor.f);
     case DType::kFloat:
-      loops.float32(static_cast<const float*>(span.in) + first,
-                    static_cast<float*>(span.out) + first, n, factor.f);
-      break;
+      return RunLoop(loops.float32, span, first, n, factor.f);
     case DType::kDouble:
-      loops.float64(static_cast<const double*>(span.in) + first,
-                    static_cast<double*>(span.out) + first, n, factor.d);
-      break;
+      return RunLoop(loops.float64, span, first, n, factor.d);
   }
 }
 
@@ -148,15 +147,12 @@ CpuPath ActiveCpuPath() {
 }
 
 const char* CpuPathName(CpuPath path) {
-  switch (path) {
-    case CpuPath::kScalar:
-      return "scalar";
-    case CpuPath::kAvx2:
-      return "avx2";
-    case CpuPath::kAvx512:
-      return "avx512";
-  }
-  return "unknown";
+  // Indexed by the CpuPath's code; kAvx512 is the last.
+  constexpr const char* kNames[] = {"scalar", "avx2", "avx512"};
+  constexpr int kNumPaths = static_cast<int>(CpuPath::kAvx512) + 1;
+  static_assert(sizeof(kNames) / sizeof(kNames[0]) == kNumPaths, "one name per CpuPath");
+  const int code = static_cast<int>(path);
+  return code < kNumPaths ? kNames[code] : "unknown";
 }
 
 std::vector<int64_t> ByteOffsets(const std::vector<TensorSpan>& spans) {
