@@ -101,23 +101,23 @@ int Size(DType d) { return d == DType::kDouble ? 8 : d == DType::kFloat ? 4 : 2;
 // An element is carried as its raw bits in a uint64_t; NaN results are only
 // compared for NaN-ness and sign (the ops' contract; payloads are unspecified).
 
-double HalfToDouble(uint64_t h) {
-  const int sign = (h >> 15) & 1, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
+// The value of the bits of a 16-bit binary format with `mantissa_bits` stored
+// bits and `exponent_bits` exponent bits (the inverse of RoundToSmallFloat).
+double SmallFloatToDouble(uint64_t bits, int mantissa_bits, int exponent_bits) {
+  const int bias = (1 << (exponent_bits - 1)) - 1;
+  const int max_exponent = (1 << exponent_bits) - 1;
+  const int sign = (bits >> (mantissa_bits + exponent_bits)) & 1;
+  const int exponent = (bits >> mantissa_bits) & max_exponent;
+  const int mantissa = bits & ((1 << mantissa_bits) - 1);
   double v;
-  if (exponent == 0x1f) v = mantissa ? NAN : INFINITY;
-  else if (exponent == 0) v = std::ldexp(mantissa, -24);
-  else v = std::ldexp(1024 + mantissa, exponent - 25);
+  if (exponent == max_exponent) v = mantissa ? NAN : INFINITY;
+  else if (exponent == 0) v = std::ldexp(mantissa, 1 - bias - mantissa_bits);
+  else v = std::ldexp((1 << mantissa_bits) + mantissa, exponent - bias - mantissa_bits);
   return sign ? -v : v;
 }
 
-double BFloat16ToDouble(uint64_t b) {
-  const int sign = (b >> 15) & 1, exponent = (b >> 7) & 0xff, mantissa = b & 0x7f;
-  double v;
-  if (exponent == 0xff) v = mantissa ? NAN : INFINITY;
-  else if (exponent == 0) v = std::ldexp(mantissa, -133);
-  else v = std::ldexp(128 + mantissa, exponent - 134);
-  return sign ? -v : v;
-}
+double HalfToDouble(uint64_t h) { return SmallFloatToDouble(h, 10, 5); }
+double BFloat16ToDouble(uint64_t b) { return SmallFloatToDouble(b, 7, 8); }
 
 // Rounds a finite or infinite double to a binary format with `mantissa_bits`
 // stored bits and `exponent_bits` exponent bits, nearest-even, IEEE gradual
