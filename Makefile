@@ -25,7 +25,7 @@ CONFIG_DEPS := $(VENV_STAMP)
 endif
 
 # config.mk is (re)made before anything else whenever it is missing or stale.
-ifeq ($(filter clean venv sdist,$(MAKECMDGOALS)),)
+ifeq ($(filter clean venv sdist gpu-check,$(MAKECMDGOALS)),)
 -include config.mk
 endif
 config.mk: configure.sh $(CONFIG_DEPS)
@@ -71,18 +71,34 @@ $(BUILD_DIR)/tf_ops/tf/%.o: tf_ops/tf/%.cc $(HEADERS) config.mk
 	$(CXX) $(CPU_CXXFLAGS) -c $< -o $@
 
 # ---- CUDA -----------------------------------------------------------------------
-# With WITH_CUDA=1 (configure.sh found nvcc) the library also holds the GPU
-# kernels (docs/GPU.md): nvcc compiles tf_ops/core/gpu/multi_tensor_scale.cu for
-# $(CUDA_ARCHS) plus PTX for $(CUDA_PTX_ARCH); g++ compiles the TensorFlow
-# adapter and the kernel registrations with GOOGLE_CUDA against the CUDA headers
-# in TensorFlow's wheel. The static CUDA runtime is linked in with its symbols
-# kept private, so the library loads where there is no GPU and no CUDA.
+# With WITH_CUDA=1 the library also holds the GPU kernels (docs/GPU.md).
+# tf_ops/core/gpu/multi_tensor_scale.cu becomes one host object holding the
+# fatbinary, by the toolchain configure.sh chose (CUDA_TOOLCHAIN):
+#   clang  tools/build_cuda_object.sh: clang-19 + the CUDA 12.9 wheels' ptxas,
+#          cubins for $(CUDA_ARCHS) plus $(CUDA_PTX_ARCH) PTX (NOTE [clang
+#          device code] in tools/cuda12_toolchain.sh)
+#   nvcc   $(NVCC) $(NVCC_FLAGS)
+# g++ compiles the TensorFlow adapter and the kernel registrations with
+# GOOGLE_CUDA against the CUDA headers in TensorFlow's wheel.
+#
+# NOTE [one CUDA runtime]: the library links no CUDA runtime of its own. Its
+# cuda* and __cuda* calls (kernel registration, launches, the table copy) are
+# left undefined and bind at load to the cudart trampolines that
+# libtensorflow_framework.so.2 exports, i.e. to the libcudart.so.12 TensorFlow
+# itself loads, in the contexts and streams TensorFlow made. A private static
+# runtime would be a second runtime state in the process (and was what the
+# Bazel build shipped while Make bound to TensorFlow's); the driver API is
+# shared either way. tests/test_gpu_build.py checks the built library: no
+# cuda* symbol defined, every one bound to libtensorflow_framework at load.
+# Where no libcudart.so.12 is installed (a CPU-only machine) TensorFlow's
+# trampolines return errors and the GPU kernels are never placed.
 #   make host-emulation-test   the kernel body run on the host for every
 #                              (block, thread) of its launches (g++ only)
-#   make launcher-driver       tf_ops/tests/launcher_driver.cu, built by nvcc alone
-#   make gpu-check             launcher_driver check on a GPU (GPU_CHECK_ARGS=--quick)
-#   make gpu-bench             launcher_driver bench, then the PyTorch arms
-.PHONY: host-emulation-test launcher-driver gpu-check gpu-bench
+#   make launcher-driver       tf_ops/tests/launcher_driver.cu with the launcher,
+#                              no TensorFlow (clang route: against the wheel's
+#                              libcudart.so.12)
+#   make gpu-check             tools/gpu_check.sh: every GPU check, TF-free
+.PHONY: host-emulation-test launcher-driver gpu-check
 GPU_OBJS :=
 GPU_LDFLAGS :=
 HOST_EMULATION_TEST := $(BUILD_DIR)/tests/host_emulation_test
@@ -90,30 +106,48 @@ LAUNCHER_DRIVER := $(BUILD_DIR)/tests/launcher_driver
 GPU_CHECK_ARGS ?=
 ifeq ($(WITH_CUDA),1)
 CUDA_LAUNCHER_OBJ := $(BUILD_DIR)/tf_ops/core/gpu/multi_tensor_scale.o
-GPU_OBJS := $(CUDA_LAUNCHER_OBJ) $(BUILD_DIR)/tf_ops/tf/kernels/fixed_loss_scale_gpu.o
-GPU_LDFLAGS := $(CUDART_STATIC) -Wl,--exclude-libs,$(notdir $(CUDART_STATIC)) -lrt -ldl -lpthread
+DEVICE_SUPPORT_OBJ := $(BUILD_DIR)/tf_ops/core/gpu/device_support.o
+GPU_OBJS := $(CUDA_LAUNCHER_OBJ) $(DEVICE_SUPPORT_OBJ) $(BUILD_DIR)/tf_ops/tf/kernels/fixed_loss_scale_gpu.o
+GPU_LDFLAGS := -ldl
 $(BUILD_DIR)/tf_ops/tf/kernels/fixed_loss_scale_kernels.o \
 $(BUILD_DIR)/tf_ops/tf/kernels/fixed_loss_scale_gpu.o: \
     CPU_CXXFLAGS := $(CXXFLAGS_COMMON) $(GPU_DEFINES) -I$(TF_CUDA_INCLUDE)
+ifeq ($(CUDA_TOOLCHAIN),clang)
+$(CUDA_LAUNCHER_OBJ): tf_ops/core/gpu/multi_tensor_scale.cu $(HEADERS) config.mk \
+                      tools/build_cuda_object.sh tools/make_fatbin.py
+	@mkdir -p $(dir $@)
+	CLANG=$(CLANG) CUDA12_PATH=$(CUDA12_PATH) CUDA_ARCHS="$(CUDA_ARCHS)" \
+	CUDA_PTX_ARCH=$(CUDA_PTX_ARCH) PYTHON=$(PYTHON_BIN) CLANG_CUDA_FLAGS="$(CLANG_CUDA_FLAGS)" \
+	    tools/build_cuda_object.sh $< $@ -I.
+# The driver is host code only: g++ against the wheel's runtime headers and
+# its libcudart.so.12 (the major version TensorFlow loads).
+$(LAUNCHER_DRIVER): tf_ops/tests/launcher_driver.cu $(CUDA_LAUNCHER_OBJ) tf_ops/tests/gpu_kernel_cases.h $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CXX) $(TEST_CXX_FLAGS) -I. -isystem $(CUDA12_PATH)/include -x c++ $< -x none \
+	    $(CUDA_LAUNCHER_OBJ) -o $@ -L$(CUDA12_PATH)/lib64 -l:libcudart.so.12 \
+	    -Wl,-rpath,$(CUDA12_PATH)/lib64
+else
 $(CUDA_LAUNCHER_OBJ): tf_ops/core/gpu/multi_tensor_scale.cu $(HEADERS) config.mk
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCC_FLAGS) -I. -c $< -o $@
 $(LAUNCHER_DRIVER): tf_ops/tests/launcher_driver.cu $(CUDA_LAUNCHER_OBJ) tf_ops/tests/gpu_kernel_cases.h $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCC_FLAGS) -I. -o $@ $< $(CUDA_LAUNCHER_OBJ)
+endif
+$(DEVICE_SUPPORT_OBJ): tf_ops/core/gpu/device_support.cc $(HEADERS) config.mk
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXX_FLAGS) -fPIC -I. -c $< -o $@
 launcher-driver: $(LAUNCHER_DRIVER)
-gpu-check: $(LAUNCHER_DRIVER)
-	$(LAUNCHER_DRIVER) check $(GPU_CHECK_ARGS)
-gpu-bench: $(LAUNCHER_DRIVER)
-	$(LAUNCHER_DRIVER) bench
-	$(PYTHON) benchmarks/gpu_torch.py
 else
 ifeq ($(WITH_CUDA),0)
-$(info make: WITH_CUDA=0 in config.mk (configure.sh found no nvcc): CPU kernels only)
+$(info make: WITH_CUDA=0 in config.mk (no CUDA toolchain, or FLS_WITH_CUDA=0): CPU kernels only)
 endif
-launcher-driver gpu-check gpu-bench:
-	@echo "make $@: needs nvcc; rerun CUDA_HOME=... ./configure.sh (or NVCC=...)" >&2; exit 1
+launcher-driver:
+	@echo "make $@: needs a CUDA toolchain; see docs/GPU.md (rerun ./configure.sh)" >&2; exit 1
 endif
+# TF-free and config.mk-free: runs on a GPU machine without TensorFlow.
+gpu-check:
+	tools/gpu_check.sh $(GPU_CHECK_ARGS)
 $(HOST_EMULATION_TEST): tf_ops/tests/host_emulation_test.cc tf_ops/tests/gpu_kernel_cases.h $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CXX) $(TEST_CXX_FLAGS) -I. -o $@ $<

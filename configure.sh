@@ -5,10 +5,13 @@
 #   .configure.bazelrc   --action_env/--repo_env lines for Bazel (imported by .bazelrc)
 #   python/fixed_loss_scale/_build_info.json   what the library was built for,
 #                        checked by the loader at import time
-# Non-interactive; it never installs anything.
+# Non-interactive. For the GPU kernels it sets up the clang route's toolchain
+# (tools/cuda12_toolchain.sh: clang-19 with apt-get when root, NVIDIA's CUDA 12
+# wheels into .cuda12/) unless told to use nvcc.
 #
 # Environment: PYTHON (default: .venv/bin/python, else python3), CUDA_HOME or
-# NVCC (the nvcc to use), FLS_WITH_CUDA=0 to force a CPU-only build.
+# NVCC (use this nvcc instead of clang), FLS_CUDA_TOOLCHAIN=clang|nvcc,
+# CLANG (a clang++ for CUDA), FLS_WITH_CUDA=0 to force a CPU-only build.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -53,36 +56,84 @@ PY
 }
 eval "$tf_vars"
 
+# ---- CUDA (docs/GPU.md, "Building") ----
+# Two routes to the GPU kernels, both linked to the CUDA runtime TensorFlow
+# loads (NOTE [one CUDA runtime] in the Makefile):
+#   clang  (default) Debian's clang-19 and the CUDA 12.9 wheels' ptxas, set up
+#          by tools/cuda12_toolchain.sh (NOTE [clang device code]): cubins for
+#          every GPU TensorFlow 2.21 supports, from sm_60 on, and PTX ISA 8.5.
+#   nvcc   a user's own nvcc 12.1+ (NVCC=..., CUDA_HOME=..., or
+#          FLS_CUDA_TOOLCHAIN=nvcc), or the fallback when the clang route cannot
+#          be set up.
+# FLS_WITH_CUDA=0 builds CPU-only.
 find_nvcc() {
-  [[ "${FLS_WITH_CUDA:-1}" == 0 ]] && return 0
   local candidate
   for candidate in "${NVCC:-}" "${CUDA_HOME:+$CUDA_HOME/bin/nvcc}" "$(command -v nvcc || true)" \
                    /usr/local/cuda/bin/nvcc; do
     if [[ -n "$candidate" && -x "$candidate" ]]; then echo "$candidate"; return 0; fi
   done
 }
-NVCC_BIN=$(find_nvcc)
-CUDA_ROOT=""; CUDA_VERSION=""; CUDART_STATIC=""
-# CUDA 13 dropped sm_50..sm_70; these are the Turing..Hopper targets, with PTX
-# for the newest so later GPUs JIT it.
-CUDA_ARCHS="sm_75 sm_80 sm_86 sm_89 sm_90"
-CUDA_PTX_ARCH="compute_90"
-if [[ -n "$NVCC_BIN" ]]; then
-  # nvcc may be a wrapper script on PATH: its own -dryrun names the real toolkit.
-  CUDA_ROOT=$(cd "${TMPDIR:-/tmp}" && "$NVCC_BIN" -dryrun -c -x cu /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p' | head -n1)
-  [[ -n "$CUDA_ROOT" ]] || CUDA_ROOT=$(dirname "$(dirname "$(readlink -f "$NVCC_BIN")")")
-  CUDA_ROOT=$(cd "$CUDA_ROOT" && pwd -P)
-  CUDA_VERSION=$("$NVCC_BIN" --version | sed -n 's/.*release \([0-9.]*\),.*/\1/p')
-  for lib in "$CUDA_ROOT/lib64/libcudart_static.a" \
-             "$CUDA_ROOT/targets/x86_64-linux/lib/libcudart_static.a"; do
-    [[ -f "$lib" ]] && { CUDART_STATIC=$lib; break; }
-  done
-  if [[ -z "$CUDART_STATIC" ]]; then
-    echo "configure: $NVCC_BIN found but no libcudart_static.a beside it; building CPU-only" >&2
-    NVCC_BIN=""; CUDA_ROOT=""; CUDA_VERSION=""
+CUDA_TOOLCHAIN=""; NVCC_BIN=""; CLANG=""; CUDA12_PATH=""; CUDA_ROOT=""; CUDA_VERSION=""
+if [[ "${FLS_WITH_CUDA:-1}" != 0 ]]; then
+  want=${FLS_CUDA_TOOLCHAIN:-auto}
+  [[ "$want" == auto && ( -n "${NVCC:-}" || -n "${CUDA_HOME:-}" ) ]] && want=nvcc
+  if [[ "$want" != nvcc ]]; then
+    if toolchain=$(PYTHON=$PYTHON tools/cuda12_toolchain.sh); then
+      eval "$toolchain"
+      CUDA_TOOLCHAIN=clang
+      CUDA_VERSION=12.9
+    else
+      echo "configure: the clang route (tools/cuda12_toolchain.sh) is unavailable; trying nvcc" >&2
+    fi
+  fi
+  if [[ -z "$CUDA_TOOLCHAIN" ]]; then
+    NVCC_BIN=$(find_nvcc)
+    if [[ -n "$NVCC_BIN" ]]; then
+      # nvcc may be a wrapper script on PATH: its own -dryrun names the real toolkit.
+      CUDA_ROOT=$(cd "${TMPDIR:-/tmp}" && "$NVCC_BIN" -dryrun -c -x cu /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p' | head -n1)
+      [[ -n "$CUDA_ROOT" ]] || CUDA_ROOT=$(dirname "$(dirname "$(readlink -f "$NVCC_BIN")")")
+      CUDA_ROOT=$(cd "$CUDA_ROOT" && pwd -P)
+      CUDA_VERSION=$("$NVCC_BIN" --version | sed -n 's/.*release \([0-9.]*\),.*/\1/p')
+      CUDA_TOOLCHAIN=nvcc
+    fi
   fi
 fi
-WITH_CUDA=$([[ -n "$NVCC_BIN" ]] && echo 1 || echo 0)
+WITH_CUDA=$([[ -n "$CUDA_TOOLCHAIN" ]] && echo 1 || echo 0)
+
+# The device code and the drivers that run it, as numbers cudaDriverGetVersion
+# gives (12010 = CUDA 12.1). CUDA_MIN_DRIVER runs the cubins (32 KB kernel
+# parameters need 12.1: NOTE [kernel parameter size]; CUDA 13 code needs a
+# CUDA 13 driver); CUDA_PTX_MIN_DRIVER JITs the PTX, for GPUs newer than every
+# cubin. The library registers its GPU kernels only where these hold
+# (NOTE [where the GPU kernels run], tf_ops/core/gpu/device_support.h).
+CUDA_ARCHS=""; CUDA_PTX_ARCH=""; CUDA_PTX_ISA=""; CUDA_MIN_DRIVER=0; CUDA_PTX_MIN_DRIVER=0
+cuda_version_number() { local v=$1; echo $(( ${v%%.*} * 1000 + $(echo "$v" | cut -d. -f2) * 10 )); }
+case "$CUDA_TOOLCHAIN" in
+  clang)
+    # clang 19 makes PTX up to sm_90; ptxas makes the Blackwell cubins from the
+    # compute_90 PTX (tools/build_cuda_object.sh).
+    CUDA_ARCHS="sm_60 sm_70 sm_75 sm_80 sm_86 sm_89 sm_90 sm_100 sm_120"
+    CUDA_PTX_ARCH=compute_90; CUDA_PTX_ISA=8.5
+    CUDA_MIN_DRIVER=12010; CUDA_PTX_MIN_DRIVER=12050 ;;
+  nvcc)
+    major=${CUDA_VERSION%%.*}
+    if (( $(cuda_version_number "$CUDA_VERSION") < 12010 )); then
+      echo "configure: nvcc $CUDA_VERSION at $NVCC_BIN is older than CUDA 12.1 (32 KB kernel parameters); building CPU-only" >&2
+      CUDA_TOOLCHAIN=""; WITH_CUDA=0
+    elif (( major >= 13 )); then
+      # CUDA 13 dropped sm_50..sm_70.
+      CUDA_ARCHS="sm_75 sm_80 sm_86 sm_89 sm_90 sm_100 sm_120"
+    else
+      # sm_60 is left to the clang route: nvcc does not allow the per-arch
+      # kernel instantiation its 4 KB parameter limit needs.
+      CUDA_ARCHS="sm_70 sm_75 sm_80 sm_86 sm_89 sm_90"
+    fi
+    CUDA_PTX_ARCH=compute_90
+    CUDA_PTX_ISA=$CUDA_VERSION  # nvcc X.Y writes the PTX ISA of CUDA X.Y
+    CUDA_MIN_DRIVER=$(( major >= 13 ? major * 1000 : 12010 ))
+    CUDA_PTX_MIN_DRIVER=$(cuda_version_number "$CUDA_VERSION") ;;
+esac
+CUBIN_ARCH_LIST=$(echo $CUDA_ARCHS | sed 's/sm_//g; s/ /,/g')
 
 # The flag sets, defined here only: the Makefile and Bazel (tf_ops/BUILD) both
 # use them as they are. Paths (-I, TensorFlow's include dir and defines) are
@@ -95,6 +146,13 @@ SANITIZER_FLAGS="-std=c++17 -O1 -g -Wall -Wextra -fsanitize=address,undefined -f
 # What the TensorFlow adapter and the kernel registrations need on top to see
 # GPU devices and streams.
 GPU_DEFINES="-DGOOGLE_CUDA=1 -DEIGEN_USE_GPU"
+# What the device code needs, for the load-time check of where the GPU kernels
+# can run (tf_ops/tf/kernels/fixed_loss_scale_kernels.cc).
+GPU_DEFINES+=" -DFLS_CUDA_CUBIN_ARCHS=$CUBIN_ARCH_LIST -DFLS_CUDA_PTX_ARCH=${CUDA_PTX_ARCH#compute_}"
+GPU_DEFINES+=" -DFLS_CUDA_MIN_DRIVER=$CUDA_MIN_DRIVER -DFLS_CUDA_PTX_MIN_DRIVER=$CUDA_PTX_MIN_DRIVER"
+# The clang route's compiler flags (tools/build_cuda_object.sh); as for nvcc,
+# no fast math, so the results stay bit-identical to the CPU kernels.
+CLANG_CUDA_FLAGS="-std=c++17 -O3 -fPIC -Wall -Wextra -Wno-unknown-cuda-version"
 # Real code for each arch plus PTX for the newest; no --use_fast_math, so the
 # results stay bit-identical to the CPU kernels.
 NVCC_FLAGS="-std=c++17 -O3"
@@ -116,7 +174,13 @@ WITH_CUDA := $WITH_CUDA
 NVCC := $NVCC_BIN
 CUDA_ROOT := $CUDA_ROOT
 CUDA_VERSION := $CUDA_VERSION
-CUDART_STATIC := $CUDART_STATIC
+CUDA_TOOLCHAIN := $CUDA_TOOLCHAIN
+CLANG := $CLANG
+CUDA12_PATH := $CUDA12_PATH
+CLANG_CUDA_FLAGS := $CLANG_CUDA_FLAGS
+CUDA_PTX_ISA := $CUDA_PTX_ISA
+CUDA_MIN_DRIVER := $CUDA_MIN_DRIVER
+CUDA_PTX_MIN_DRIVER := $CUDA_PTX_MIN_DRIVER
 CUDA_ARCHS := $CUDA_ARCHS
 CUDA_PTX_ARCH := $CUDA_PTX_ARCH
 TF_CUDA_INCLUDE := $TF_CUDA_INCLUDE
@@ -136,7 +200,11 @@ build --action_env=TF_CXX11_ABI_FLAG=$TF_CXX11_ABI
 build --action_env=TF_DEFINES="$TF_DEFINES"
 build --action_env=FLS_WITH_CUDA=$WITH_CUDA
 build --action_env=FLS_NVCC=$NVCC_BIN
-build --action_env=FLS_CUDART_STATIC=$CUDART_STATIC
+build --action_env=FLS_CUDA_TOOLCHAIN=$CUDA_TOOLCHAIN
+build --action_env=FLS_CLANG=$CLANG
+build --action_env=FLS_CUDA12_PATH=$CUDA12_PATH
+build --action_env=FLS_CLANG_CUDA_FLAGS="$CLANG_CUDA_FLAGS"
+build --action_env=FLS_PYTHON=$PYTHON_BIN
 build --action_env=FLS_CUDA_ARCHS="$CUDA_ARCHS"
 build --action_env=FLS_CUDA_PTX_ARCH=$CUDA_PTX_ARCH
 build --action_env=FLS_TF_CUDA_INCLUDE=$TF_CUDA_INCLUDE
@@ -149,12 +217,21 @@ build --python_path=$PYTHON_BIN
 RC
 
 cat > python/fixed_loss_scale/_build_info.json <<JSON
-{"tf_version": "$TF_VERSION", "python_version": "$PYTHON_VERSION", "cxx11_abi": $TF_CXX11_ABI, "cuda_version": "$CUDA_VERSION"}
+{"tf_version": "$TF_VERSION", "python_version": "$PYTHON_VERSION", "cxx11_abi": $TF_CXX11_ABI, "cuda_version": "$CUDA_VERSION",
+ "cuda_toolchain": "$CUDA_TOOLCHAIN", "cuda_archs": "$CUDA_ARCHS", "cuda_ptx": "$CUDA_PTX_ARCH${CUDA_PTX_ISA:+ (PTX ISA $CUDA_PTX_ISA)}",
+ "cuda_min_driver": $CUDA_MIN_DRIVER, "cuda_ptx_min_driver": $CUDA_PTX_MIN_DRIVER}
 JSON
 
 echo "configure: TensorFlow $TF_VERSION (Python $PYTHON_VERSION, $PYTHON_BIN)"
 if [[ "$WITH_CUDA" == 1 ]]; then
-  echo "configure: CUDA $CUDA_VERSION at $CUDA_ROOT, targets $CUDA_ARCHS + $CUDA_PTX_ARCH"
+  driver() { echo "$(( $1 / 1000 )).$(( $1 % 1000 / 10 ))"; }
+  if [[ "$CUDA_TOOLCHAIN" == clang ]]; then
+    echo "configure: CUDA device code by $CLANG + ptxas 12.9 ($CUDA12_PATH)"
+  else
+    echo "configure: CUDA device code by nvcc $CUDA_VERSION ($CUDA_ROOT)"
+  fi
+  echo "configure: cubins $CUDA_ARCHS; PTX $CUDA_PTX_ARCH (ISA $CUDA_PTX_ISA)"
+  echo "configure: runs with a driver for CUDA >= $(driver $CUDA_MIN_DRIVER) (PTX JIT: >= $(driver $CUDA_PTX_MIN_DRIVER)), on TensorFlow's CUDA runtime"
 else
-  echo "configure: no nvcc found (set CUDA_HOME or NVCC to use one): CPU-only build"
+  echo "configure: no CUDA toolchain (FLS_WITH_CUDA=0, or neither clang-19 + CUDA 12 wheels nor nvcc): CPU-only build"
 fi

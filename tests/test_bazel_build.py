@@ -2,10 +2,12 @@
 docs/BAZEL.md), and that library loads and computes what numpy computes; it
 also runs the TF-free core's C++ tests (//tf_ops/tests:all), which pass.
 
-With WITH_CUDA=1 in config.mk (configure.sh found nvcc), Bazel builds the GPU
-variant, as `make` does: GPU kernels of both ops registered, device code in the
-library (byte for byte the Make build's, both coming from the same nvcc flags),
-the static CUDA runtime kept private. Without it, only CPU kernels are there.
+With WITH_CUDA=1 in config.mk (configure.sh found a CUDA toolchain), Bazel
+builds the GPU variant, as `make` does: GPU kernels of both ops registered,
+device code in the library (byte for byte the Make build's, both made by the
+same tools/build_cuda_object.sh or nvcc flags), and the same linkage: no CUDA
+runtime inside, every cuda* symbol left to TensorFlow's. Without it, only CPU
+kernels are there.
 
 Skipped, with the reason tools/bazel_build.sh gives, only where Bazel cannot be
 installed here (not root and absent, or apt/npm failing); any other failure of
@@ -153,18 +155,28 @@ def test_bazel_built_library_loads_and_matches_numpy(bazel_lib):
                                for device in devices}, report
 
 
+def _cuda_runtime_symbols(path, which):
+  out = subprocess.run(["nm", "-D", which, path], capture_output=True, text=True,
+                       check=True).stdout
+  return {line.split()[-1].split("@")[0] for line in out.splitlines()
+          if re.search(r" (__)?cuda[A-Z]\w*(@\S*)?$", line)}
+
+
 @pytest.mark.slow
-def test_bazel_gpu_variant_carries_device_code_and_keeps_cuda_private(bazel_lib):
+def test_bazel_gpu_variant_uses_tensorflows_cuda_runtime(bazel_lib):
+  """NOTE [one CUDA runtime] (Makefile): the same linkage as the Make build."""
   if not _with_cuda():
     assert _fatbin(bazel_lib) is None
-    pytest.skip("CPU-only build: configure.sh found no nvcc (WITH_CUDA=0 in config.mk)")
+    pytest.skip("CPU-only build: configure.sh found no CUDA toolchain (WITH_CUDA=0 in config.mk)")
   assert _fatbin(bazel_lib), "no .nv_fatbin section: no device code"
   needed = re.findall(r"\(NEEDED\)\s+Shared library: \[(.*?)\]", _readelf("-d", bazel_lib))
   assert not [lib for lib in needed if "cuda" in lib], needed
-  exported = subprocess.run(["nm", "-D", "--defined-only", bazel_lib], capture_output=True,
-                            text=True, check=True).stdout
-  assert not re.search(r" (cuda|__cuda)\w*$", exported, re.MULTILINE), \
-      "the static CUDA runtime's symbols leak out of the Bazel-built library"
+  assert not _cuda_runtime_symbols(bazel_lib, "--defined-only"), \
+      "a CUDA runtime is linked into the Bazel-built library"
+  undefined = _cuda_runtime_symbols(bazel_lib, "--undefined-only")
+  assert "cudaLaunchKernel" in undefined and "__cudaRegisterFatBinary" in undefined, undefined
+  if os.path.exists(MAKE_LIB):
+    assert undefined == _cuda_runtime_symbols(MAKE_LIB, "--undefined-only")
 
 
 @pytest.mark.slow
@@ -176,8 +188,8 @@ def test_bazel_device_code_is_the_make_builds(bazel_lib):
   newest_source = max(os.path.getmtime(path) for path in device_sources)
   if not os.path.exists(MAKE_LIB) or os.path.getmtime(MAKE_LIB) < newest_source:
     pytest.skip("the Make-built library is missing or older than the CUDA sources: run make")
-  # Same source, same nvcc, same flags (tf_ops/BUILD mirrors the Makefile's
-  # NVCC_FLAGS): the same device code, byte for byte.
+  # Same source, same tools and flags (tf_ops/BUILD runs the Makefile's
+  # command): the same device code, byte for byte.
   assert _fatbin(bazel_lib) == _fatbin(MAKE_LIB)
 
 

@@ -1,24 +1,34 @@
 """The GPU kernels are built into the op library and registered (docs/GPU.md).
 
-With WITH_CUDA=1 in config.mk (configure.sh found nvcc), `make` compiles
-tf_ops/core/gpu/multi_tensor_scale.cu with nvcc and links it, with the static CUDA
-runtime, into the op library next to the CPU kernels. On any machine, GPU or
-not, these tests check that
+With WITH_CUDA=1 in config.mk (configure.sh found a CUDA toolchain: clang-19
+with the CUDA 12 wheels, or nvcc), `make` builds
+tf_ops/core/gpu/multi_tensor_scale.cu into the op library next to the CPU
+kernels. On any machine, GPU or not, these tests check that
   * TensorFlow's kernel registry lists a GPU kernel of both ops for half,
-    bfloat16, float and double once the library is loaded;
-  * the library carries device code, needs neither libcudart nor libcuda to
-    load, and exports no CUDA runtime symbol (its static runtime stays private);
-  * the standalone launcher driver builds with nvcc alone.
-Where a GPU is present, the driver also runs every kernel case on it
-(`make gpu-check`); elsewhere that test is skipped with the reason.
-Everything here is skipped, with the reason, where configure.sh found no nvcc.
+    bfloat16, float and double once the library is loaded (no GPU here: the
+    kernels are registered, NOTE [where the GPU kernels run]);
+  * the library carries a cubin for every configured architecture and PTX no
+    newer than the configured ISA (8.5 on the clang route: what CUDA 12.5+
+    drivers JIT);
+  * the library uses TensorFlow's CUDA runtime (NOTE [one CUDA runtime] in the
+    Makefile): no cuda* symbol defined in it, every one bound at load to
+    libtensorflow_framework.so.2;
+  * where the device code cannot run (an injected old driver or GPU), the GPU
+    kernels are not registered and the library says why once;
+  * the standalone launcher driver builds without TensorFlow and, with no GPU,
+    exits with the "no device" status.
+Where a GPU is present, the driver also runs every kernel case on it; elsewhere
+that test is skipped with the reason.
+Everything here is skipped, with the reason, where configure.sh found no toolchain.
 """
 
+import json
 import os
 import re
 import shutil
 import struct
 import subprocess
+import sys
 
 import pytest
 import tensorflow as tf
@@ -85,28 +95,70 @@ def test_both_ops_have_gpu_kernels_for_every_dtype():
     assert allowed == DTYPES, f"{op}: GPU kernel allows {allowed}"
 
 
-def test_library_carries_device_code_and_keeps_the_cuda_runtime_private():
-  sections = subprocess.run(["readelf", "-S", "-W", LIBRARY], capture_output=True, text=True,
-                            check=True).stdout
-  assert ".nv_fatbin" in sections
+def _dynamic_symbols(path, *flags):
+  out = subprocess.run(["nm", "-D", *flags, path], capture_output=True, text=True,
+                       check=True).stdout
+  return {line.split()[-1].split("@")[0] for line in out.splitlines() if line.strip()}
+
+
+def _is_cuda_runtime_symbol(name):
+  return re.match(r"(__)?cuda[A-Z]", name) is not None
+
+
+def test_library_uses_tensorflows_cuda_runtime():
+  """NOTE [one CUDA runtime]: every cuda* call goes to TensorFlow's runtime."""
   dynamic = subprocess.run(["readelf", "-d", "-W", LIBRARY], capture_output=True, text=True,
                            check=True).stdout
   needed = re.findall(r"\(NEEDED\)\s+Shared library: \[(.*?)\]", dynamic)
   assert not [lib for lib in needed if "cuda" in lib], needed
-  exported = subprocess.run(["nm", "-D", "--defined-only", LIBRARY], capture_output=True,
-                            text=True, check=True).stdout
-  assert not re.search(r" (cuda|__cuda)\w*$", exported, re.MULTILINE), \
-      "the static CUDA runtime's symbols leak out of the library"
+  assert "libtensorflow_framework.so.2" in needed, needed
+  defined = {name for name in _dynamic_symbols(LIBRARY, "--defined-only")
+             if _is_cuda_runtime_symbol(name)}
+  assert not defined, f"a CUDA runtime is linked into the library: {sorted(defined)[:10]}"
+  undefined = {name for name in _dynamic_symbols(LIBRARY, "--undefined-only")
+               if _is_cuda_runtime_symbol(name)}
+  assert {"__cudaRegisterFatBinary", "__cudaRegisterFunction", "cudaLaunchKernel",
+          "cudaMemcpyAsync"} <= undefined, sorted(undefined)
+  framework = os.path.join(CONFIG["TF_LIBDIR"], CONFIG["TF_LIBNAME"])
+  missing = undefined - _dynamic_symbols(framework, "--defined-only")
+  assert not missing, f"not exported by {framework}: {sorted(missing)}"
+
+
+def test_cuda_runtime_symbols_bind_to_tensorflow_at_load(tmp_path):
+  """Where the dynamic linker binds them (LD_BIND_NOW: all of them, at load)."""
+  framework = os.path.join(CONFIG["TF_LIBDIR"], CONFIG["TF_LIBNAME"])
+  log = tmp_path / "bindings"
+  env = dict(os.environ, LD_BIND_NOW="1", LD_DEBUG="bindings", LD_DEBUG_OUTPUT=str(log),
+             FIXED_LOSS_SCALE_TEST_GPUS="none")
+  subprocess.run([sys.executable, "-c",
+                  "import ctypes, sys\n"
+                  "ctypes.CDLL(sys.argv[1], mode=ctypes.RTLD_GLOBAL)\n"
+                  "ctypes.CDLL(sys.argv[2])\n", framework, LIBRARY],
+                 env=env, check=True, capture_output=True)
+  bindings = {}
+  for path in tmp_path.glob("bindings*"):
+    with open(path, errors="replace") as f:
+      for line in f:
+        match = re.search(r"binding file (\S+) \[\d+\] to (\S+) \[\d+\]: normal symbol `([^']+)'",
+                          line)
+        if match and match.group(1).endswith(os.path.basename(LIBRARY)) and \
+            _is_cuda_runtime_symbol(match.group(3)):
+          bindings[match.group(3)] = match.group(2)
+  assert "__cudaRegisterFatBinary" in bindings and "cudaLaunchKernel" in bindings, bindings
+  elsewhere = {name: target for name, target in bindings.items()
+               if os.path.basename(target) != CONFIG["TF_LIBNAME"]}
+  assert not elsewhere, f"bound outside TensorFlow's runtime: {elsewhere}"
 
 
 def _fatbin_entries(path):
-  """(kind, sm) of every entry of the .nv_fatbin section: kind "elf" or "ptx".
+  """(kind, sm, version) of every entry of the .nv_fatbin section.
 
-  Reads the fatbinary container cuobjdump reads (for when it is not installed):
-  a header (magic 0xBA55ED50, u16 version, u16 header size, u64 payload size)
-  followed by entries (u16 kind 1=PTX 2=ELF, u16, u32 header size, u64 padded
-  size, ..., u32 sm version at byte 28). NVIDIA does not document the layout;
-  it has been stable across CUDA 10 to 13.
+  kind is "elf" or "ptx"; version is (major, minor): the PTX ISA of a PTX
+  entry, the ELF ABI of a cubin. Reads the fatbinary container cuobjdump reads
+  (absent here): a header (magic 0xBA55ED50, u16 version, u16 header size, u64
+  payload size) followed by entries (u16 kind 1=PTX 2=ELF, u16, u32 header
+  size, u64 padded size, u32, u32, u16 minor, u16 major, u32 sm version, ...).
+  NVIDIA does not document the layout; it has been stable across CUDA 10 to 13.
   """
   sections = subprocess.run(["readelf", "-S", "-W", path], capture_output=True, text=True,
                             check=True).stdout
@@ -124,34 +176,94 @@ def _fatbin_entries(path):
     entry, end = position + header_size, position + header_size + payload_size
     while entry < end:
       kind, _, entry_header_size, padded_size = struct.unpack_from("<HHIQ", data, entry)
-      sm = struct.unpack_from("<I", data, entry + 28)[0]
-      entries.append(({1: "ptx", 2: "elf"}.get(kind, str(kind)), sm))
+      minor, major, sm = struct.unpack_from("<HHI", data, entry + 24)
+      entries.append(({1: "ptx", 2: "elf"}.get(kind, str(kind)), sm, (major, minor)))
       entry += entry_header_size + padded_size
     position = end
   return entries
 
 
+def _version(text):
+  return tuple(int(part) for part in text.split(".")[:2])
+
+
 def test_device_code_covers_every_configured_architecture():
   archs = CONFIG["CUDA_ARCHS"].split()
   ptx_arch = CONFIG["CUDA_PTX_ARCH"].replace("compute_", "sm_")
-  cuobjdump = _cuda_tool("cuobjdump")
-  if cuobjdump is not None:
-    elves = subprocess.run([cuobjdump, "--list-elf", LIBRARY], capture_output=True, text=True,
-                           check=True).stdout
-    for arch in archs:
-      assert f".{arch}." in elves, f"no {arch} code in\n{elves}"
-    ptx = subprocess.run([cuobjdump, "--list-ptx", LIBRARY], capture_output=True, text=True,
-                         check=True).stdout
-    assert ptx_arch in ptx, ptx
-    return
   entries = _fatbin_entries(LIBRARY)
-  assert sorted(sm for kind, sm in entries if kind == "elf") == \
+  assert sorted(sm for kind, sm, _ in entries if kind == "elf") == \
       sorted(int(arch[3:]) for arch in archs), entries
-  assert [sm for kind, sm in entries if kind == "ptx"] == [int(ptx_arch[3:])], entries
+  ptx = [(sm, version) for kind, sm, version in entries if kind == "ptx"]
+  assert [sm for sm, _ in ptx] == [int(ptx_arch[3:])], entries
+  assert ptx[0][1] <= _version(CONFIG["CUDA_PTX_ISA"]), entries
+
+
+def test_clang_route_reaches_every_tensorflow_gpu():
+  """Issue 20: cubins for sm_60..sm_90 and PTX a CUDA 12 driver JITs."""
+  if CONFIG.get("CUDA_TOOLCHAIN") != "clang":
+    pytest.skip(f"CUDA_TOOLCHAIN={CONFIG.get('CUDA_TOOLCHAIN')}: a user's nvcc sets its own reach")
+  entries = _fatbin_entries(LIBRARY)
+  cubins = {sm for kind, sm, _ in entries if kind == "elf"}
+  assert {60, 70, 75, 80, 86, 89, 90} <= cubins, entries
+  assert all(version < (9, 0) for kind, _, version in entries if kind == "ptx"), entries
+  assert CONFIG["CUDA_MIN_DRIVER"] == "12010" and CONFIG["CUDA_PTX_MIN_DRIVER"] == "12050"
+
+
+def test_build_info_records_the_device_code():
+  with open(os.path.join(ROOT, "python", "fixed_loss_scale", "_build_info.json")) as f:
+    info = json.load(f)
+  assert info["cuda_toolchain"] == CONFIG["CUDA_TOOLCHAIN"]
+  assert info["cuda_archs"].split() == CONFIG["CUDA_ARCHS"].split()
+  assert info["cuda_min_driver"] == int(CONFIG["CUDA_MIN_DRIVER"])
+  assert info["cuda_ptx_min_driver"] == int(CONFIG["CUDA_PTX_MIN_DRIVER"])
+
+
+# ---- NOTE [where the GPU kernels run]: the load-time decision, injected ----
+_REGISTRY_PROBE = """
+import sys, tensorflow as tf
+from tensorflow.python.framework import kernels
+ops = tf.load_op_library(sys.argv[1])
+gpu = [k for op in ("FixedScaleLoss", "FixedUnscaleGrads")
+       for k in kernels.get_registered_kernels_for_op(op).kernel if k.device_type == "GPU"]
+grads = ops.fixed_unscale_grads([tf.constant([2.0, 4.0]), tf.constant([8.0], tf.float16)],
+                                loss_scale=2.0)
+print("GPU_KERNELS", len(gpu), "RESULT", grads[0].numpy().tolist(), grads[1].numpy().tolist())
+"""
+
+
+def _load_with_gpus(injected):
+  env = dict(os.environ, FIXED_LOSS_SCALE_TEST_GPUS=injected, TF_CPP_MIN_LOG_LEVEL="3")
+  result = subprocess.run([sys.executable, "-c", _REGISTRY_PROBE, LIBRARY], env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-4000:]
+  messages = [line for line in result.stderr.splitlines() if line.startswith("fixed_loss_scale:")]
+  registered = int(re.search(r"GPU_KERNELS (\d+)", result.stdout).group(1))
+  assert "RESULT [1.0, 2.0] [4.0]" in result.stdout, result.stdout
+  return registered, messages
+
+
+def test_old_driver_leaves_the_ops_on_the_cpu_with_one_message():
+  registered, messages = _load_with_gpus("11080:80")
+  assert registered == 0
+  assert len(messages) == 1, messages
+  assert "CUDA 11.8" in messages[0] and "CUDA 12.1 or newer" in messages[0], messages
+  assert "run on the CPU" in messages[0], messages
+
+
+def test_unsupported_gpu_leaves_the_ops_on_the_cpu_with_one_message():
+  registered, messages = _load_with_gpus("12080:90,35")
+  assert registered == 0
+  assert len(messages) == 1 and "sm_35" in messages[0], messages
+
+
+def test_supported_gpus_get_the_gpu_kernels_silently():
+  lowest = min(int(arch[3:]) for arch in CONFIG["CUDA_ARCHS"].split())
+  registered, messages = _load_with_gpus(f"{CONFIG['CUDA_MIN_DRIVER']}:{lowest},90")
+  assert registered == 2 and messages == []
 
 
 @pytest.mark.slow
-def test_launcher_driver_builds_with_nvcc_alone():
+def test_launcher_driver_builds_without_tensorflow():
   _make("launcher-driver")
   needed = subprocess.run(["readelf", "-d", "-W", DRIVER], capture_output=True, text=True,
                           check=True).stdout

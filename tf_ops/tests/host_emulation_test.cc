@@ -118,10 +118,10 @@ int64_t RunWithInlineTable(const std::vector<TensorSpan>& tensors, ScaleFactor f
 // returns its number of blocks.
 template <typename Memory>
 int64_t EmulateLaunch(const std::vector<TensorSpan>& tensors, ScaleFactor factor,
-                      const Memory& memory) {
+                      const Memory& memory, bool large_params = true) {
   const int64_t num_tensors = static_cast<int64_t>(tensors.size());
   if (num_tensors == 0) return 0;
-  switch (gpu::TableKindFor(num_tensors)) {
+  switch (gpu::TableKindFor(num_tensors, large_params)) {
     case gpu::TableKind::kSmallInline:
       return RunWithInlineTable<gpu::kSmallInlineTensors>(tensors, factor, memory);
     case gpu::TableKind::kMediumInline:
@@ -281,7 +281,10 @@ struct Totals {
 };
 
 // Runs one case with CheckedMemory; prints what is wrong and returns success.
-bool RunCheckedCase(const ListCase& list, uint64_t seed, Totals* totals) {
+// `large_params`: as on a GPU that takes 32 KB kernel parameters (false: the
+// 4 KB path of sm_60 and pre-12.1 drivers, NOTE [kernel parameter size]).
+bool RunCheckedCase(const ListCase& list, uint64_t seed, Totals* totals,
+                    bool large_params = true) {
   const ArenaPlan plan = PlanArena(list);
   const std::vector<uint8_t> initial = InitialArena(list, plan, seed);
   const std::vector<uint8_t> expected = ExpectedArena(list, plan, initial);
@@ -292,7 +295,8 @@ bool RunCheckedCase(const ListCase& list, uint64_t seed, Totals* totals) {
   log.reads.assign(initial.size(), 0);
   log.writes.assign(initial.size(), 0);
   const int64_t blocks =
-      EmulateLaunch(TensorsAt(list, plan, arena.data.get()), FactorOf(list), CheckedMemory(&log));
+      EmulateLaunch(TensorsAt(list, plan, arena.data.get()), FactorOf(list), CheckedMemory(&log),
+                    large_params);
 
   bool ok = true;
   if (log.faults > 0) {
@@ -347,6 +351,9 @@ int Main() {
   Totals lists;
   for (const ListCase& list : MultiTensorCases()) {
     ok = RunCheckedCase(list, seed, &lists) && ok;
+    if (static_cast<int64_t>(list.tensors.size()) > gpu::kSmallInlineTensors) {
+      ok = RunCheckedCase(list, seed, &lists, /*large_params=*/false) && ok;
+    }
     if (!RunDirectCase(list, seed)) {
       std::printf("  %s: DirectMemory run differs\n", list.name.c_str());
       ok = false;

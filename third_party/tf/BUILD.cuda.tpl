@@ -7,17 +7,3 @@ cc_library(
     hdrs = glob(["cuda_include/**"]),
     includes = ["cuda_include"],
 )
-
-# The toolkit's static CUDA runtime (FLS_CUDART_STATIC), linked as the Makefile's
-# GPU_LDFLAGS do: its symbols kept private to the op library.
-cc_library(
-    name = "cudart_static",
-    srcs = ["cuda/libcudart_static.a"],
-    linkopts = [
-        "-Wl,--exclude-libs,libcudart_static.a",
-        "-lrt",
-        "-ldl",
-        "-lpthread",
-    ],
-    linkstatic = True,
-)

@@ -9,7 +9,8 @@ reach this rule's environment. The same values are in config.mk for Make.
   @local_config_tf//:build_config.bzl         FLS_WITH_CUDA, the flag sets etc. for BUILD files
 and, when FLS_WITH_CUDA=1 (BUILD.cuda.tpl):
   @local_config_tf//:tf_cuda_headers          the CUDA headers in TensorFlow's wheel
-  @local_config_tf//:cudart_static            the toolkit's static CUDA runtime
+(no CUDA runtime: the library uses TensorFlow's, NOTE [one CUDA runtime] in
+the Makefile)
 """
 
 _TF_ENV = [
@@ -23,7 +24,11 @@ _TF_ENV = [
 _CUDA_ENV = [
     "FLS_WITH_CUDA",
     "FLS_NVCC",
-    "FLS_CUDART_STATIC",
+    "FLS_CUDA_TOOLCHAIN",
+    "FLS_CLANG",
+    "FLS_CUDA12_PATH",
+    "FLS_CLANG_CUDA_FLAGS",
+    "FLS_PYTHON",
     "FLS_CUDA_ARCHS",
     "FLS_CUDA_PTX_ARCH",
     "FLS_TF_CUDA_INCLUDE",
@@ -63,12 +68,12 @@ def _tf_configure_impl(ctx):
     cuda_build = ""
     if with_cuda:
         cuda_include = env.get("FLS_TF_CUDA_INCLUDE", "")
-        cudart_static = env.get("FLS_CUDART_STATIC", "")
-        for path in [env.get("FLS_NVCC", ""), cuda_include, cudart_static]:
+        toolchain = env.get("FLS_CUDA_TOOLCHAIN", "")
+        tools = [env.get("FLS_CLANG", ""), env.get("FLS_CUDA12_PATH", "")] if toolchain == "clang" else [env.get("FLS_NVCC", "")]
+        for path in [cuda_include] + tools:
             if not path or not ctx.path(path).exists:
                 fail("FLS_WITH_CUDA=1 but %r does not exist: rerun ./configure.sh" % path)
         ctx.symlink(cuda_include, "cuda_include")
-        ctx.symlink(cudart_static, "cuda/libcudart_static.a")
         cuda_build = ctx.read(Label("//third_party/tf:BUILD.cuda.tpl"))
 
     defines = [flag[2:] for flag in env["TF_DEFINES"].split(" ") if flag.startswith("-D")]
@@ -82,7 +87,11 @@ def _tf_configure_impl(ctx):
         '"""Written by tf_configure.bzl from the environment configure.sh set."""',
         "FLS_WITH_CUDA = %s" % with_cuda,
         "FLS_NVCC = %s" % repr(env.get("FLS_NVCC", "")),
-        "FLS_CUDART_STATIC = %s" % repr(env.get("FLS_CUDART_STATIC", "")),
+        "FLS_CUDA_TOOLCHAIN = %s" % repr(env.get("FLS_CUDA_TOOLCHAIN", "")),
+        "FLS_CLANG = %s" % repr(env.get("FLS_CLANG", "")),
+        "FLS_CUDA12_PATH = %s" % repr(env.get("FLS_CUDA12_PATH", "")),
+        "FLS_CLANG_CUDA_FLAGS = %s" % repr(env.get("FLS_CLANG_CUDA_FLAGS", "")),
+        "FLS_PYTHON = %s" % repr(env.get("FLS_PYTHON", "")),
         "FLS_CUDA_ARCHS = %s" % repr([arch for arch in env.get("FLS_CUDA_ARCHS", "").split(" ") if arch]),
         "FLS_CUDA_PTX_ARCH = %s" % repr(env.get("FLS_CUDA_PTX_ARCH", "")),
         "FLS_TF_CUDA_INCLUDE = %s" % repr(env.get("FLS_TF_CUDA_INCLUDE", "")),

@@ -4,20 +4,46 @@
 
 #include "tf_ops/core/gpu/multi_tensor_scale_body.h"
 
+#include <atomic>
+
+// NOTE [kernel parameter size]: 32 KB parameters need a CUDA 12.1+ toolkit.
+#if CUDART_VERSION < 12010
+#error "FixedUnscaleGrads' GPU kernels need CUDA 12.1 or newer (32,764-byte kernel parameters)"
+#endif
+
+// __grid_constant__ lets the body read the 32 KB table straight from the
+// parameter bank through a reference, with no per-thread copy. clang 19 does
+// not know the attribute; its NVPTX back end reads a by-value kernel
+// parameter in place anyway as long as its address does not escape the
+// inlined body (ptxas -v reports a 0-byte stack frame for every kernel).
+#if defined(__clang__) && defined(__CUDA__)
+#define FLS_GRID_CONSTANT
+#else
+#define FLS_GRID_CONSTANT __grid_constant__
+#endif
+
+// The device pass for sm_60 (no 32 KB parameters) must not instantiate the
+// medium and large inline kernels: they are referenced only where this holds.
+// Host code and sm_70+ device code see all three; a launch never picks them on
+// a GPU without the 32 KB form (LargeKernelParamsAvailable).
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 700
+#define FLS_LARGE_KERNEL_PARAMS 1
+#else
+#define FLS_LARGE_KERNEL_PARAMS 0
+#endif
+
 namespace fixed_loss_scale {
 namespace gpu {
 namespace {
 
-// __grid_constant__ lets the body read the 32 KB table straight from the
-// parameter bank through a reference, with no per-thread copy.
 template <int64_t kCapacity>
 __global__ void __launch_bounds__(kBlockSize)
-    ScaleInlineTableKernel(const __grid_constant__ InlineTable<kCapacity> table) {
+    ScaleInlineTableKernel(const FLS_GRID_CONSTANT InlineTable<kCapacity> table) {
   ScaleTableChunk(table, blockIdx.x, threadIdx.x, DirectMemory());
 }
 
 __global__ void __launch_bounds__(kBlockSize)
-    ScaleBufferTableKernel(const __grid_constant__ BufferTable table) {
+    ScaleBufferTableKernel(const FLS_GRID_CONSTANT BufferTable table) {
   ScaleTableChunk(table, blockIdx.x, threadIdx.x, DirectMemory());
 }
 
@@ -58,6 +84,34 @@ cudaError_t LaunchWithBufferTable(const TensorSpan* tensors, int64_t num_tensors
                       total_chunks, stream);
 }
 
+// Whether the current device takes 32 KB kernel parameters (NOTE [kernel
+// parameter size]): asked once per device, then read from a cache, as the
+// table choice is made on every launch.
+constexpr int kMaxCachedDevices = 64;
+
+bool LargeKernelParamsAvailable() {
+  // 0 unknown, 1 no, 2 yes.
+  static std::atomic<int> cache[kMaxCachedDevices];
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  if (device >= 0 && device < kMaxCachedDevices) {
+    const int cached = cache[device].load(std::memory_order_relaxed);
+    if (cached != 0) return cached == 2;
+  }
+  int major = 0, minor = 0, driver = 0, runtime = 0;
+  const bool available =
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess &&
+      cudaDriverGetVersion(&driver) == cudaSuccess &&
+      cudaRuntimeGetVersion(&runtime) == cudaSuccess &&
+      major * 10 + minor >= kLargeParamsMinComputeCapability &&
+      driver >= kLargeParamsMinCudaVersion && runtime >= kLargeParamsMinCudaVersion;
+  if (device >= 0 && device < kMaxCachedDevices) {
+    cache[device].store(available ? 2 : 1, std::memory_order_relaxed);
+  }
+  return available;
+}
+
 bool IsValidList(const TensorSpan* tensors, int64_t num_tensors) {
   if (num_tensors < 0 || (num_tensors > 0 && tensors == nullptr)) return false;
   for (int64_t t = 0; t < num_tensors; ++t) {
@@ -70,7 +124,10 @@ bool IsValidList(const TensorSpan* tensors, int64_t num_tensors) {
 }  // namespace gpu
 
 size_t MultiTensorScaleScratchBytes(int64_t num_tensors) {
-  if (gpu::TableKindFor(num_tensors) != gpu::TableKind::kBuffer) return 0;
+  if (gpu::TableKindFor(num_tensors, gpu::LargeKernelParamsAvailable()) !=
+      gpu::TableKind::kBuffer) {
+    return 0;
+  }
   return gpu::BufferLayoutFor(num_tensors).total_bytes;
 }
 
@@ -79,16 +136,22 @@ cudaError_t LaunchMultiTensorScale(const TensorSpan* tensors, int64_t num_tensor
                                    cudaStream_t stream) {
   if (!gpu::IsValidList(tensors, num_tensors)) return cudaErrorInvalidValue;
   if (num_tensors == 0) return cudaSuccess;
-  switch (gpu::TableKindFor(num_tensors)) {
+  switch (gpu::TableKindFor(num_tensors, gpu::LargeKernelParamsAvailable())) {
     case gpu::TableKind::kSmallInline:
       return gpu::LaunchWithInlineTable<gpu::kSmallInlineTensors>(tensors, num_tensors, factor,
                                                                   stream);
+#if FLS_LARGE_KERNEL_PARAMS
     case gpu::TableKind::kMediumInline:
       return gpu::LaunchWithInlineTable<gpu::kMediumInlineTensors>(tensors, num_tensors, factor,
                                                                    stream);
     case gpu::TableKind::kLargeInline:
       return gpu::LaunchWithInlineTable<gpu::kLargeInlineTensors>(tensors, num_tensors, factor,
                                                                   stream);
+#else
+    case gpu::TableKind::kMediumInline:
+    case gpu::TableKind::kLargeInline:
+      return cudaErrorInvalidValue;  // not reached: device code only, never run
+#endif
     case gpu::TableKind::kBuffer:
       break;
   }

@@ -76,9 +76,21 @@ constexpr int kILP = 4;
 constexpr int64_t kChunkBytes = int64_t{64} << 10;
 // Most blocks of a 1-D grid, hence most chunks of one launch (128 TiB).
 constexpr int64_t kMaxGridBlocks = (int64_t{1} << 31) - 1;
-// Kernel parameter space on Volta and later with a CUDA 12.1+ toolkit and
-// driver (the build targets sm_75+ with CUDA 13, so this always holds).
+// NOTE [kernel parameter size]: kernels take up to 32,764 bytes of parameters
+// on Volta and later when the toolkit, the runtime and the driver are all
+// CUDA 12.1 or newer; otherwise 4,096 bytes (ptxas refuses more than 4,352 for
+// sm_60 code). The device code for sm_70 and later declares all three inline
+// tables; sm_60 code declares only the small one, which fits 4,096 bytes (the
+// .cu file does not instantiate the others for it). At run time the launcher
+// asks, once per device, whether the 32 KB form is available
+// (LargeKernelParamsAvailable in multi_tensor_scale.cu) and otherwise sends
+// lists longer than kSmallInlineTensors in a buffer table.
 constexpr int64_t kMaxKernelParamBytes = 32764;
+constexpr int64_t kLegacyMaxKernelParamBytes = 4096;
+// Where the 32 KB form is available: compute capability and CUDA version
+// (runtime and driver, as cudaDriverGetVersion writes them).
+constexpr int kLargeParamsMinComputeCapability = 70;
+constexpr int kLargeParamsMinCudaVersion = 12010;
 // Inline table capacities, in tensors. kLargeInlineTensors is the most that
 // fits kMaxKernelParamBytes: an InlineTable<n> takes 8 + 16 + 8 * (n + 1) bytes
 // of header and chunk_begin plus 8 + 8 + 8 + 1 per tensor, rounded up to 8.
@@ -147,6 +159,10 @@ struct InlineTable {
   DType dtype[kCapacity];
 };
 
+static_assert(sizeof(InlineTable<kSmallInlineTensors>) <= kLegacyMaxKernelParamBytes,
+              "the small inline table fits every GPU's parameter space");
+static_assert(sizeof(InlineTable<kMediumInlineTensors>) > kLegacyMaxKernelParamBytes,
+              "the medium table needs the 32 KB form (else sm_60 code could declare it)");
 static_assert(sizeof(InlineTable<kLargeInlineTensors>) <= kMaxKernelParamBytes,
               "the large inline table fits the kernel parameter space");
 static_assert(sizeof(InlineTable<kLargeInlineTensors + 1>) > kMaxKernelParamBytes,
@@ -226,11 +242,14 @@ int64_t FillTable(const TensorSpan* tensors, int64_t num_tensors, ScaleFactor fa
   return chunks;
 }
 
-// Which table a list of `num_tensors` tensors travels in.
+// Which table a list of `num_tensors` tensors travels in; `large_params`:
+// whether the device takes 32 KB kernel parameters (NOTE [kernel parameter
+// size]).
 enum class TableKind { kSmallInline, kMediumInline, kLargeInline, kBuffer };
 
-inline TableKind TableKindFor(int64_t num_tensors) {
+inline TableKind TableKindFor(int64_t num_tensors, bool large_params) {
   if (num_tensors <= kSmallInlineTensors) return TableKind::kSmallInline;
+  if (!large_params) return TableKind::kBuffer;
   if (num_tensors <= kMediumInlineTensors) return TableKind::kMediumInline;
   if (num_tensors <= kLargeInlineTensors) return TableKind::kLargeInline;
   return TableKind::kBuffer;

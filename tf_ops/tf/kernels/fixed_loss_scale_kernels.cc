@@ -1,12 +1,16 @@
 // OpKernels for FixedScaleLoss and FixedUnscaleGrads: validate the attr, forward
 // each input buffer to its output when TensorFlow allows (in place) or allocate
 // a new one, then make one MultiTensorScale<Device> call for the whole list.
+#include <cstdio>
 #include <vector>
 
 #include "tensorflow/core/framework/node_def_util.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/types.h"
 #include "tf_ops/tf/kernels/fixed_loss_scale.h"
+#if GOOGLE_CUDA
+#include "tf_ops/core/gpu/device_support.h"
+#endif
 
 namespace fixed_loss_scale {
 namespace {
@@ -157,9 +161,47 @@ class FixedUnscaleGradsOp : public FixedLossScaleOpBase {
                           FixedUnscaleGradsOp<DEVICE_TYPE>)
 
 REGISTER_FIXED_LOSS_SCALE_KERNELS(tensorflow::DEVICE_CPU, Eigen::ThreadPoolDevice);
-#if GOOGLE_CUDA
-REGISTER_FIXED_LOSS_SCALE_KERNELS(tensorflow::DEVICE_GPU, Eigen::GpuDevice);
-#endif
 #undef REGISTER_FIXED_LOSS_SCALE_KERNELS
+
+#if GOOGLE_CUDA
+namespace {
+
+// What configure.sh built the device code for (GPU_DEFINES).
+gpu::DeviceCodeTargets BuiltDeviceCode() {
+  gpu::DeviceCodeTargets targets;
+  targets.cubin_archs = {FLS_CUDA_CUBIN_ARCHS};
+  targets.ptx_arch = FLS_CUDA_PTX_ARCH;
+  targets.min_driver = FLS_CUDA_MIN_DRIVER;
+  targets.ptx_min_driver = FLS_CUDA_PTX_MIN_DRIVER;
+  return targets;
+}
+
+template <template <typename> class Op>
+void RegisterGpuKernel(const char* op_name, const char* class_name) {
+  ::tensorflow::kernel_factory::OpKernelRegistrar registrar(
+      ::tensorflow::register_kernel::Name(op_name)
+          .Device(tensorflow::DEVICE_GPU)
+          .TypeConstraint("T", {tensorflow::DT_HALF, tensorflow::DT_BFLOAT16,
+                                tensorflow::DT_FLOAT, tensorflow::DT_DOUBLE})
+          .Build(),
+      class_name,
+      [](OpKernelConstruction* context) -> OpKernel* { return new Op<Eigen::GpuDevice>(context); });
+  (void)registrar;
+}
+
+// NOTE [where the GPU kernels run] (tf_ops/core/gpu/device_support.h): the GPU
+// kernels are registered, at load, only where the device code can run.
+const bool gpu_kernels_registered = [] {
+  const gpu::GpuSupport support = gpu::DecideGpuSupport(BuiltDeviceCode(), gpu::QueryGpuSystem());
+  if (!support.message.empty()) std::fprintf(stderr, "%s\n", support.message.c_str());
+  if (!support.register_gpu_kernels) return false;
+  RegisterGpuKernel<FixedScaleLossOp>("FixedScaleLoss", "FixedScaleLossOp<Eigen::GpuDevice>");
+  RegisterGpuKernel<FixedUnscaleGradsOp>("FixedUnscaleGrads",
+                                         "FixedUnscaleGradsOp<Eigen::GpuDevice>");
+  return true;
+}();
+
+}  // namespace
+#endif  // GOOGLE_CUDA
 
 }  // namespace fixed_loss_scale
