@@ -2,6 +2,7 @@
 installable wheel whose library loads from wherever it is installed."""
 
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -38,10 +39,19 @@ def test_wheel_installs_and_loads_outside_the_source_tree(tmp_path):
   subprocess.run(["make", "-C", ROOT, "wheel", f"WHEEL_DIR={dist}"], check=True,
                  capture_output=True, timeout=600)
   (wheel,) = glob.glob(str(dist / "*.whl"))
-  names = zipfile.ZipFile(wheel).namelist()
+  archive = zipfile.ZipFile(wheel)
+  names = archive.namelist()
   assert "fixed_loss_scale/_fixed_loss_scale_ops.so" in names
   assert "fixed_loss_scale/_build_info.json" in names
   assert "linux_x86_64" in os.path.basename(wheel) or "linux" in os.path.basename(wheel)
+  # The runtime package only, and pip's wheel: it requires the TensorFlow minor
+  # version it was built for (tests/test_packaging.py checks the range itself).
+  assert all(n.startswith(("fixed_loss_scale/", "tf_fixed_loss_scale-")) for n in names), names
+  (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+  built_for = json.loads(archive.read("fixed_loss_scale/_build_info.json"))["tf_version"]
+  major, minor = built_for.split(".")[:2]
+  assert (f"Requires-Dist: tensorflow<{major}.{int(minor) + 1},>={built_for}"
+          in archive.read(metadata).decode().splitlines())
 
   target = tmp_path / "site"
   subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
