@@ -97,6 +97,7 @@ $(BUILD_DIR)/tf_ops/tf/%.o: tf_ops/tf/%.cc $(HEADERS) config.mk
 #   make launcher-driver       tf_ops/tests/launcher_driver.cu with the launcher,
 #                              no TensorFlow (clang route: against the wheel's
 #                              libcudart.so.12)
+#   make gpu-check-bundle      .gpucheck/: the CUDA 12 objects the GPU check needs
 #   make gpu-check             tools/gpu_check.sh: every GPU check, TF-free
 .PHONY: host-emulation-test launcher-driver gpu-check
 GPU_OBJS :=
@@ -146,8 +147,13 @@ launcher-driver:
 	@echo "make $@: needs a CUDA toolchain; see docs/GPU.md (rerun ./configure.sh)" >&2; exit 1
 endif
 # TF-free and config.mk-free: runs on a GPU machine without TensorFlow.
+# gpu-check-bundle (here, clang route configured) puts what that machine needs
+# of the CUDA 12 build in .gpucheck/ (git-ignored; send it with the sources).
+.PHONY: gpu-check-bundle
 gpu-check:
 	tools/gpu_check.sh $(GPU_CHECK_ARGS)
+gpu-check-bundle: config.mk
+	tools/gpu_check.sh --prepare
 $(HOST_EMULATION_TEST): tf_ops/tests/host_emulation_test.cc tf_ops/tests/gpu_kernel_cases.h $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CXX) $(TEST_CXX_FLAGS) -I. -o $@ $<

@@ -270,6 +270,30 @@ def test_launcher_driver_builds_without_tensorflow():
   assert "tensorflow" not in needed
   result = subprocess.run([DRIVER], capture_output=True, text=True)
   assert result.returncode == 2 and "usage" in result.stderr
+  if _gpu_absent_reason():
+    for mode in ("check", "tf-stream", "edges", "huge"):
+      result = subprocess.run([DRIVER, mode], capture_output=True, text=True, timeout=120)
+      assert result.returncode == DRIVER_NO_DEVICE, (mode, result.stdout + result.stderr)
+      assert "no CUDA device" in result.stdout
+
+
+@pytest.mark.slow
+def test_gpu_check_script_builds_both_variants_and_skips_without_a_gpu():
+  """tools/gpu_check.sh, as the GPU machine runs it: no config.mk, no TensorFlow."""
+  if CONFIG.get("CUDA_TOOLCHAIN") != "clang":
+    pytest.skip("the CUDA 12 bundle is made by the clang route")
+  _make("gpu-check-bundle")
+  if shutil.which("nvcc") is None and not os.access("/usr/local/cuda/bin/nvcc", os.X_OK):
+    pytest.skip("no nvcc here to build the script's nvcc variant")
+  env = dict(os.environ, PATH="/usr/local/cuda/bin:" + os.environ["PATH"])
+  result = subprocess.run([os.path.join(ROOT, "tools", "gpu_check.sh")], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=600)
+  output = result.stdout + result.stderr
+  if _gpu_absent_reason():
+    assert result.returncode == DRIVER_NO_DEVICE, output[-4000:]
+    assert "built nvcc cuda12; no GPU here" in output, output[-4000:]
+  else:
+    assert result.returncode == 0, output[-8000:]
 
 
 @pytest.mark.slow

@@ -1,20 +1,36 @@
-// Standalone driver of the launcher (multi_tensor_scale.h), built with nvcc
-// alone: no TensorFlow, no Python.
+// Standalone driver of the launcher (multi_tensor_scale.h): no TensorFlow, no
+// Python. Built by nvcc alone, or by g++ against the clang route's objects and
+// libcudart.so.12 (Makefile; tools/gpu_check.sh builds and runs both).
 //
 //   launcher_driver check [--quick]   the cases of tf_ops/tests/gpu_kernel_cases.h
 //                                     (those the host emulation runs) on the GPU,
 //                                     against the CPU kernels' element math on the
 //                                     host; --quick keeps sizes <= 4096 and the
 //                                     lists (for compute-sanitizer)
+//   launcher_driver tf-stream         lists of 991, 992 and 2,000 tensors launched
+//                                     as TensorFlow launches: on a stream made with
+//                                     the driver API in the primary context, with
+//                                     cuMemHostAlloc'ed pinned table scratch
+//   launcher_driver edges             every float16/bfloat16 bit pattern, float and
+//                                     double inputs and products around FLT_MIN /
+//                                     DBL_MIN, subnormals and NaNs, several scales
+//   launcher_driver huge              one float16 tensor of 2^31 + 17 elements at
+//                                     a 2-byte offset, in place (4 GiB)
 //   launcher_driver bench [FILE]      one launch for the whole list vs one launch
 //                                     per tensor vs a device-to-device copy of
 //                                     the same bytes, on the "full" gradient sets
 //                                     of FILE (benchmarks/gradient_sets.txt)
 //
-// Exit status: 0 passed, 1 failed, 2 usage, 3 no CUDA device (tests skip on 3).
+// Exit status: 0 passed, 1 failed (any CUDA error included), 2 usage, 3 no GPU:
+// no NVIDIA driver installed (no libcuda.so.1) or cudaErrorNoDevice. Tests
+// skip on 3 only; a driver the runtime cannot use is a failure.
 #include <cuda_runtime_api.h>
+#include <dlfcn.h>
 
 #include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <limits>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -81,42 +97,85 @@ cudaError_t Launch(const std::vector<TensorSpan>& tensors, ScaleFactor factor, S
   return LaunchMultiTensorScale(tensors.data(), count, factor, host, device, stream);
 }
 
-bool HasDevice() {
+enum class DeviceState { kReady, kNoDevice, kBroken };
+
+// Whether a GPU is there to test. Only "no GPU here" skips: no driver
+// installed at all, or the runtime's cudaErrorNoDevice. Any other error (an
+// insufficient driver, a broken installation) is a failure, so that a broken
+// GPU machine never reads as skipped.
+DeviceState ProbeDevice() {
+  if (dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL) == nullptr) {
+    std::printf("no CUDA device (no NVIDIA driver: libcuda.so.1 not found)\n");
+    return DeviceState::kNoDevice;
+  }
   int count = 0;
   const cudaError_t status = cudaGetDeviceCount(&count);
-  if (status != cudaSuccess || count == 0) {
+  if (status == cudaErrorNoDevice || (status == cudaSuccess && count == 0)) {
     std::printf("no CUDA device (%s)\n",
-                status == cudaSuccess ? "0 devices" : cudaGetErrorString(status));
-    return false;
+                status == cudaSuccess ? "0 devices" : cudaGetErrorName(status));
+    return DeviceState::kNoDevice;
+  }
+  if (status != cudaSuccess) {
+    std::fprintf(stderr, "CUDA error in cudaGetDeviceCount: %s (%s); runtime %d\n",
+                 cudaGetErrorName(status), cudaGetErrorString(status), CUDART_VERSION);
+    return DeviceState::kBroken;
   }
   cudaDeviceProp properties;
   Check(cudaGetDeviceProperties(&properties, 0), "cudaGetDeviceProperties");
-  int driver = 0;
+  int driver = 0, runtime = 0;
   Check(cudaDriverGetVersion(&driver), "cudaDriverGetVersion");
+  Check(cudaRuntimeGetVersion(&runtime), "cudaRuntimeGetVersion");
   std::printf("device 0: %s (sm_%d%d), driver API %d.%d, runtime %d.%d\n", properties.name,
               properties.major, properties.minor, driver / 1000, driver % 1000 / 10,
-              CUDART_VERSION / 1000, CUDART_VERSION % 1000 / 10);
-  return true;
+              runtime / 1000, runtime % 1000 / 10);
+  return DeviceState::kReady;
+}
+
+// The exit status when the device is not ready, else 0.
+int DeviceExitStatus() {
+  switch (ProbeDevice()) {
+    case DeviceState::kReady:
+      return 0;
+    case DeviceState::kNoDevice:
+      return kExitNoDevice;
+    case DeviceState::kBroken:
+      break;
+  }
+  return kExitFailed;
 }
 
 // ---- check ---------------------------------------------------------------------
-bool RunCase(const testing::ListCase& list, uint64_t seed, Buffer& arena, Scratch& scratch,
-             cudaStream_t stream) {
+// One case: upload the arena, launch once, download, compare. Every copy is on
+// `stream` (an upload on the legacy stream would not be ordered before a launch
+// on a non-blocking stream).
+bool RunCase(const testing::ListCase& list, uint64_t seed, Buffer& arena, void* host_scratch,
+             void* device_scratch, cudaStream_t stream) {
   const testing::ArenaPlan plan = testing::PlanArena(list);
   const std::vector<uint8_t> initial = testing::InitialArena(list, plan, seed);
   const std::vector<uint8_t> expected = testing::ExpectedArena(list, plan, initial);
   uint8_t* device = static_cast<uint8_t*>(arena.Reserve(initial.size()));
-  Check(cudaMemcpy(device, initial.data(), initial.size(), cudaMemcpyHostToDevice), "upload");
-  Check(Launch(testing::TensorsAt(list, plan, device), testing::FactorOf(list), scratch, stream),
+  Check(cudaMemcpyAsync(device, initial.data(), initial.size(), cudaMemcpyHostToDevice, stream),
+        "upload");
+  const std::vector<TensorSpan> tensors = testing::TensorsAt(list, plan, device);
+  Check(LaunchMultiTensorScale(tensors.data(), static_cast<int64_t>(tensors.size()),
+                               testing::FactorOf(list), host_scratch, device_scratch, stream),
         list.name.c_str());
-  Check(cudaStreamSynchronize(stream), list.name.c_str());
   std::vector<uint8_t> actual(initial.size());
-  Check(cudaMemcpy(actual.data(), device, actual.size(), cudaMemcpyDeviceToHost), "download");
+  Check(cudaMemcpyAsync(actual.data(), device, actual.size(), cudaMemcpyDeviceToHost, stream),
+        "download");
+  Check(cudaStreamSynchronize(stream), list.name.c_str());
   return testing::CompareArenas(list, plan, expected, actual) == 0;
 }
 
+bool RunCase(const testing::ListCase& list, uint64_t seed, Buffer& arena, Scratch& scratch,
+             cudaStream_t stream) {
+  const size_t bytes = MultiTensorScaleScratchBytes(static_cast<int64_t>(list.tensors.size()));
+  return RunCase(list, seed, arena, bytes > 0 ? scratch.host.Reserve(bytes) : nullptr,
+                 bytes > 0 ? scratch.device.Reserve(bytes) : nullptr, stream);
+}
+
 int RunCheck(bool quick) {
-  if (!HasDevice()) return kExitNoDevice;
+  if (const int status = DeviceExitStatus()) return status;
   cudaStream_t stream;
   Check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
   Buffer arena(false);
@@ -145,6 +204,230 @@ int RunCheck(bool quick) {
                                                : "software FTZ/DAZ reference");
   std::printf("GPU check: %s\n", failed == 0 ? "PASSED" : "FAILED");
   return failed == 0 ? 0 : kExitFailed;
+}
+
+// ---- tf-stream -------------------------------------------------------------------
+// The driver API entry points TensorFlow's StreamExecutor uses to make its
+// streams and pinned host memory, reached with dlopen (no libcuda link).
+struct DriverApi {
+  int (*init)(unsigned);
+  int (*device_get)(int*, int);
+  int (*primary_ctx_retain)(void**, int);
+  int (*ctx_set_current)(void*);
+  int (*stream_create)(void**, unsigned);
+  int (*mem_host_alloc)(void**, size_t, unsigned);
+  int (*mem_free_host)(void*);
+};
+
+void CheckDriver(int result, const char* what) {
+  if (result == 0) return;
+  std::fprintf(stderr, "CUDA driver error in %s: CUresult %d\n", what, result);
+  std::exit(kExitFailed);
+}
+
+DriverApi LoadDriverApi() {
+  void* cuda = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (cuda == nullptr) {
+    std::fprintf(stderr, "dlopen libcuda.so.1: %s\n", dlerror());
+    std::exit(kExitFailed);
+  }
+  auto symbol = [cuda](const char* name, const char* fallback) {
+    void* address = dlsym(cuda, name);
+    if (address == nullptr && fallback != nullptr) address = dlsym(cuda, fallback);
+    if (address == nullptr) {
+      std::fprintf(stderr, "libcuda.so.1 has no %s\n", name);
+      std::exit(kExitFailed);
+    }
+    return address;
+  };
+  DriverApi api;
+  api.init = reinterpret_cast<int (*)(unsigned)>(symbol("cuInit", nullptr));
+  api.device_get = reinterpret_cast<int (*)(int*, int)>(symbol("cuDeviceGet", nullptr));
+  api.primary_ctx_retain =
+      reinterpret_cast<int (*)(void**, int)>(symbol("cuDevicePrimaryCtxRetain", nullptr));
+  api.ctx_set_current = reinterpret_cast<int (*)(void*)>(symbol("cuCtxSetCurrent", nullptr));
+  api.stream_create = reinterpret_cast<int (*)(void**, unsigned)>(symbol("cuStreamCreate", nullptr));
+  api.mem_host_alloc = reinterpret_cast<int (*)(void**, size_t, unsigned)>(
+      symbol("cuMemHostAlloc", nullptr));
+  api.mem_free_host = reinterpret_cast<int (*)(void*)>(symbol("cuMemFreeHost", nullptr));
+  return api;
+}
+
+int RunTfStream() {
+  if (const int status = DeviceExitStatus()) return status;
+  const DriverApi api = LoadDriverApi();
+  constexpr unsigned kStreamNonBlocking = 1;      // CU_STREAM_NON_BLOCKING
+  constexpr unsigned kMemHostAllocPortable = 1;   // CU_MEMHOSTALLOC_PORTABLE
+  int device = 0;
+  void* context = nullptr;
+  void* stream = nullptr;
+  CheckDriver(api.init(0), "cuInit");
+  CheckDriver(api.device_get(&device, 0), "cuDeviceGet");
+  CheckDriver(api.primary_ctx_retain(&context, device), "cuDevicePrimaryCtxRetain");
+  CheckDriver(api.ctx_set_current(context), "cuCtxSetCurrent");
+  CheckDriver(api.stream_create(&stream, kStreamNonBlocking), "cuStreamCreate");
+  Buffer arena(false);
+  Buffer device_scratch(false);
+  int64_t failed = 0;
+  uint64_t seed = 4242;
+  for (int64_t count : {gpu::kLargeInlineTensors, gpu::kLargeInlineTensors + 1, int64_t{2000}}) {
+    testing::ListCase list;
+    list.name = "tf-stream list of " + std::to_string(count) + " tensors";
+    testing::Rng rng(seed);
+    for (int64_t t = 0; t < count; ++t) {
+      testing::TensorCase tensor;
+      tensor.dtype = testing::kAllDTypes[rng.Uniform(0, 3)];
+      tensor.num_elements = rng.Uniform(0, 3000);
+      tensor.in_offset = rng.Uniform(0, 1) * 8;
+      tensor.out_offset = tensor.in_offset;
+      tensor.in_place = rng.Uniform(0, 1) == 0;
+      list.tensors.push_back(tensor);
+    }
+    list.loss_scale = 1024.0f;
+    list.unscale = true;
+    const size_t bytes = MultiTensorScaleScratchBytes(count);
+    void* pinned = nullptr;
+    if (bytes > 0) CheckDriver(api.mem_host_alloc(&pinned, bytes, kMemHostAllocPortable), "cuMemHostAlloc");
+    const bool ok = RunCase(list, seed++, arena, pinned,
+                            bytes > 0 ? device_scratch.Reserve(bytes) : nullptr,
+                            static_cast<cudaStream_t>(stream));
+    if (pinned != nullptr) CheckDriver(api.mem_free_host(pinned), "cuMemFreeHost");
+    std::printf("%s (%s table): %s\n", list.name.c_str(), bytes > 0 ? "buffer" : "inline",
+                ok ? "ok" : "FAILED");
+    failed += !ok;
+  }
+  std::printf("tf-stream: %s\n", failed == 0 ? "PASSED" : "FAILED");
+  return failed == 0 ? 0 : kExitFailed;
+}
+
+// ---- edges -----------------------------------------------------------------------
+// Runs `inputs` (of `dtype`) through one launch in place and compares every
+// element with the CPU reference; returns the number that differ.
+template <typename T>
+int64_t CompareOnGpu(DType dtype, const std::vector<T>& inputs, ScaleFactor factor,
+                     cudaStream_t stream) {
+  const size_t bytes = inputs.size() * sizeof(T);
+  void* device = nullptr;
+  Check(cudaMalloc(&device, bytes), "cudaMalloc");
+  Check(cudaMemcpyAsync(device, inputs.data(), bytes, cudaMemcpyHostToDevice, stream), "upload");
+  const TensorSpan span{device, device, static_cast<int64_t>(inputs.size()), dtype};
+  Check(LaunchMultiTensorScale(&span, 1, factor, nullptr, nullptr, stream), "edges launch");
+  std::vector<T> actual(inputs.size());
+  std::vector<T> expected(inputs.size());
+  Check(cudaMemcpyAsync(actual.data(), device, bytes, cudaMemcpyDeviceToHost, stream), "download");
+  Check(cudaStreamSynchronize(stream), "edges");
+  Check(cudaFree(device), "cudaFree");
+  {
+    const testing::ScopedFlushToZero flush;
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      testing::CpuReferenceElement(dtype, inputs.data(), expected.data(), static_cast<int64_t>(i),
+                                   factor);
+    }
+  }
+  int64_t wrong = 0;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (std::memcmp(&actual[i], &expected[i], sizeof(T)) == 0) continue;
+    if (++wrong <= 3) {
+      uint64_t in = 0, got = 0, want = 0;
+      std::memcpy(&in, &inputs[i], sizeof(T));
+      std::memcpy(&got, &actual[i], sizeof(T));
+      std::memcpy(&want, &expected[i], sizeof(T));
+      std::printf("  %s x=0x%llx factor=%a: GPU 0x%llx, CPU 0x%llx\n", DTypeName(dtype),
+                  static_cast<unsigned long long>(in), factor.d,
+                  static_cast<unsigned long long>(got), static_cast<unsigned long long>(want));
+    }
+  }
+  return wrong;
+}
+
+// Inputs whose products with `factor` land within a few ulps of the smallest
+// normal `min_normal` (where x86 detects tininess after rounding), both signs,
+// plus subnormal inputs, +-0, +-Inf and NaNs of both signs.
+template <typename T>
+std::vector<T> EdgeValues(T factor, T min_normal, int mantissa_bits) {
+  std::vector<T> values;
+  for (int k = -300; k <= 300; ++k) {
+    T x = min_normal * (1 + k * std::ldexp(T(1), -mantissa_bits - 1)) / factor;
+    for (int s = 0; s < 3; ++s) x = std::nextafter(x, T(0));
+    for (int s = 0; s < 7; ++s) {
+      values.push_back(x);
+      values.push_back(-x);
+      x = std::nextafter(x, std::numeric_limits<T>::max());
+    }
+  }
+  for (T x : {min_normal / 2, min_normal / 1024, std::numeric_limits<T>::denorm_min(),
+              min_normal - std::numeric_limits<T>::denorm_min(), T(0),
+              std::numeric_limits<T>::infinity(), std::numeric_limits<T>::quiet_NaN(),
+              std::numeric_limits<T>::max()}) {
+    values.push_back(x);
+    values.push_back(-x);
+  }
+  return values;
+}
+
+int RunEdges() {
+  if (const int status = DeviceExitStatus()) return status;
+  cudaStream_t stream;
+  Check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  std::vector<uint16_t> patterns(65536);
+  for (int i = 0; i < 65536; ++i) patterns[i] = static_cast<uint16_t>(i);
+  int64_t wrong = 0;
+  int64_t compared = 0;
+  for (float loss_scale : {1.0f, 3.0f, 1024.0f, 16777217.0f, 0x1p126f}) {
+    for (bool unscale : {true, false}) {
+      const ScaleFactor factor =
+          unscale ? ReciprocalFactorFor(loss_scale) : ScaleFactorFor(loss_scale);
+      wrong += CompareOnGpu(DType::kHalf, patterns, factor, stream);
+      wrong += CompareOnGpu(DType::kBFloat16, patterns, factor, stream);
+      const std::vector<float> floats = EdgeValues<float>(factor.f, FLT_MIN, 23);
+      const std::vector<double> doubles = EdgeValues<double>(factor.d, DBL_MIN, 52);
+      wrong += CompareOnGpu(DType::kFloat, floats, factor, stream);
+      wrong += CompareOnGpu(DType::kDouble, doubles, factor, stream);
+      compared += 2 * 65536 + static_cast<int64_t>(floats.size() + doubles.size());
+    }
+  }
+  Check(cudaStreamDestroy(stream), "cudaStreamDestroy");
+  std::printf("edges: %lld values x factors, %lld differ from the CPU kernels: %s\n",
+              static_cast<long long>(compared), static_cast<long long>(wrong),
+              wrong == 0 ? "PASSED" : "FAILED");
+  return wrong == 0 ? 0 : kExitFailed;
+}
+
+// ---- huge ------------------------------------------------------------------------
+int RunHuge() {
+  if (const int status = DeviceExitStatus()) return status;
+  const int64_t n = (int64_t{1} << 31) + 17;
+  const size_t bytes = static_cast<size_t>(n) * 2;
+  cudaStream_t stream;
+  Check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  uint8_t* base = nullptr;
+  Check(cudaMalloc(reinterpret_cast<void**>(&base), bytes + 64), "cudaMalloc (4 GiB)");
+  uint16_t* data = reinterpret_cast<uint16_t*>(base + 2);  // 2 bytes past a 16-byte boundary
+  std::vector<uint16_t> host(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    host[i] = static_cast<uint16_t>(0x3c00u + (static_cast<uint64_t>(i) * 2654435761u) % 0x3000u);
+  }
+  Check(cudaMemcpyAsync(data, host.data(), bytes, cudaMemcpyHostToDevice, stream), "upload");
+  const ScaleFactor factor = ReciprocalFactorFor(1024.0f);
+  const TensorSpan span{data, data, n, DType::kHalf};
+  Check(LaunchMultiTensorScale(&span, 1, factor, nullptr, nullptr, stream), "huge launch");
+  std::vector<uint16_t> out(static_cast<size_t>(n));
+  Check(cudaMemcpyAsync(out.data(), data, bytes, cudaMemcpyDeviceToHost, stream), "download");
+  Check(cudaStreamSynchronize(stream), "huge");
+  Check(cudaFree(base), "cudaFree");
+  Check(cudaStreamDestroy(stream), "cudaStreamDestroy");
+  int64_t wrong = 0, compared = 0;
+  // Every element of the first and last 2^20 (the head, the tail and the
+  // chunks past 2^31 elements), and every 4093rd between.
+  for (int64_t i = 0; i < n; i += (i < (1 << 20) || i > n - (1 << 20)) ? 1 : 4093) {
+    ++compared;
+    if (out[i] == ScaleHalfBitsFlushed(host[i], factor.f)) continue;
+    if (++wrong <= 3) std::printf("  huge: element %lld differs\n", static_cast<long long>(i));
+  }
+  std::printf("huge: float16 x %lld elements at offset 2 bytes, %lld checked, %lld differ: %s\n",
+              static_cast<long long>(n), static_cast<long long>(compared),
+              static_cast<long long>(wrong), wrong == 0 ? "PASSED" : "FAILED");
+  return wrong == 0 ? 0 : kExitFailed;
 }
 
 // ---- bench ---------------------------------------------------------------------
@@ -254,10 +537,12 @@ void BenchSet(const GradientSet& set, DType dtype, cudaStream_t stream) {
   // 1.0 everywhere (0x3c00 in half) and factor 1: values stay put run after run.
   if (dtype == DType::kHalf) {
     std::vector<uint16_t> ones(total_bytes / 2, 0x3c00);
-    Check(cudaMemcpy(data, ones.data(), total_bytes, cudaMemcpyHostToDevice), "upload");
+    Check(cudaMemcpyAsync(data, ones.data(), total_bytes, cudaMemcpyHostToDevice, stream), "upload");
+    Check(cudaStreamSynchronize(stream), "upload");
   } else {
     std::vector<float> ones(total_bytes / 4, 1.0f);
-    Check(cudaMemcpy(data, ones.data(), total_bytes, cudaMemcpyHostToDevice), "upload");
+    Check(cudaMemcpyAsync(data, ones.data(), total_bytes, cudaMemcpyHostToDevice, stream), "upload");
+    Check(cudaStreamSynchronize(stream), "upload");
   }
   std::vector<TensorSpan> tensors;
   for (size_t t = 0; t < set.sizes.size(); ++t) {
@@ -302,7 +587,7 @@ void BenchSet(const GradientSet& set, DType dtype, cudaStream_t stream) {
 
 int RunBench(const char* sets_path) {
   const std::vector<GradientSet> sets = ReadGradientSets(sets_path);
-  if (!HasDevice()) return kExitNoDevice;
+  if (const int status = DeviceExitStatus()) return status;
   cudaStream_t stream;
   Check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
   std::printf("in-place scale of each set (bytes moved = read + write); GB/s = bytes / time\n");
@@ -320,9 +605,14 @@ int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "";
   const bool quick = argc > 2 && std::string(argv[2]) == "--quick";
   if (mode == "check") return fixed_loss_scale::RunCheck(quick);
+  if (mode == "tf-stream") return fixed_loss_scale::RunTfStream();
+  if (mode == "edges") return fixed_loss_scale::RunEdges();
+  if (mode == "huge") return fixed_loss_scale::RunHuge();
   if (mode == "bench") {
     return fixed_loss_scale::RunBench(argc > 2 ? argv[2] : "benchmarks/gradient_sets.txt");
   }
-  std::fprintf(stderr, "usage: %s check [--quick] | bench [GRADIENT_SETS_FILE]\n", argv[0]);
+  std::fprintf(stderr,
+               "usage: %s check [--quick] | tf-stream | edges | huge | bench [GRADIENT_SETS_FILE]\n",
+               argv[0]);
   return fixed_loss_scale::kExitUsage;
 }

@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# The GPU check that needs no TensorFlow (docs/GPU.md, "On a GPU machine"):
+# for a GPU machine with nvcc and a driver but no TensorFlow, no network and
+# few files (no config.mk, no .venv). Run from the repository root:
+#
+#   tools/gpu_check.sh --prepare   here, where configure.sh set up the clang
+#                                  route: puts the CUDA 12 build of the launcher
+#                                  (the library's own device code) and the
+#                                  driver's host object, plus libcudart.so.12,
+#                                  in .gpucheck/ (git-ignored, ~5 MB), which the
+#                                  GPU machine needs beside the sources
+#   tools/gpu_check.sh             on the GPU machine (= make gpu-check): builds
+#                                  the launcher and launcher_driver with the
+#                                  local nvcc for the local GPU, links the CUDA
+#                                  12 objects of .gpucheck/ with g++, and runs
+#                                  every check on both, then the benchmark
+#
+# Checks (each time-boxed; the whole run is meant to take well under 8 min):
+#   check         every kernel case against the CPU reference (CUDA 12 build:
+#                 all cases; nvcc build: --quick)
+#   tf-stream     lists of 991, 992 and 2,000 tensors on a driver-API stream
+#                 with cuMemHostAlloc'ed table scratch, as TensorFlow launches
+#   edges         all float16/bfloat16 bit patterns, FLT_MIN/DBL_MIN and
+#                 subnormal edges, NaNs
+#   huge          one float16 tensor of 2^31 + 17 elements at a 2-byte offset
+#   PTX JIT       check --quick, tf-stream and edges with CUDA_FORCE_PTX_JIT=1
+#                 (the path a GPU newer than every cubin takes)
+#   memcheck      compute-sanitizer --tool memcheck on check --quick + tf-stream
+#   SASS          128-bit global loads and stores (LDG.E.128 / STG.E.128) in
+#                 the sm_XX code of both builds, registers, no local memory
+#   bench         launcher_driver bench (vs a device-to-device copy) and
+#                 benchmarks/gpu_torch.py (torch._foreach_mul_), same sets
+#
+# Exit status: 0 all passed, 1 a check failed (or the CUDA 12 bundle is
+# missing), 3 no GPU here (after building everything).
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+BUNDLE=.gpucheck
+WORK=build/gpu-check
+
+# ---- --prepare: the CUDA 12 (clang route) objects -------------------------------
+if [[ "${1:-}" == --prepare ]]; then
+  set -e
+  get() { sed -n "s/^$1 := //p" config.mk; }
+  [[ -f config.mk && "$(get CUDA_TOOLCHAIN)" == clang ]] ||
+      { echo "gpu_check --prepare: needs config.mk with CUDA_TOOLCHAIN=clang (run ./configure.sh)" >&2; exit 1; }
+  make -s build/tf_ops/core/gpu/multi_tensor_scale.o
+  cuda12=$(get CUDA12_PATH)
+  rm -rf "$BUNDLE"; mkdir -p "$BUNDLE"
+  cp build/tf_ops/core/gpu/multi_tensor_scale.o "$BUNDLE/multi_tensor_scale.cuda12.o"
+  ${CXX:-g++} $(get TEST_CXX_FLAGS) -I. -isystem "$cuda12/include" -x c++ \
+      -c tf_ops/tests/launcher_driver.cu -o "$BUNDLE/launcher_driver.cuda12.o"
+  cp "$cuda12/lib64/libcudart.so.12" "$BUNDLE/"
+  {
+    echo "commit $(git rev-parse HEAD 2>/dev/null)$(git diff --quiet -- tf_ops 2>/dev/null || echo ' + uncommitted tf_ops changes')"
+    echo "device code: $(get CLANG) + ptxas 12.9; cubins $(get CUDA_ARCHS); PTX $(get CUDA_PTX_ARCH) ISA $(get CUDA_PTX_ISA)"
+  } > "$BUNDLE/MANIFEST"
+  du -sh "$BUNDLE"; cat "$BUNDLE/MANIFEST"
+  exit 0
+fi
+
+# ---- on the GPU machine -------------------------------------------------------------
+mkdir -p "$WORK"
+exec > >(tee "$WORK/report.txt") 2>&1
+start=$(date +%s)
+failures=()
+step() { echo; echo "=== $* (+$(( $(date +%s) - start ))s)"; }
+# run NAME TIMEOUT CMD...: records a failure unless CMD exits 0.
+run() {
+  local name=$1 limit=$2; shift 2
+  timeout "$limit" "$@"; local rc=$?
+  if [[ $rc == 0 ]]; then echo "--- $name: ok"
+  else echo "--- $name: FAILED (exit $rc${rc/#124/, timed out after ${limit}s})"; failures+=("$name"); fi
+  return 0
+}
+
+step "machine"
+nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv,noheader 2>&1 || true
+NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
+"$NVCC" --version | tail -2
+CUDA_BIN=$(dirname "$(readlink -f "$NVCC")")
+cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .')
+SM=${GPU_CHECK_SM:-sm_${cc:-90}}
+echo "building for $SM; CUDA 12 bundle: $(cat $BUNDLE/MANIFEST 2>/dev/null | head -2 | tr '\n' ' ' || echo missing)"
+
+step "build (nvcc for $SM; CUDA 12 objects linked with g++)"
+builds=()
+if "$NVCC" -std=c++17 -O3 -I. -gencode "arch=compute_${SM#sm_},code=$SM" \
+       -gencode "arch=compute_${SM#sm_},code=compute_${SM#sm_}" -Xcompiler -fPIC \
+       -c tf_ops/core/gpu/multi_tensor_scale.cu -o "$WORK/multi_tensor_scale.nvcc.o" &&
+   "$NVCC" -std=c++17 -O2 -I. -gencode "arch=compute_${SM#sm_},code=$SM" \
+       -o "$WORK/launcher_driver.nvcc" tf_ops/tests/launcher_driver.cu \
+       "$WORK/multi_tensor_scale.nvcc.o" -ldl; then
+  builds+=(nvcc)
+else
+  failures+=("nvcc build")
+fi
+if [[ -f "$BUNDLE/multi_tensor_scale.cuda12.o" ]]; then
+  if ${CXX:-g++} -o "$WORK/launcher_driver.cuda12" "$BUNDLE/launcher_driver.cuda12.o" \
+         "$BUNDLE/multi_tensor_scale.cuda12.o" -L"$BUNDLE" -l:libcudart.so.12 \
+         -Wl,-rpath,"$PWD/$BUNDLE" -ldl; then
+    builds+=(cuda12)
+  else
+    failures+=("cuda12 link")
+  fi
+else
+  echo "no $BUNDLE/: the library's CUDA 12 device code is NOT checked (run tools/gpu_check.sh --prepare where it is built, and send $BUNDLE/)"
+  failures+=("cuda12 bundle missing")
+fi
+
+first=${builds[0]:-}
+if [[ -z "$first" ]]; then echo "nothing built"; exit 1; fi
+"$WORK/launcher_driver.$first" edges >/dev/null 2>&1; probe=$?
+if [[ $probe == 3 ]]; then
+  "$WORK/launcher_driver.$first" edges
+  echo "gpu_check: built ${builds[*]}; no GPU here, nothing run (exit 3)"
+  exit 3
+fi
+
+for build in "${builds[@]}"; do
+  d="$WORK/launcher_driver.$build"
+  if [[ $build == cuda12 ]]; then check_args=(); else check_args=(--quick); fi
+  step "$build: check ${check_args[*]}";   run "$build check" 240 "$d" check "${check_args[@]}"
+  step "$build: tf-stream";                run "$build tf-stream" 60 "$d" tf-stream
+  step "$build: edges";                    run "$build edges" 60 "$d" edges
+  step "$build: PTX JIT (CUDA_FORCE_PTX_JIT=1): check --quick, tf-stream, edges"
+  run "$build PTX check" 120 env CUDA_FORCE_PTX_JIT=1 "$d" check --quick
+  run "$build PTX tf-stream" 60 env CUDA_FORCE_PTX_JIT=1 "$d" tf-stream
+  run "$build PTX edges" 60 env CUDA_FORCE_PTX_JIT=1 "$d" edges
+done
+d="$WORK/launcher_driver.${builds[-1]}"   # cuda12 when present: what the library ships
+step "${builds[-1]}: huge";                 run "huge" 120 "$d" huge
+step "${builds[-1]}: compute-sanitizer memcheck (check --quick, tf-stream)"
+SANITIZER=$(command -v compute-sanitizer || echo "$CUDA_BIN/compute-sanitizer")
+run "memcheck check" 240 "$SANITIZER" --tool memcheck --error-exitcode 9 "$d" check --quick
+run "memcheck tf-stream" 60 "$SANITIZER" --tool memcheck --error-exitcode 9 "$d" tf-stream
+
+step "SASS ($SM): 128-bit global accesses, registers, local memory"
+CUOBJDUMP=$(command -v cuobjdump || echo "$CUDA_BIN/cuobjdump")
+for object in "$WORK/multi_tensor_scale.nvcc.o" "$BUNDLE/multi_tensor_scale.cuda12.o"; do
+  [[ -f "$object" ]] || continue
+  sass=$("$CUOBJDUMP" -sass -arch "$SM" "$object" 2>&1)
+  loads=$(grep -cE 'LDG\.E(\.[A-Z0-9_]+)*\.128' <<<"$sass")
+  stores=$(grep -cE 'STG\.E(\.[A-Z0-9_]+)*\.128' <<<"$sass")
+  local_accesses=$(grep -cE '\b(LDL|STL)\b' <<<"$sass")
+  echo "$object: $loads LDG.E.128, $stores STG.E.128, $local_accesses LDL/STL"
+  "$CUOBJDUMP" -res-usage -arch "$SM" "$object" 2>&1 | grep -E 'Function|REG' | sed 's/^/  /' | head -16
+  if (( loads == 0 || stores == 0 || local_accesses != 0 )); then
+    echo "--- SASS $object: FAILED"; failures+=("SASS $(basename "$object")")
+  else
+    echo "--- SASS $(basename "$object"): ok"
+  fi
+done
+
+step "bench: ${builds[-1]} launcher (vs device-to-device copy), then PyTorch"
+run "bench" 150 "$d" bench benchmarks/gradient_sets.txt
+PYTHON=${PYTHON:-python3}
+run "bench torch" 120 "$PYTHON" benchmarks/gpu_torch.py
+
+step "summary"
+echo "builds: ${builds[*]}; elapsed $(( $(date +%s) - start ))s; report: $WORK/report.txt"
+if (( ${#failures[@]} )); then
+  echo "gpu_check: FAILED: ${failures[*]}"; exit 1
+fi
+echo "gpu_check: PASSED"
