@@ -344,11 +344,16 @@ def test_isolated_build_asks_for_tensorflow_for_wheels_only(clone):
   """)
   if sys.version_info < (3, 11):
     pytest.skip("tomllib is Python 3.11+")
-  result = _run([sys.executable, "-c", code], timeout=120, cwd=str(clone))
-  hooks = json.loads(result.stdout.strip().splitlines()[-1])
-  assert any(r.startswith("setuptools") for r in hooks["requires"]), hooks
-  assert "tensorflow" in hooks["wheel"] and "tensorflow" in hooks["editable"], hooks
-  assert not any(r.startswith("tensorflow") for r in hooks["requires"] + hooks["sdist"]), hooks
+  for with_cuda in ("0", "1"):
+    result = _run([sys.executable, "-c", code], timeout=120, cwd=str(clone),
+                  env=_env(FLS_WITH_CUDA=with_cuda))
+    hooks = json.loads(result.stdout.strip().splitlines()[-1])
+    assert any(r.startswith("setuptools") for r in hooks["requires"]), hooks
+    assert "tensorflow" in hooks["wheel"] and "tensorflow" in hooks["editable"], hooks
+    assert not any(r.startswith("tensorflow") for r in hooks["requires"] + hooks["sdist"]), hooks
+    # The CUDA toolchain set-up downloads with `python -m pip`: pip is asked for
+    # unless the build is CPU-only.
+    assert ("pip" in hooks["wheel"]) == (with_cuda == "1"), hooks
 
 
 @pytest.mark.slow

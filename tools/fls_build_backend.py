@@ -13,7 +13,8 @@ environment has.
 Which TensorFlow is built against:
   - an isolated build (pip's default): the one pip installs into the build
     environment, from get_requires_for_build_wheel below: the newest
-    `tensorflow` release for this Python;
+    `tensorflow` release for this Python (with pip itself, unless
+    FLS_WITH_CUDA=0, for the CUDA toolchain set-up);
   - --no-build-isolation: the one already installed beside this Python.
 
 Environment: FLS_WITH_CUDA=0 skips the CUDA kernels even where configure.sh
@@ -218,12 +219,21 @@ def _remove_stale_setuptools_output():
 # requirements depend on the TensorFlow the library is built against, so the
 # frontend reads them from the built wheel (PEP 517's fallback), built once.
 
+def _library_requires():
+  """What building the library needs in an isolated build environment:
+  TensorFlow, and pip for configure.sh's CUDA toolchain set-up
+  (tools/cuda12_toolchain.sh fetches NVIDIA's CUDA 12 wheels with
+  `$PYTHON -m pip download`; pip's build environments hold no pip)."""
+  return ["tensorflow"] + ([] if os.environ.get("FLS_WITH_CUDA") == "0" else ["pip"])
+
+
 def get_requires_for_build_wheel(config_settings=None):
-  return list(_setuptools_backend().get_requires_for_build_wheel(config_settings)) + ["tensorflow"]
+  return list(_setuptools_backend().get_requires_for_build_wheel(config_settings)) + _library_requires()
 
 
 def get_requires_for_build_editable(config_settings=None):
-  return list(_setuptools_backend().get_requires_for_build_editable(config_settings)) + ["tensorflow"]
+  return (list(_setuptools_backend().get_requires_for_build_editable(config_settings))
+          + _library_requires())
 
 
 def get_requires_for_build_sdist(config_settings=None):
