@@ -147,19 +147,8 @@ FLS_HOST_DEVICE T ScaleFloating(T x, T factor) {
   return x * factor;
 }
 
-FLS_HOST_DEVICE float ScaleFloat(float x, float factor) { return ScaleFloating<float>(x, factor); }
-
-FLS_HOST_DEVICE double ScaleDouble(double x, double factor) {
-  return ScaleFloating<double>(x, factor);
-}
-
-FLS_HOST_DEVICE uint16_t ScaleHalfBits(uint16_t h, float factor) {
-  return FloatToHalfBits(ScaleFloat(HalfBitsToFloat(h), factor));
-}
-
-FLS_HOST_DEVICE uint16_t ScaleBFloat16Bits(uint16_t b, float factor) {
-  return FloatToBFloat16Bits(ScaleFloat(BFloat16BitsToFloat(b), factor));
-}
+FLS_HOST_DEVICE float ScaleFloat(float x, float factor) { return ScaleFloating(x, factor); }
+FLS_HOST_DEVICE double ScaleDouble(double x, double factor) { return ScaleFloating(x, factor); }
 
 // NOTE [flush to zero in software]: TensorFlow runs its CPU kernels with the
 // x86 MXCSR flush-to-zero and denormals-are-zero bits set, so the float32 and
@@ -207,20 +196,30 @@ FLS_HOST_DEVICE T ScaleFloatingFlushed(T x, T factor) {
   return product;
 }
 
-FLS_HOST_DEVICE float ScaleFloatFlushed(float x, float factor) {
-  return ScaleFloatingFlushed<float>(x, factor);
+FLS_HOST_DEVICE float ScaleFloatFlushed(float x, float f) { return ScaleFloatingFlushed(x, f); }
+FLS_HOST_DEVICE double ScaleDoubleFlushed(double x, double f) { return ScaleFloatingFlushed(x, f); }
+
+// Half and bfloat16, widened exactly and scaled in float32 (NOTE [rounding]):
+// with the hardware's floating-point mode (ScaleFloat), or as the CPU computes
+// it under FTZ/DAZ, in IEEE arithmetic (kFlushed: ScaleFloatFlushed).
+template <bool kFlushed = false>
+FLS_HOST_DEVICE uint16_t ScaleHalfBits(uint16_t h, float factor) {
+  const float x = HalfBitsToFloat(h);
+  return FloatToHalfBits(kFlushed ? ScaleFloatFlushed(x, factor) : ScaleFloat(x, factor));
 }
 
-FLS_HOST_DEVICE double ScaleDoubleFlushed(double x, double factor) {
-  return ScaleFloatingFlushed<double>(x, factor);
+template <bool kFlushed = false>
+FLS_HOST_DEVICE uint16_t ScaleBFloat16Bits(uint16_t b, float factor) {
+  const float x = BFloat16BitsToFloat(b);
+  return FloatToBFloat16Bits(kFlushed ? ScaleFloatFlushed(x, factor) : ScaleFloat(x, factor));
 }
 
 FLS_HOST_DEVICE uint16_t ScaleHalfBitsFlushed(uint16_t h, float factor) {
-  return FloatToHalfBits(ScaleFloatFlushed(HalfBitsToFloat(h), factor));
+  return ScaleHalfBits<true>(h, factor);
 }
 
 FLS_HOST_DEVICE uint16_t ScaleBFloat16BitsFlushed(uint16_t b, float factor) {
-  return FloatToBFloat16Bits(ScaleFloatFlushed(BFloat16BitsToFloat(b), factor));
+  return ScaleBFloat16Bits<true>(b, factor);
 }
 
 // Scales element `i` of a tensor stored as `dtype`, in place when `in` and `out`
@@ -232,14 +231,12 @@ FLS_HOST_DEVICE void ScaleElementAs(DType dtype, const void* in, void* out, int6
   switch (dtype) {
     case DType::kHalf: {
       const uint16_t x = static_cast<const uint16_t*>(in)[i];
-      static_cast<uint16_t*>(out)[i] =
-          kFlushed ? ScaleHalfBitsFlushed(x, factor.f) : ScaleHalfBits(x, factor.f);
+      static_cast<uint16_t*>(out)[i] = ScaleHalfBits<kFlushed>(x, factor.f);
       break;
     }
     case DType::kBFloat16: {
       const uint16_t x = static_cast<const uint16_t*>(in)[i];
-      static_cast<uint16_t*>(out)[i] =
-          kFlushed ? ScaleBFloat16BitsFlushed(x, factor.f) : ScaleBFloat16Bits(x, factor.f);
+      static_cast<uint16_t*>(out)[i] = ScaleBFloat16Bits<kFlushed>(x, factor.f);
       break;
     }
     case DType::kFloat: {
