@@ -18,6 +18,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import fixed_loss_scale  # noqa: E402,F401  (loads the library)
+from workers.probes import graph_op_types  # noqa: E402,F401  (re-exported)
 
 NP_DTYPES = {
     tf.float16: np.float16,
@@ -110,13 +111,26 @@ def random_values(rng, shape, np_dtype):
   return wide.astype(np_dtype)
 
 
-def graph_op_types(concrete_function):
-  """Op types in a concrete function's graph, nested function bodies included."""
-  graph = concrete_function.graph
-  types = [op.type for op in graph.get_operations()]
-  for function in graph._functions.values():  # pylint: disable=protected-access
-    types.extend(node.op for node in function.definition.node_def)
-  return types
+def train_custom_loop(model, x, y, batch, scale_loss, apply, jit_compile=None):
+  """Trains `model` on (x, y) in batches of `batch` with a custom tf.function step.
+
+  The step takes the mean squared error, `scale_loss(loss)` under the tape, and
+  `apply(scaled gradients, trainable weights)`. Returns the final weights
+  (numpy) and the op types of the traced step.
+  """
+  import keras  # pylint: disable=import-outside-toplevel  (workers import conftest)
+
+  @tf.function(jit_compile=jit_compile)
+  def step(xb, yb):
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_mean(keras.losses.mean_squared_error(yb, model(xb)))
+      scaled = scale_loss(loss)
+    apply(tape.gradient(scaled, model.trainable_weights), model.trainable_weights)
+
+  for i in range(0, len(x), batch):
+    step(x[i:i + batch], y[i:i + batch])
+  return [w.numpy() for w in model.trainable_weights], graph_op_types(
+      step.get_concrete_function(x[:batch], y[:batch]))
 
 
 @pytest.fixture

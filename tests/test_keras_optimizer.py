@@ -20,6 +20,7 @@ import fixed_loss_scale as fls
 from conftest import assert_bitwise_equal
 from conftest import graph_op_types
 from conftest import reference_unscale
+from conftest import train_custom_loop
 from fixed_loss_scale.keras import FixedLossScaleOptimizer
 
 CUSTOM_OPS = {"FixedScaleLoss", "FixedUnscaleGrads"}
@@ -192,12 +193,7 @@ def test_tf_keras2_custom_loop_with_unscale_in_apply_false(mixed_float16, clip_i
     model = _model()
     model.build((None, 8))
 
-    @tf.function
-    def step(xb, yb):
-      with tf.GradientTape() as tape:
-        loss = tf.reduce_mean(keras.losses.mean_squared_error(yb, model(xb)))
-        scaled = optimizer.get_scaled_loss(loss) if ours else optimizer.scale_loss(loss)
-      grads = tape.gradient(scaled, model.trainable_weights)
+    def apply(grads, weights):
       if ours:
         grads = optimizer.get_unscaled_gradients(grads)
       else:  # the reference unscales exactly as loss_scale_factor does, in float32
@@ -205,12 +201,10 @@ def test_tf_keras2_custom_loop_with_unscale_in_apply_false(mixed_float16, clip_i
       if clip_in_loop:
         grads, _ = tf.clip_by_global_norm(grads, 0.05)
       inner = optimizer if ours else optimizer.inner
-      inner.apply_gradients(zip(grads, model.trainable_weights))
+      inner.apply_gradients(zip(grads, weights))
 
-    for i in range(0, 64, 16):
-      step(x[i:i + 16], y[i:i + 16])
-    return [w.numpy() for w in model.trainable_weights], graph_op_types(
-        step.get_concrete_function(x[:16], y[:16]))
+    scale_loss = optimizer.get_scaled_loss if ours else optimizer.scale_loss
+    return train_custom_loop(model, x, y, 16, scale_loss, apply)
 
   class Reference:
     loss_scale_factor = 2048.0
@@ -231,18 +225,7 @@ def test_custom_loop_scale_loss_and_apply(mixed_float16):
   def train(optimizer):
     model = _model()
     model.build((None, 8))
-
-    @tf.function
-    def step(xb, yb):
-      with tf.GradientTape() as tape:
-        loss = tf.reduce_mean(keras.losses.mean_squared_error(yb, model(xb)))
-        scaled = optimizer.scale_loss(loss)
-      optimizer.apply(tape.gradient(scaled, model.trainable_weights), model.trainable_weights)
-
-    for i in range(0, 64, 16):
-      step(x[i:i + 16], y[i:i + 16])
-    return [w.numpy() for w in model.trainable_weights], graph_op_types(
-        step.get_concrete_function(x[:16], y[:16]))
+    return train_custom_loop(model, x, y, 16, optimizer.scale_loss, optimizer.apply)
 
   ours, op_types = train(FixedLossScaleOptimizer(keras.optimizers.Adam(1e-2), 2048))
   theirs, their_ops = train(keras.optimizers.Adam(1e-2, loss_scale_factor=2048.0))

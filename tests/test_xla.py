@@ -20,6 +20,7 @@ from conftest import graph_op_types
 from conftest import random_values
 from conftest import reference_scale
 from conftest import reference_unscale
+from conftest import train_custom_loop
 from fixed_loss_scale.keras import FixedLossScaleOptimizer
 
 CUSTOM_OPS = {"FixedScaleLoss", "FixedUnscaleGrads"}
@@ -122,18 +123,8 @@ def test_keras_custom_loop_under_xla_bit_identical_to_loss_scale_factor():
       keras.utils.set_random_seed(5)
       model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(8, activation="relu"),
                                 keras.layers.Dense(1)])
-
-      @tf.function(jit_compile=True)
-      def step(xb, yb, model=model, optimizer=optimizer):
-        with tf.GradientTape() as tape:
-          loss = tf.reduce_mean(keras.losses.mean_squared_error(yb, model(xb)))
-          scaled = optimizer.scale_loss(loss)
-        optimizer.apply(tape.gradient(scaled, model.trainable_weights), model.trainable_weights)
-
-      for i in range(0, 32, 8):
-        step(x[i:i + 8], y[i:i + 8])
-      results.append(([w.numpy() for w in model.trainable_weights],
-                      graph_op_types(step.get_concrete_function(x[:8], y[:8]))))
+      results.append(train_custom_loop(model, x, y, 8, optimizer.scale_loss, optimizer.apply,
+                                       jit_compile=True))
   finally:
     keras.mixed_precision.set_global_policy(previous)
   (ours, ops), (theirs, _) = results

@@ -24,15 +24,11 @@ import tensorflow as tf  # noqa: E402
 
 from conftest import reference_unscale  # noqa: E402  (the numpy oracle)
 from fixed_loss_scale import _loader  # noqa: E402
+from workers.probes import rss_bytes  # noqa: E402
 
 PATTERN = 65537  # every float16 bit pattern, then 0 again: rows do not align with 2^k
 REPS = 32768
 ROWS_PER_CHUNK = 256  # 32 MiB of float16 per comparison
-
-
-def rss_bytes():
-  with open("/proc/self/statm") as f:
-    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def main():

@@ -25,15 +25,11 @@ from conftest import NP_DTYPES  # noqa: E402
 from conftest import random_values  # noqa: E402
 from conftest import reference_unscale  # noqa: E402
 from fixed_loss_scale import _loader  # noqa: E402
+from workers.probes import rss_bytes  # noqa: E402
 
 SCALE = 1024.0
 WARMUP = 500
 CHECK_EVERY = 250
-
-
-def rss_bytes():
-  with open("/proc/self/statm") as f:
-    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def main():

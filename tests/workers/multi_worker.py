@@ -39,6 +39,9 @@ import sys
 import threading
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from workers.probes import graph_op_types  # noqa: E402
 
 FEATURES = 6
 GLOBAL_BATCH = 16
@@ -88,11 +91,8 @@ def _parse(argv):
 
 
 def _custom_op_types(concrete_function):
-  graph = concrete_function.graph
-  types = [op.type for op in graph.get_operations()]
-  for function in graph._functions.values():  # pylint: disable=protected-access
-    types.extend(node.op for node in function.definition.node_def)
-  return sorted(t for t in types if t in ("FixedScaleLoss", "FixedUnscaleGrads"))
+  return sorted(t for t in graph_op_types(concrete_function)
+                if t in ("FixedScaleLoss", "FixedUnscaleGrads"))
 
 
 def train(wrapper, args, strategy, task_index, is_chief):
