@@ -98,6 +98,14 @@ def tf1_data():
           (rng.standard_normal((6, 1)) * 0.5).astype(np.float32))
 
 
+def replica_batch(strategy, x, y):
+  """This replica's (x, y) of tf1_data: half each on two replicas, all 16 rows on one."""
+  replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+  if strategy.num_replicas_in_sync == 1:
+    return tf.reshape(x, (16, 6)), tf.reshape(y, (16, 1))
+  return tf.gather(x, replica), tf.gather(y, replica)
+
+
 def tf1_wrapper(arrays, results, name, wrap, strategy):
   """Four momentum steps of a TF1 optimizer wrapper, replicas fed half a batch each.
 
@@ -110,11 +118,7 @@ def tf1_wrapper(arrays, results, name, wrap, strategy):
     opt = wrap(v1.train.MomentumOptimizer(0.05, 0.9), 512)
 
   def replica_fn():
-    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-    if strategy.num_replicas_in_sync == 1:
-      xs, ys = tf.reshape(x, (16, 6)), tf.reshape(y, (16, 1))
-    else:
-      xs, ys = tf.gather(x, replica), tf.gather(y, replica)
+    xs, ys = replica_batch(strategy, x, y)
     opt.minimize(lambda: tf.reduce_sum(tf.square(tf.matmul(xs, w) - ys)) / 16.0, var_list=[w])
 
   @tf.function
@@ -172,11 +176,7 @@ def keras_custom_loop(arrays, name, strategy, style):
     opt.build(variables)
 
   def replica_fn():
-    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-    if strategy.num_replicas_in_sync == 1:
-      xs, ys = tf.reshape(x, (16, 6)), tf.reshape(y, (16, 1))
-    else:
-      xs, ys = tf.gather(x, replica), tf.gather(y, replica)
+    xs, ys = replica_batch(strategy, x, y)
     with tf.GradientTape() as tape:
       loss = tf.reduce_sum(tf.square(layer(xs) - ys)) / 16.0
       scaled = opt.get_scaled_loss(loss) if style == "tf_keras2" else opt.scale_loss(loss)
