@@ -52,12 +52,20 @@ def _by_device(pairs):
   return {device: sorted(types) for device, types in placed.items()}
 
 
+def _on_each_cpu(*op_types):
+  """The same sorted op types on both replicas' devices, as _by_device gives them."""
+  return {CPU0: sorted(op_types), CPU1: sorted(op_types)}
+
+
+# One training step's custom ops on a replica: it scales its loss (and its
+# gradient) and unscales the gradients once.
+STEP_OPS = ("FixedScaleLoss", "FixedScaleLoss", "FixedUnscaleGrads")
+
+
 def test_ops_run_once_per_replica_on_its_device(mirrored):
   results, _ = mirrored
-  assert _by_device(results["per_replica_ops"]) == {
-      CPU0: ["FixedScaleLoss", "FixedUnscaleGrads"],
-      CPU1: ["FixedScaleLoss", "FixedUnscaleGrads"],
-  }
+  assert _by_device(results["per_replica_ops"]) == _on_each_cpu("FixedScaleLoss",
+                                                                 "FixedUnscaleGrads")
 
 
 def test_per_replica_results_match_single_device_oracle(mirrored):
@@ -85,10 +93,7 @@ def test_tf1_wrapper_under_mirrored_strategy(mirrored):
   np.testing.assert_allclose(arrays["tf1_ours_mirrored"], arrays["tf1_ours_single"],
                              rtol=1e-5, atol=1e-6)
   # ...with each replica scaling its loss (and its gradient) and unscaling once.
-  assert _by_device(results["tf1_ours_mirrored_ops"]) == {
-      CPU0: ["FixedScaleLoss", "FixedScaleLoss", "FixedUnscaleGrads"],
-      CPU1: ["FixedScaleLoss", "FixedScaleLoss", "FixedUnscaleGrads"],
-  }
+  assert _by_device(results["tf1_ours_mirrored_ops"]) == _on_each_cpu(*STEP_OPS)
   assert results["tf1_theirs_mirrored_ops"] == []
 
 
@@ -103,10 +108,7 @@ def test_keras_fit_under_mirrored_strategy(mirrored):
   assert results["keras_ours_mirrored_loss"] == results["keras_factor_mirrored_loss"]
   losses = results["keras_ours_mirrored_loss"]
   assert losses[-1] < losses[0]
-  assert _by_device(results["keras_ours_mirrored_ops"]) == {
-      CPU0: ["FixedScaleLoss", "FixedScaleLoss", "FixedUnscaleGrads"],
-      CPU1: ["FixedScaleLoss", "FixedScaleLoss", "FixedUnscaleGrads"],
-  }
+  assert _by_device(results["keras_ours_mirrored_ops"]) == _on_each_cpu(*STEP_OPS)
   assert results["keras_factor_mirrored_ops"] == []
 
 
