@@ -9,6 +9,8 @@ float32/float64 subnormal inputs count as zero and tiny results become zero;
 """
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -109,6 +111,18 @@ def random_values(rng, shape, np_dtype):
   """Normal values spread over many binades, as gradients are."""
   wide = rng.standard_normal(shape) * np.exp2(rng.integers(-12, 8, size=shape))
   return wide.astype(np_dtype)
+
+
+def run_worker(script, out_dir, timeout=300):
+  """Runs `python tests/workers/<script> OUT_DIR` in a fresh process (for
+  settings that must precede TensorFlow's start, such as logical devices) and
+  fails with the tail of its output unless it exits 0."""
+  workers_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workers")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  proc = subprocess.run(
+      [sys.executable, os.path.join(workers_dir, script), str(out_dir)],
+      capture_output=True, text=True, timeout=timeout, env=env, check=False)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
 
 def train_custom_loop(model, x, y, batch, scale_loss, apply, jit_compile=None):

@@ -10,9 +10,6 @@ on 127.0.0.1 with bounded waits and compares their final weights.
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,10 +17,10 @@ import pytest
 from conftest import assert_bitwise_equal
 from conftest import reference_scale
 from conftest import reference_unscale
+from conftest import run_worker
 from workers import multi_worker
 from workers.cluster import run_cluster
 
-WORKERS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workers")
 CPU0 = "/job:localhost/replica:0/task:0/device:CPU:0"
 CPU1 = "/job:localhost/replica:0/task:0/device:CPU:1"
 
@@ -33,11 +30,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def mirrored(tmp_path_factory):
   out = tmp_path_factory.mktemp("mirrored")
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  proc = subprocess.run(
-      [sys.executable, os.path.join(WORKERS_DIR, "mirrored_checks.py"), str(out)],
-      capture_output=True, text=True, timeout=300, env=env, check=False)
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+  run_worker("mirrored_checks.py", out)
   with open(out / "results.json") as f:
     results = json.load(f)
   arrays = dict(np.load(out / "arrays.npz"))
