@@ -8,12 +8,18 @@ eagerly, or inside an XLA context (jit_compile=True, where custom ops have no
 kernel), they compute the same numbers with TensorFlow arithmetic: half and
 bfloat16 in float32 rounded once, float32 with the float32 reciprocal, float64
 with the float64 reciprocal of the float32 scale.
+
+A loss scale that is a float32 scalar tensor (a variable: a dynamic scale) has
+no op yet: its unscaling is that same arithmetic, in graphs too.
+`unscale_and_check` is where the fused unscale-and-check op will go
+(NOTE [fused check seam]).
 """
 
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.ops import control_flow_util
 
+from fixed_loss_scale import finite
 from fixed_loss_scale import ops
 
 
@@ -25,13 +31,18 @@ def uses_custom_ops():
   return not control_flow_util.GraphOrParentsInXlaContext(graph)
 
 
+def _factor(value, dtype):
+  return value if tf.is_tensor(value) else tf.constant(value, dtype)
+
+
 def _multiply(x, factor32, factor64):
-  """x * factor with the ops' numerics (see the module docstring)."""
+  """x * factor with the ops' numerics (see the module docstring); the factors
+  are numbers or, for a tensor scale, float32 and float64 scalar tensors."""
   if x.dtype == tf.float64:
-    return x * tf.constant(factor64, tf.float64)
+    return x * _factor(factor64, tf.float64)
   if x.dtype == tf.float32:
-    return x * tf.constant(factor32, tf.float32)
-  y = tf.cast(tf.cast(x, tf.float32) * tf.constant(factor32, tf.float32), x.dtype)
+    return x * _factor(factor32, tf.float32)
+  y = tf.cast(tf.cast(x, tf.float32) * _factor(factor32, tf.float32), x.dtype)
   if x.dtype == tf.bfloat16:
     # TF's vectorised float32->bfloat16 Cast drops the sign of NaN; the op (and
     # ml_dtypes) give sign|0x7fc0. Only a NaN input gives NaN (the factor is a
@@ -55,9 +66,7 @@ def scale_loss(loss, loss_scale):
   return _multiply(loss, scale32, float(scale32))
 
 
-def _dense_part(grad):
-  """The tensor a gradient's unscaling applies to: IndexedSlices scale their values."""
-  return grad.values if isinstance(grad, tf.IndexedSlices) else grad
+_dense_part = finite.dense_part
 
 
 def _rebuild(grad, unscaled):
@@ -161,37 +170,104 @@ def unplaced_device_type():
   return "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
 
 
-@tf.autograph.experimental.do_not_convert
-def unscale_gradients(grads, loss_scale):
-  """Returns `grads` with every gradient divided by `loss_scale`.
+def _scale_tensor(loss_scale):
+  """A float32 scalar tensor (or variable) loss scale, as a tensor; TypeError
+  or ValueError, naming `loss_scale`, for another dtype or shape."""
+  scale = tf.convert_to_tensor(loss_scale)
+  if scale.dtype != tf.float32:
+    raise TypeError(f"loss_scale must be a Python or numpy number or a float32 scalar "
+                    f"tensor, got a {scale.dtype.name} tensor: {loss_scale!r}")
+  if scale.shape.rank is not None and scale.shape.rank != 0:
+    raise ValueError(f"loss_scale must be a scalar, got a tensor of shape {scale.shape}: "
+                     f"{loss_scale!r}")
+  return scale
 
-  `grads` is any nested structure; None stays None, tf.IndexedSlices keep their
-  indices and dense shape, and the structure is preserved. In graphs the dense
-  parts go through FixedUnscaleGrads: a single op where a GPU is present or they
-  total at most CPU_GROUP_BYTES, else one per group of consecutive gradients
-  (NOTE [CPU groups]); `ops.fixed_unscale_grads` is always one op.
-  """
-  loss_scale = ops.validate_loss_scale(loss_scale)
-  flat = tf.nest.flatten(grads)
-  positions = [i for i, g in enumerate(flat) if g is not None]
-  dense = [
-      ops.as_float_tensor(_dense_part(flat[i]), "FixedUnscaleGrads", f"grads[{i}]")
-      for i in positions
-  ]
-  if not dense:
-    return grads
+
+def _unscale_dense(dense, loss_scale):
+  """`dense` (a list of tensors) divided by the scale, a validated Python float
+  or a float32 scalar tensor."""
+  if tf.is_tensor(loss_scale):
+    # No op takes a tensor scale yet: the ops' arithmetic, the reciprocals as
+    # TF's compat wrapper computes them (1 / scale, a float32 RealDiv).
+    reciprocal32 = tf.constant(1.0, tf.float32) / loss_scale
+    reciprocal64 = (tf.constant(1.0, tf.float64) / tf.cast(loss_scale, tf.float64)
+                    if any(g.dtype == tf.float64 for g in dense) else None)
+    return [_multiply(g, reciprocal32, reciprocal64) for g in dense]
   if uses_custom_ops():
     unscaled = [None] * len(dense)
     for group in unscale_groups(dense, unplaced_device_type()):
       for position, u in zip(group, ops.fixed_unscale_grads([dense[i] for i in group],
                                                               loss_scale)):
         unscaled[position] = u
+    return unscaled
+  scale32 = np.float32(loss_scale)
+  reciprocal32 = np.float32(1) / scale32
+  reciprocal64 = 1.0 / float(scale32)
+  return [_multiply(g, reciprocal32, reciprocal64) for g in dense]
+
+
+def _unscale(grads, loss_scale, check):
+  """(unscaled `grads`, the all-finite flag of the unscaled dense parts, or None
+  when not `check`)."""
+  if tf.is_tensor(loss_scale) or isinstance(loss_scale, tf.Variable):
+    loss_scale = _scale_tensor(loss_scale)
   else:
-    scale32 = np.float32(loss_scale)
-    reciprocal32 = np.float32(1) / scale32
-    reciprocal64 = 1.0 / float(scale32)
-    unscaled = [_multiply(g, reciprocal32, reciprocal64) for g in dense]
+    loss_scale = ops.validate_loss_scale(loss_scale)
+  flat = tf.nest.flatten(grads)
+  positions = [i for i, g in enumerate(flat) if g is not None]
+  dense = [
+      ops.as_float_tensor(_dense_part(flat[i]), "FixedUnscaleGrads", f"grads[{i}]")
+      for i in positions
+  ]
+  unscaled = _unscale_dense(dense, loss_scale) if dense else []
+  flag = None
+  if check:
+    flag = finite.is_all_finite(unscaled)
+    finite.remember(unscaled, flag)
+  if not dense:
+    return grads, flag
   result = list(flat)
   for i, u in zip(positions, unscaled):
     result[i] = _rebuild(flat[i], u)
-  return tf.nest.pack_sequence_as(grads, result)
+  return tf.nest.pack_sequence_as(grads, result), flag
+
+
+@tf.autograph.experimental.do_not_convert
+def unscale_gradients(grads, loss_scale):
+  """Returns `grads` with every gradient divided by `loss_scale`.
+
+  `grads` is any nested structure; None stays None, tf.IndexedSlices keep their
+  indices and dense shape, and the structure is preserved. `loss_scale` is a
+  Python or numpy number (validated as a fixed scale) or a float32 scalar
+  tensor or variable (a dynamic scale). With a number, in graphs the dense
+  parts go through FixedUnscaleGrads: a single op where a GPU is present or
+  they total at most CPU_GROUP_BYTES, else one per group of consecutive
+  gradients (NOTE [CPU groups]); `ops.fixed_unscale_grads` is always one op.
+  With a tensor, TensorFlow arithmetic with the same numerics.
+  """
+  return _unscale(grads, loss_scale, check=False)[0]
+
+
+# NOTE [fused check seam]: unscale_and_check is the one place where gradients
+# are unscaled *and* checked for inf/NaN; FixedLossScale(skip_non_finite=True),
+# DynamicLossScale and the optimizer wrappers all get their flag from here (or,
+# through finite.all_finite, from the flag remembered here). Today its body is
+# unscale_gradients followed by TF's own check (finite.is_all_finite:
+# reduce_all(is_finite(g)) per unscaled gradient, then reduce_all): a second
+# read of every gradient. A fused op that unscales and checks in one read will
+# replace this body; it must keep the unscaled numbers bit-identical to
+# unscale_gradients' (FixedUnscaleGrads for a number, the same arithmetic for a
+# tensor scale), keep the flag's meaning (False iff an unscaled value is inf or
+# NaN; subnormals and the largest finite values are finite), and keep calling
+# finite.remember on the unscaled tensors so that update() finds the flag.
+# Checking the unscaled gradients is checking the scaled ones: multiplying by
+# 1/scale (at most 1, a normal number) keeps finite values finite and inf/NaN
+# inf/NaN.
+@tf.autograph.experimental.do_not_convert
+def unscale_and_check(grads, loss_scale):
+  """Returns `(unscaled grads, all_finite)`: `unscale_gradients(grads,
+  loss_scale)` and a scalar bool tensor, True iff every unscaled value is
+  finite (None gradients skipped, tf.IndexedSlices by their values; True for no
+  gradients). The flag is this replica's: `finite.all_finite_in_sync` agrees
+  across replicas. See NOTE [fused check seam]."""
+  return _unscale(grads, loss_scale, check=True)

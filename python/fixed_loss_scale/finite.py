@@ -1,0 +1,127 @@
+"""The "all gradients finite" flag: computed, remembered, found again, agreed on.
+
+`scaling.unscale_and_check` computes a flag together with the unscaled
+gradients and `remember`s it against them; `LossScale.update(grads)` later asks
+`all_finite(grads)`, which finds that flag instead of reading every gradient a
+second time, and checks only the gradients it has no flag for
+(NOTE [flag registry]). `all_finite_in_sync` makes the flag the same on every
+replica under tf.distribute, as TF's `DynamicLossScale` and Keras 3's
+`LossScaleOptimizer` must.
+"""
+
+import threading
+import weakref
+
+import tensorflow as tf
+
+
+def dense_part(grad):
+  """The tensor a gradient's check and unscaling read: IndexedSlices give their values."""
+  return grad.values if isinstance(grad, tf.IndexedSlices) else grad
+
+
+def is_all_finite(tensors):
+  """True (a bool scalar tensor) iff every element of every tensor is finite.
+
+  TF's own `_is_all_finite` (tensorflow/python/training/experimental/
+  loss_scale.py): `reduce_all(is_finite(t))` per tensor, then `reduce_all` of
+  those; an empty list gives True.
+  """
+  per_tensor = [tf.reduce_all(tf.math.is_finite(t)) for t in tensors]
+  return tf.reduce_all(per_tensor)
+
+
+# NOTE [flag registry]: a flag is remembered against the unscaled tensors it was
+# computed from, keyed by the Python object (id plus a weak reference, since TF
+# tensors are unhashable): nothing is kept alive by the registry but the flag,
+# and an entry disappears with its tensor. A flag is only handed out where it
+# can be used: eagerly, an eager flag; in a graph, a flag of that graph or of a
+# graph it is nested in (a tf.function inside a tf.function, a cond branch).
+# Anything else -- gradients clipped or cast after unscaling, a flag from
+# another graph -- is not found and is checked again: a miss costs a pass over
+# the gradients, never a wrong answer.
+_lock = threading.Lock()
+_flags = {}  # id(tensor) -> (weakref to tensor, flag)
+
+
+def _forget(key, ref):
+  with _lock:
+    entry = _flags.get(key)
+    if entry is not None and entry[0] is ref:
+      del _flags[key]
+
+
+def remember(tensors, flag):
+  """Records `flag` as the all-finite flag of each tensor in `tensors`."""
+  for tensor in tensors:
+    key = id(tensor)
+    ref = weakref.ref(tensor, lambda r, key=key: _forget(key, r))
+    with _lock:
+      _flags[key] = (ref, flag)
+
+
+def _usable_here(flag):
+  """Whether `flag` can be used in the current context (NOTE [flag registry])."""
+  flag_graph = getattr(flag, "graph", None)  # eager tensors have none (AttributeError)
+  if tf.executing_eagerly():
+    return flag_graph is None
+  graph = tf.compat.v1.get_default_graph()
+  while graph is not None:
+    if graph is flag_graph:
+      return True
+    graph = getattr(graph, "outer_graph", None)
+  return False
+
+
+def recorded_flag(tensor):
+  """The flag remembered for `tensor` (dense part) if usable here, else None."""
+  with _lock:
+    entry = _flags.get(id(tensor))
+  if entry is None or entry[0]() is not tensor or not _usable_here(entry[1]):
+    return None
+  return entry[1]
+
+
+def all_finite(grads):
+  """This replica's flag for the nested `grads` (None skipped, IndexedSlices by
+  their values): the remembered flags of the gradients that have one, and a
+  check of the others. No new op when all gradients share one remembered flag."""
+  flags, unchecked = [], []
+  for grad in tf.nest.flatten(grads):
+    if grad is None:
+      continue
+    tensor = dense_part(grad)
+    flag = recorded_flag(tensor)
+    if flag is None:
+      unchecked.append(tensor)
+    elif not any(flag is seen for seen in flags):
+      flags.append(flag)
+  if unchecked or not flags:
+    flags.append(is_all_finite(unchecked))
+  return flags[0] if len(flags) == 1 else tf.reduce_all(tf.stack(flags))
+
+
+def all_finite_in_sync(grads):
+  """`all_finite(grads)`, the same on every replica under tf.distribute.
+
+  - No strategy: this process's flag.
+  - Cross-replica context (TF's compat optimizer wrapper calls `update` there,
+    with per-replica gradients): each replica's flag, cast to float32 and
+    summed across replicas, equal to the number of replicas -- what TF's
+    `DynamicLossScale.update` does.
+  - Replica context (inside `strategy.run`): the same sum by an all-reduce.
+  """
+  if not tf.distribute.has_strategy():
+    return all_finite(grads)
+  if tf.distribute.in_cross_replica_context():
+    strategy = tf.distribute.get_strategy()
+    per_replica = strategy.extended.call_for_each_replica(
+        lambda g: tf.cast(all_finite(g), tf.float32), args=(grads,))
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+    return tf.equal(total, strategy.num_replicas_in_sync)
+  context = tf.distribute.get_replica_context()
+  flag = all_finite(grads)
+  if context.num_replicas_in_sync == 1:
+    return flag
+  total = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(flag, tf.float32))
+  return tf.equal(total, context.num_replicas_in_sync)
