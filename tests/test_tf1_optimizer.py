@@ -178,9 +178,14 @@ def test_loss_scale_arguments():
     opt = _ours(base, scale)
     assert isinstance(opt.loss_scale, fls.FixedLossScale)
     assert opt.loss_scale.loss_scale_value == 8.0
-  for bad in (None, "dynamic", v1.mixed_precision.DynamicLossScale(), 0.5, float("nan"), "8"):
+  for bad in (None, "static", {"class_name": "DynamicLossScale"}, 0.5, float("nan"), "8"):
     with pytest.raises(ValueError):
       _ours(base, bad)
+  # Dynamic scales are accepted (issue 23): "dynamic" gives this package's
+  # DynamicLossScale, and a DynamicLossScale object is used as it is.
+  assert type(_ours(base, "dynamic").loss_scale) is fls.DynamicLossScale
+  for dynamic in (fls.DynamicLossScale(), v1.mixed_precision.DynamicLossScale()):
+    assert _ours(base, dynamic).loss_scale is dynamic
   with pytest.raises(ValueError, match="Optimizer"):
     _ours(tf.keras.optimizers.SGD(), 8)
   # TF's wrapper's words for the same mistakes (its loss_scale_optimizer_test

@@ -15,8 +15,8 @@ TF's compat classes as the reference wherever those can run the same case:
   gradient; `compute_gradients` scales the loss; None is refused with
   "loss_scale cannot be None".
 
-The dynamic-scale cases of those files do not apply: this package's wrapper
-refuses a dynamic scale (tests/test_tf1_optimizer.py).
+Their dynamic-scale cases are in tests/test_dynamic_loss_scale.py, which
+compares fixed_loss_scale.DynamicLossScale with TF's class step by step.
 """
 
 import numpy as np

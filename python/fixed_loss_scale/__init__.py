@@ -6,6 +6,7 @@ MetaGraph that uses them.
 """
 
 from fixed_loss_scale import ops
+from fixed_loss_scale.dynamic import DynamicLossScale
 from fixed_loss_scale.loss_scale import FixedLossScale
 from fixed_loss_scale.loss_scale import deserialize
 from fixed_loss_scale.loss_scale import get
@@ -25,6 +26,7 @@ if _keras is not None and _keras.backend.backend() == "tensorflow":
 del _keras
 
 __all__ = [
+    "DynamicLossScale",
     "FixedLossScale",
     "MixedPrecisionLossScaleOptimizer",
     "deserialize",

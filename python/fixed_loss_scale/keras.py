@@ -23,12 +23,19 @@ Whether `apply`/`apply_gradients` unscale is fixed when the wrapper is built, by
 its `unscale_in_apply` argument (saved in its config), and never inferred from
 earlier calls: True (the default) for `fit` and Keras 3 loops, False for
 tf.keras 2 loops that call `get_unscaled_gradients` before `apply_gradients`.
+
+With `skip_non_finite=True` (or a `FixedLossScale(s, skip_non_finite=True)`)
+`apply` skips a step whose gradients hold an inf or NaN on any replica: the
+inner optimizer does not run, its `iterations` included, as in Keras 3's
+`LossScaleOptimizer`; the scale stays fixed.
 """
 
 import warnings
 
 import keras
+import tensorflow as tf
 
+from fixed_loss_scale import finite
 from fixed_loss_scale import scaling
 from fixed_loss_scale.optimizer import as_fixed_loss_scale
 
@@ -95,6 +102,11 @@ class FixedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     loss_scale: A Python or numpy number (at least 1, at most 2**126) or
       a `FixedLossScale`.
     name: Optional name of this optimizer.
+    skip_non_finite: None (default): as `loss_scale` says (a
+      `FixedLossScale`'s `skip_non_finite`; False for a number). True: `apply`
+      skips a step where any gradient is inf or NaN on any replica (the flag
+      comes from the unscaling, `scaling.unscale_and_check`, and is reduced
+      across replicas). Saved by `get_config` when True.
     unscale_in_apply: True (default): `apply` and `apply_gradients` divide the
       gradients they are given by the scale, as Keras 3's `LossScaleOptimizer`
       does; `fit` needs this. False: they pass the gradients to the inner
@@ -108,11 +120,13 @@ class FixedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     ValueError: for a base-optimizer argument (`clipnorm`, ...: set it on the
       inner optimizer), any other unknown argument, an `inner_optimizer` that is
       not a Keras optimizer or is already a `LossScaleOptimizer`, a
-      `loss_scale` that is not a usable fixed scale, or an `unscale_in_apply`
-      that is not a bool.
+      `loss_scale` that is not a usable fixed scale, an `unscale_in_apply`
+      that is not a bool, or a `skip_non_finite` that is not None or a bool or
+      is False for a `FixedLossScale` that skips.
   """
 
-  def __init__(self, inner_optimizer, loss_scale, name=None, unscale_in_apply=True, **kwargs):
+  def __init__(self, inner_optimizer, loss_scale, name=None, unscale_in_apply=True,
+               skip_non_finite=None, **kwargs):
     for arg_name, default_value in _BASE_OPTIMIZER_DEFAULTS.items():
       if arg_name in kwargs:
         value = kwargs.pop(arg_name)
@@ -140,13 +154,21 @@ class FixedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
       raise ValueError("unscale_in_apply must be True (apply unscales: fit, Keras 3 loops) "
                        "or False (apply takes unscaled gradients: tf.keras 2 loops), got "
                        f"{unscale_in_apply!r}")
-    loss_scale = as_fixed_loss_scale(
-        loss_scale, dynamic_hint="keras.optimizers.LossScaleOptimizer").loss_scale_value
+    fixed = as_fixed_loss_scale(loss_scale, dynamic_hint="keras.optimizers.LossScaleOptimizer")
+    if skip_non_finite is None:
+      skip_non_finite = fixed.skip_non_finite
+    elif not isinstance(skip_non_finite, bool):
+      raise ValueError("skip_non_finite must be None (as loss_scale says), True or False, got "
+                       f"{skip_non_finite!r}")
+    elif fixed.skip_non_finite and not skip_non_finite:
+      raise ValueError(f"skip_non_finite=False contradicts loss_scale={fixed!r}")
+    loss_scale = fixed.loss_scale_value
     # LossScaleOptimizer.__init__ is skipped: it sets up dynamic scaling.
     keras.optimizers.Optimizer.__init__(self, learning_rate=0.0, name=name)
     self.inner_optimizer = inner_optimizer
     self._loss_scale_value = loss_scale
     self._unscale_in_apply = unscale_in_apply
+    self._skip_non_finite = skip_non_finite
     if inner_optimizer.loss_scale_factor is not None:
       warnings.warn(
           f"FixedLossScaleOptimizer: clearing inner_optimizer.loss_scale_factor="
@@ -174,6 +196,11 @@ class FixedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     """Whether `apply`/`apply_gradients` unscale the gradients they are given
     (the constructor argument; it cannot change)."""
     return self._unscale_in_apply
+
+  @property
+  def skip_non_finite(self):
+    """Whether `apply` skips steps with inf/NaN gradients (the constructor argument)."""
+    return self._skip_non_finite
 
   def build(self, var_list):
     if not self.inner_optimizer.built:
@@ -205,8 +232,14 @@ class FixedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
   def get_unscaled_gradients(self, grads):
     """Returns the list `grads` divided by the scale (FixedUnscaleGrads in graphs);
     None stays None, tf.IndexedSlices keep their indices. It changes nothing
-    else: whether `apply` unscales again is `unscale_in_apply`'s business."""
-    return list(scaling.unscale_gradients(list(grads), self._loss_scale_value))
+    else: whether `apply` unscales again is `unscale_in_apply`'s business.
+    With `skip_non_finite`, their flag is remembered for `apply`."""
+    return list(self._unscale(list(grads)))
+
+  def _unscale(self, grads):
+    if self._skip_non_finite:
+      return scaling.unscale_and_check(grads, self._loss_scale_value)[0]
+    return scaling.unscale_gradients(grads, self._loss_scale_value)
 
   def apply(self, grads, trainable_variables=None):
     """Unscales `grads` if `unscale_in_apply` (the default) and lets the inner
@@ -225,22 +258,61 @@ class FixedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
           g is None or self._overwrite_variable_with_gradient(v)
           for g, v in zip(grads, variables)
       ]
-      unscaled = iter(scaling.unscale_gradients([g for g, k in zip(grads, keep) if not k],
-                                                self._loss_scale_value))
+      unscaled = iter(self._unscale([g for g, k in zip(grads, keep) if not k]))
       grads = [g if k else next(unscaled) for g, k in zip(grads, keep)]
-    self.inner_optimizer.apply(grads, trainable_variables=trainable_variables)
+    if self._skip_non_finite:
+      self._apply_if_finite(grads, trainable_variables)
+    else:
+      self.inner_optimizer.apply(grads, trainable_variables=trainable_variables)
+
+  def _apply_if_finite(self, grads, trainable_variables):
+    """The inner optimizer's apply, skipped unless every gradient is finite on
+    every replica. As Keras 3's LossScaleOptimizer does on TensorFlow: where
+    the strategy needs merge_call (MirroredStrategy), the flag and the cond go
+    to the cross-replica context, since a cond in a replica context cannot hold
+    the inner optimizer's merge_call; elsewhere the flag is all-reduced and the
+    cond stays in the replica. Unlike Keras's, the flag is summed over the
+    replicas rather than taken from the first one, so an overflow on any
+    replica skips the step on all of them. Gradients from `unscale_and_check`
+    are not read again (finite.py, NOTE [flag registry])."""
+    if tf.distribute.in_cross_replica_context():
+      raise ValueError("apply() must be called in a replica context.")  # Keras's words
+    if tf.__internal__.distribute.strategy_supports_no_merge_call():
+      tf.cond(finite.all_finite_in_sync(grads),
+              lambda: self.inner_optimizer.apply(grads, trainable_variables=trainable_variables),
+              lambda: None)
+      return
+
+    def apply_in_cross_replica_context(distribution, grads, trainable_variables, flag):
+      total = distribution.reduce(tf.distribute.ReduceOp.SUM, flag, axis=None)
+
+      def apply_fn():
+        distribution.extended.call_for_each_replica(
+            self.inner_optimizer.apply, args=(grads,),
+            kwargs={"trainable_variables": trainable_variables})
+
+      tf.cond(tf.equal(total, distribution.num_replicas_in_sync), apply_fn, lambda: None)
+
+    tf.distribute.get_replica_context().merge_call(
+        apply_in_cross_replica_context,
+        args=(grads, trainable_variables, tf.cast(finite.all_finite(grads), tf.float32)))
 
   def stateless_apply(self, optimizer_variables, grads, trainable_variables):
     raise ValueError("FixedLossScaleOptimizer does not support stateless_apply "
                      "(the TensorFlow backend has none)")
 
   def get_config(self):
-    return {
+    """The constructor arguments; `skip_non_finite` only when True, so configs
+    without it load with the default (no skipping, as before it existed)."""
+    config = {
         "name": self.name,
         "inner_optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
         "loss_scale": self.loss_scale,
         "unscale_in_apply": self.unscale_in_apply,
     }
+    if self._skip_non_finite:
+      config["skip_non_finite"] = True
+    return config
 
   @classmethod
   def from_config(cls, config, custom_objects=None):
@@ -252,5 +324,6 @@ class FixedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     return cls(inner_optimizer, **config)
 
   def __repr__(self):
+    skip = ", skip_non_finite=True" if self._skip_non_finite else ""
     return (f"FixedLossScaleOptimizer({type(self.inner_optimizer).__name__}, "
-            f"loss_scale={self.loss_scale!r}, unscale_in_apply={self.unscale_in_apply!r})")
+            f"loss_scale={self.loss_scale!r}, unscale_in_apply={self.unscale_in_apply!r}{skip})")

@@ -4,12 +4,16 @@ It subclasses TensorFlow's own `tf.compat.v1.mixed_precision.LossScale`, so TF's
 `MixedPrecisionLossScaleOptimizer` and `enable_mixed_precision_graph_rewrite`
 accept it, and follows the TF 2.4 `FixedLossScale` contract: calling it gives the
 scale as a float32 scalar, `update` is a no-op that always allows applying
-gradients, and it round-trips through `get_config`/`from_config`.
+gradients, and it round-trips through `get_config`/`from_config`. With
+`skip_non_finite=True` (opt-in) `update` instead answers whether all gradients
+are finite, so that the optimizer wrappers skip a step that overflowed.
 """
 
+import numpy as np
 import tensorflow as tf
 from tensorflow.python.ops import control_flow_ops
 
+from fixed_loss_scale import finite
 from fixed_loss_scale import ops
 from fixed_loss_scale import scaling
 
@@ -23,44 +27,86 @@ class FixedLossScale(LossScale):
     loss_scale_value: A Python or numpy int or float, at least 1 and finite.
       Too small a scale lets small float16 gradients underflow; too large a
       scale overflows to inf or nan. There is no single right value.
+    skip_non_finite: False (default): TF 2.4's contract, `update` returns
+      `(no-op, True)` and a step whose gradients overflowed is applied, inf and
+      NaN included. True: `unscale_gradients` also computes whether every
+      unscaled gradient is finite (`scaling.unscale_and_check`), and
+      `update(grads)` returns that as `should_apply`, a bool tensor, the same
+      on every replica; this package's optimizer wrappers then skip the step
+      (TF's own compat wrapper does not: it asks `update` only of a
+      DynamicLossScale). The scale never changes either way.
 
   Raises:
-    TypeError: If `loss_scale_value` is not a real number (bool included).
-    ValueError: If it is below 1, NaN, Inf or too large for float32.
+    TypeError: If `loss_scale_value` is not a real number (bool included), or
+      `skip_non_finite` is not a bool.
+    ValueError: If `loss_scale_value` is below 1, NaN, Inf or too large for
+      float32.
   """
 
-  def __init__(self, loss_scale_value):
+  def __init__(self, loss_scale_value, skip_non_finite=False):
     super().__init__()
     # A Python float, not a tensor: a tensor made here could live on another
     # device or in another graph than the one that uses it.
     self._loss_scale_value = ops.validate_loss_scale(loss_scale_value, "loss_scale_value")
+    if not isinstance(skip_non_finite, (bool, np.bool_)):
+      raise TypeError("skip_non_finite must be True or False, got "
+                      f"{type(skip_non_finite).__name__}: {skip_non_finite!r}")
+    self._skip_non_finite = bool(skip_non_finite)
 
   @property
   def loss_scale_value(self):
     """The scale as a Python float."""
     return self._loss_scale_value
 
+  @property
+  def skip_non_finite(self):
+    """Whether `update` reports non-finite gradients (the constructor argument)."""
+    return self._skip_non_finite
+
   def __call__(self):
     """Returns the loss scale as a scalar float32 tensor."""
     return tf.convert_to_tensor(self._loss_scale_value, tf.float32)
 
   def update(self, grads):
-    """A fixed scale never changes: returns (no-op or None, True)."""
-    del grads
-    return control_flow_ops.no_op(), True
+    """A fixed scale never changes: returns `(no-op or None, should_apply)`.
+
+    `should_apply` is the Python bool True unless `skip_non_finite`; with it, a
+    scalar bool tensor, True iff every gradient in the nested `grads` is finite
+    on every replica. Gradients that came out of `unscale_gradients` are not
+    read again: their flag was computed there (finite.py, NOTE [flag
+    registry]); other gradients are checked here. Callable in a cross-replica
+    context (TF's compat wrapper, with per-replica gradients), in a replica
+    context (the flag is all-reduced) and without a strategy.
+    """
+    if not self._skip_non_finite:
+      del grads
+      return control_flow_ops.no_op(), True
+    return control_flow_ops.no_op(), finite.all_finite_in_sync(grads)
 
   def scale_loss(self, loss):
     """Returns `loss * scale`: FixedScaleLoss in graphs, arithmetic eagerly or under XLA."""
     return scaling.scale_loss(loss, self._loss_scale_value)
 
   def unscale_gradients(self, grads):
-    """Divides every gradient in the nested `grads` by the scale (FixedUnscaleGrads in graphs)."""
+    """Divides every gradient in the nested `grads` by the scale (FixedUnscaleGrads
+    in graphs); with `skip_non_finite`, through `scaling.unscale_and_check`, so
+    that `update` finds their flag."""
+    if self._skip_non_finite:
+      return scaling.unscale_and_check(grads, self._loss_scale_value)[0]
     return scaling.unscale_gradients(grads, self._loss_scale_value)
 
   def get_config(self):
-    return {"loss_scale_value": self._loss_scale_value}
+    """`{'loss_scale_value': v}`, TF 2.4's config (which TF's compat class also
+    reads), plus `'skip_non_finite': True` only when it is on: configs without
+    the key load with the default, False."""
+    config = {"loss_scale_value": self._loss_scale_value}
+    if self._skip_non_finite:
+      config["skip_non_finite"] = True
+    return config
 
   def __repr__(self):
+    if self._skip_non_finite:
+      return f"FixedLossScale({self._loss_scale_value!r}, skip_non_finite=True)"
     return f"FixedLossScale({self._loss_scale_value!r})"
 
 

@@ -1,0 +1,162 @@
+"""DynamicLossScale: TF's compat dynamic loss scale, checked by this package's seam.
+
+The algorithm, variables, checkpoint keys, constructor arguments and config of
+`tf.compat.v1.mixed_precision.DynamicLossScale` (its source:
+tensorflow/python/training/experimental/loss_scale.py), of which it is a
+subclass, so TF's own `MixedPrecisionLossScaleOptimizer` treats it as dynamic
+(it asks `update` only of DynamicLossScale instances) and checkpoints move
+between the two classes. What differs:
+
+- the finite check comes from `scaling.unscale_and_check` (NOTE [fused check
+  seam]): `unscale_gradients` unscales and checks, and `update` reuses that
+  flag instead of reading the gradients again (finite.py, NOTE [flag
+  registry]); gradients from elsewhere are checked as TF's class does;
+- `unscale_gradients` handles float16, bfloat16 and float64 gradients (TF's
+  compat wrapper's float32 reciprocal cannot multiply them), bit-identical to
+  TF's wrapper on float32;
+- `update` also works in a replica context (the flag is all-reduced);
+- the constructor validates its arguments, naming the argument and value.
+
+The scale's trajectory is TF's, bit for bit: the same ops update the same
+variables (`current_loss_scale * multiplier` kept only if finite, `maximum(
+current_loss_scale / multiplier, 1)`, the good-steps counter).
+"""
+
+import math
+import numbers
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.python.training.experimental import loss_scale as tf_loss_scale
+
+from fixed_loss_scale import finite
+from fixed_loss_scale import scaling
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _real_at_least_one(value, what):
+  """`value` as a Python float if a finite real number in [1, float32 max]."""
+  if isinstance(value, np.ndarray) and value.size == 1 and value.dtype.kind in "iuf":
+    value = value.reshape(()).item()
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+    raise TypeError(f"{what} must be a Python or numpy int or float, got "
+                    f"{type(value).__name__}: {value!r}")
+  try:
+    value = float(value)
+  except OverflowError:
+    raise ValueError(f"{what} must fit in float32, got {value!r}") from None
+  if math.isnan(value) or math.isinf(value):
+    raise ValueError(f"{what} must be finite, got {value}")
+  if value < 1:
+    raise ValueError(f"{what} must be at least 1, got {value}")
+  if value > _FLOAT32_MAX:
+    raise ValueError(f"{what} must fit in float32, got {value}")
+  return value
+
+
+def _positive_int(value, what):
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+    raise TypeError(f"{what} must be a Python or numpy int, got "
+                    f"{type(value).__name__}: {value!r}")
+  if value < 1:
+    raise ValueError(f"{what} must be at least 1, got {value}")
+  return int(value)
+
+
+def _op_in_graph_mode(tensor):
+  """The tensor eagerly, its op in a graph (what cond branches return in TF's class)."""
+  return tensor if tf.executing_eagerly() else tensor.op
+
+
+def _assign_if_finite(variable, value):
+  return tf.compat.v1.cond(
+      tf.math.is_finite(value), lambda: _op_in_graph_mode(variable.assign(value)), tf.no_op)
+
+
+class DynamicLossScale(tf_loss_scale.DynamicLossScale):
+  """Loss scale that doubles every `increment_period` finite steps and halves on inf/NaN.
+
+  TF's `tf.compat.v1.mixed_precision.DynamicLossScale`, with the finite check
+  taken from `unscale_gradients` (see the module docstring). Use it with
+  `fixed_loss_scale.MixedPrecisionLossScaleOptimizer` (which also takes
+  `"dynamic"` for `DynamicLossScale()`), TF's own compat wrapper, or a custom
+  loop:
+
+  ```python
+  loss_scale = fixed_loss_scale.DynamicLossScale()
+  scaled = loss_scale.scale_loss(loss)          # under the tape
+  grads = loss_scale.unscale_gradients(tape.gradient(scaled, variables))
+  update_op, should_apply = loss_scale.update(grads)   # no second read of grads
+  ```
+
+  Args:
+    initial_loss_scale: The scale to start from, a Python or numpy number in
+      [1, float32 max] (default 2**15).
+    increment_period: The scale is multiplied by `multiplier` after this many
+      consecutive steps with finite gradients; a positive int (default 2000).
+    multiplier: Factor by which the scale grows, and shrinks (never below 1)
+      after a step with non-finite gradients; a number in [1, float32 max]
+      (default 2). With 1 the scale stays fixed and non-finite steps are
+      skipped -- a fixed scale that skips, for TF's own compat wrapper.
+
+  Raises:
+    TypeError: if an argument is not a number of the right kind (bool included).
+    ValueError: if it is out of range.
+  """
+
+  # TF's __init__ (deprecated, logging so) is replaced, not called: the same
+  # weights, created in the same order under the same names.
+  def __init__(self, initial_loss_scale=2**15, increment_period=2000, multiplier=2.):  # pylint: disable=super-init-not-called
+    tf_loss_scale.LossScale.__init__(self)  # pylint: disable=non-parent-init-called
+    self._initial_loss_scale = _real_at_least_one(initial_loss_scale, "initial_loss_scale")
+    self._increment_period = _positive_int(increment_period, "increment_period")
+    self._multiplier = _real_at_least_one(multiplier, "multiplier")
+    self._current_loss_scale = self._add_weight(
+        name="current_loss_scale", dtype=tf.float32, initial_value=self._initial_loss_scale)
+    # Consecutive steps with finite gradients since the last non-finite one or
+    # change of the scale.
+    self._num_good_steps = self._add_weight(name="good_steps", dtype=tf.int64, initial_value=0)
+
+  def scale_loss(self, loss):
+    """`loss * cast(scale, loss.dtype)`, as TF's compat wrapper scales it."""
+    loss = tf.convert_to_tensor(loss)
+    return loss * tf.cast(self(), loss.dtype)
+
+  def unscale_gradients(self, grads):
+    """The nested `grads` divided by the current scale (scaling.unscale_and_check:
+    float32 reciprocal, half and bfloat16 in float32, float64 with the float64
+    reciprocal); the flag is remembered for `update`."""
+    return scaling.unscale_and_check(grads, self())[0]
+
+  def update(self, grads):
+    """Updates the scale from whether the nested `grads` are all finite.
+
+    Returns `(update_op, should_apply)` as TF's class does: eagerly the scale
+    is updated at once; in a graph `update_op` does it. `should_apply` is a
+    bool tensor, the same on every replica (finite.all_finite_in_sync), found
+    without reading gradients again when they came from `unscale_gradients`.
+    """
+    is_finite = finite.all_finite_in_sync(tf.nest.flatten(grads))
+
+    def update_if_finite_grads():
+      def increase_loss_scale():
+        new_loss_scale = self._current_loss_scale * self._multiplier
+        return tf.group(_assign_if_finite(self._current_loss_scale, new_loss_scale),
+                        self._num_good_steps.assign(0))
+
+      return tf.compat.v1.cond(self._num_good_steps + 1 >= self._increment_period,
+                               increase_loss_scale,
+                               lambda: _op_in_graph_mode(self._num_good_steps.assign_add(1)))
+
+    def update_if_not_finite_grads():
+      new_loss_scale = tf.maximum(self._current_loss_scale / self._multiplier, 1)
+      return tf.group(self._num_good_steps.assign(0),
+                      self._current_loss_scale.assign(new_loss_scale))
+
+    update_op = tf.compat.v1.cond(is_finite, update_if_finite_grads, update_if_not_finite_grads)
+    return update_op, is_finite
+
+  def __repr__(self):
+    text = super().__repr__()
+    return text if text.startswith("fixed_loss_scale.") else "fixed_loss_scale." + text
