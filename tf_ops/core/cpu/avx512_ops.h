@@ -1,7 +1,6 @@
 // What the two AVX-512 translation units share (simd_avx512.cc and
 // simd_avx512_bf16.cc): the 512-bit register primitives of the traits
-// templates of scale_loop.h, with masks for the remainder, and the NaN rule of
-// both bfloat16 loops. Included after scale_loop.h, compiled for the includer's
+// templates of scale_loop.h, with masks for the remainder. Included after scale_loop.h, compiled for the includer's
 // FLS_SIMD_TARGET (NOTE [one target per translation unit]).
 #ifndef FIXED_LOSS_SCALE_CORE_CPU_AVX512_OPS_H_
 #define FIXED_LOSS_SCALE_CORE_CPU_AVX512_OPS_H_
@@ -76,24 +75,34 @@ struct Ops {
   FLS_SIMD_INLINE static void MaskedStoreBits(uint16_t* p, int count, __m512i v) {
     _mm512_mask_storeu_epi16(p, static_cast<__mmask32>(LowLanes(count)), v);
   }
-};
-
-// Where a bfloat16 input of `b` is NaN, sign|0x7fc0 instead of `rounded` (see
-// simd_loops.h for NaN products).
-FLS_SIMD_INLINE __m512i WithBFloat16NaNs(__m512i rounded, __m512i b) {
-  const __m512i sign_bit = _mm512_set1_epi16(static_cast<int16_t>(0x8000));
-  const __mmask32 is_nan =
-      _mm512_cmpgt_epu16_mask(_mm512_andnot_si512(sign_bit, b), _mm512_set1_epi16(0x7f80));
-  if (__builtin_expect(is_nan == 0, 1)) return rounded;
-  // (b & sign_bit) | 0x7fc0 in one instruction.
-  const __m512i nan = _mm512_ternarylogic_epi32(b, sign_bit, _mm512_set1_epi16(0x7fc0), 0xea);
-  return _mm512_mask_mov_epi16(rounded, is_nan, nan);
-}
-
-// The storage of both bfloat16 loops: 32 patterns in a register, unrolled twice.
-struct BFloat16x32 : Bits16Storage<32, Ops> {
-  static constexpr int kUnroll = 2;
-  static uint16_t ScaleOne(uint16_t x, float f) { return ScaleBFloat16Bits(x, f); }
+  // bfloat16 (BFloat16Traits): 32 in a 512-bit register, no prefetch (the
+  // integer loop; the convert loop of simd_avx512_bf16.cc has one).
+  static constexpr int kBFloat16Lanes = 32;
+  static constexpr int kBFloat16PrefetchBytes = 0;
+  FLS_SIMD_INLINE static __m512 FloatsFromBFloat16Low(__m512i b) {
+    return _mm512_castsi512_ps(_mm512_unpacklo_epi16(_mm512_setzero_si512(), b));
+  }
+  FLS_SIMD_INLINE static __m512 FloatsFromBFloat16High(__m512i b) {
+    return _mm512_castsi512_ps(_mm512_unpackhi_epi16(_mm512_setzero_si512(), b));
+  }
+  FLS_SIMD_INLINE static __m512i RoundToBFloat16(__m512 products) {
+    typedef uint32_t U32x16 __attribute__((vector_size(64)));
+    return reinterpret_cast<__m512i>(RoundToBFloat16Bits(reinterpret_cast<U32x16>(products)));
+  }
+  FLS_SIMD_INLINE static __m512i PackLow16(__m512i a, __m512i b) {
+    return _mm512_packus_epi32(a, b);
+  }
+  // Where a bfloat16 input of `b` is NaN, sign|0x7fc0 instead of `rounded` (see
+  // simd_loops.h for NaN products).
+  FLS_SIMD_INLINE static __m512i WithBFloat16NaNs(__m512i rounded, __m512i b) {
+    const __m512i sign_bit = _mm512_set1_epi16(static_cast<int16_t>(0x8000));
+    const __mmask32 is_nan =
+        _mm512_cmpgt_epu16_mask(_mm512_andnot_si512(sign_bit, b), _mm512_set1_epi16(0x7f80));
+    if (__builtin_expect(is_nan == 0, 1)) return rounded;
+    // (b & sign_bit) | 0x7fc0 in one instruction.
+    const __m512i nan = _mm512_ternarylogic_epi32(b, sign_bit, _mm512_set1_epi16(0x7fc0), 0xea);
+    return _mm512_mask_mov_epi16(rounded, is_nan, nan);
+  }
 };
 
 }  // namespace

@@ -178,6 +178,30 @@ struct HalfTraits : Bits16Storage<Ops::kHalfLanes, Ops> {
   static uint16_t ScaleOne(uint16_t x, float f) { return ScaleHalfBits(x, f); }
 };
 
+// bfloat16 in integer lanes, for every ISA, the only way that gives the scalar
+// results in IEEE mode too: interleaving with zero widens each bfloat16 into the
+// high half of a float with no cross-lane shuffle; the unpacks and the pack
+// work per 128-bit lane, so the pack puts every result back in its input's
+// place (values <= 0xffff: nothing saturates), with about half the
+// instructions of widening with cvtepu16 and re-ordering with a permute
+// (docs/BENCHMARKS.md, "CPU loops"). Rounding as FloatToBFloat16Bits; NaN inputs
+// give sign|0x7fc0. `Ops` gives kBFloat16Lanes, kBFloat16PrefetchBytes,
+// FloatsFromBFloat16Low/High, RoundToBFloat16, PackLow16, WithBFloat16NaNs.
+template <typename Ops>
+struct BFloat16Traits : Bits16Storage<Ops::kBFloat16Lanes, Ops> {
+  using Vector = typename Bits16Storage<Ops::kBFloat16Lanes, Ops>::Vector;
+  using Multiplier = typename Bits16Storage<Ops::kBFloat16Lanes, Ops>::Multiplier;
+  static constexpr int kUnroll = 2;
+  static constexpr int kPrefetchBytes = Ops::kBFloat16PrefetchBytes;
+  FLS_SIMD_INLINE static Vector Scale(Vector b, Multiplier m) {
+    const Vector rounded =
+        Ops::PackLow16(Ops::RoundToBFloat16(Ops::Mul(Ops::FloatsFromBFloat16Low(b), m)),
+                       Ops::RoundToBFloat16(Ops::Mul(Ops::FloatsFromBFloat16High(b), m)));
+    return Ops::WithBFloat16NaNs(rounded, b);
+  }
+  static uint16_t ScaleOne(uint16_t x, float f) { return ScaleBFloat16Bits(x, f); }
+};
+
 }  // namespace
 }  // namespace simd
 }  // namespace fixed_loss_scale

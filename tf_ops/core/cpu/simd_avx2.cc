@@ -18,7 +18,7 @@ namespace fixed_loss_scale {
 namespace simd {
 namespace {
 
-// The 256-bit primitives of MultiplyTraits (scale_loop.h).
+// The 256-bit primitives of the traits templates of scale_loop.h.
 struct Ops {
   static constexpr bool kMasked = false;
   FLS_SIMD_INLINE static __m256 Splat(float f) { return _mm256_set1_ps(f); }
@@ -50,42 +50,34 @@ struct Ops {
   FLS_SIMD_INLINE static void StoreBits(uint16_t* p, __m256i v) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
   }
-};
-
-// Eight float products -> their bfloat16 bits, in the low half of each lane.
-FLS_SIMD_INLINE __m256i RoundToBFloat16(__m256 p) {
-  typedef uint32_t U32x8 __attribute__((vector_size(32)));
-  return reinterpret_cast<__m256i>(RoundToBFloat16Bits(reinterpret_cast<U32x8>(p)));
-}
-
-struct BFloat16Traits : Bits16Storage<16, Ops> {
-  static constexpr int kUnroll = 2;
-  static constexpr int kPrefetchBytes = kPrefetchBytes16;
-  // Sixteen bfloat16 -> float -> * f -> bfloat16. Interleaving with zero widens
-  // each bfloat16 into the high half of a float with no cross-lane shuffle; the
-  // unpacks and packus all work per 128-bit lane, so packus puts every result
-  // back in its input's place (values <= 0xffff: nothing saturates), with about
-  // half the instructions of widening with cvtepu16 and re-ordering with a
-  // permute.
-  FLS_SIMD_INLINE static Vector Scale(Vector b, Multiplier m) {
-    const __m256i zero = _mm256_setzero_si256();
-    const __m256 low = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, b));
-    const __m256 high = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, b));
-    const __m256i rounded = _mm256_packus_epi32(RoundToBFloat16(_mm256_mul_ps(low, m)),
-                                                RoundToBFloat16(_mm256_mul_ps(high, m)));
-    // NaN inputs (see simd_loops.h for NaN products): sign|0x7fc0.
+  // bfloat16 (BFloat16Traits): 16 in a 256-bit register, prefetched.
+  static constexpr int kBFloat16Lanes = 16;
+  static constexpr int kBFloat16PrefetchBytes = kPrefetchBytes16;
+  FLS_SIMD_INLINE static __m256 FloatsFromBFloat16Low(__m256i b) {
+    return _mm256_castsi256_ps(_mm256_unpacklo_epi16(_mm256_setzero_si256(), b));
+  }
+  FLS_SIMD_INLINE static __m256 FloatsFromBFloat16High(__m256i b) {
+    return _mm256_castsi256_ps(_mm256_unpackhi_epi16(_mm256_setzero_si256(), b));
+  }
+  FLS_SIMD_INLINE static __m256i RoundToBFloat16(__m256 products) {
+    typedef uint32_t U32x8 __attribute__((vector_size(32)));
+    return reinterpret_cast<__m256i>(RoundToBFloat16Bits(reinterpret_cast<U32x8>(products)));
+  }
+  FLS_SIMD_INLINE static __m256i PackLow16(__m256i a, __m256i b) {
+    return _mm256_packus_epi32(a, b);
+  }
+  FLS_SIMD_INLINE static __m256i WithBFloat16NaNs(__m256i rounded, __m256i b) {
     const __m256i sign_bit = _mm256_set1_epi16(static_cast<int16_t>(0x8000));
     const __m256i is_nan =
         _mm256_cmpgt_epi16(_mm256_andnot_si256(sign_bit, b), _mm256_set1_epi16(0x7f80));
     const __m256i nan = _mm256_or_si256(_mm256_and_si256(b, sign_bit), _mm256_set1_epi16(0x7fc0));
     return _mm256_blendv_epi8(rounded, nan, is_nan);
   }
-  static uint16_t ScaleOne(uint16_t x, float f) { return ScaleBFloat16Bits(x, f); }
 };
 
 }  // namespace
 
-extern const PathLoops kAvx2Loops = {ScaleLoop<HalfTraits<Ops>>, ScaleLoop<BFloat16Traits>,
+extern const PathLoops kAvx2Loops = {ScaleLoop<HalfTraits<Ops>>, ScaleLoop<BFloat16Traits<Ops>>,
                                      ScaleLoop<MultiplyTraits<float, Ops>>,
                                      ScaleLoop<MultiplyTraits<double, Ops>>};
 

@@ -24,33 +24,8 @@
 
 namespace fixed_loss_scale {
 namespace simd {
-namespace {
 
-// Sixteen float products -> their bfloat16 bits, in the low half of each lane.
-FLS_SIMD_INLINE __m512i RoundToBFloat16(__m512 p) {
-  typedef uint32_t U32x16 __attribute__((vector_size(64)));
-  return reinterpret_cast<__m512i>(RoundToBFloat16Bits(reinterpret_cast<U32x16>(p)));
-}
-
-// 32 bfloat16 -> float -> * f -> bfloat16 in integer lanes: widened by
-// interleaving with zero and narrowed by packus per 128-bit lane, as the AVX2
-// loop does (faster than cvtepu16 / cvtepi32_epi16: docs/BENCHMARKS.md, "CPU
-// loops"). No software prefetch.
-struct BFloat16Traits : BFloat16x32 {
-  static constexpr int kPrefetchBytes = 0;
-  FLS_SIMD_INLINE static Vector Scale(Vector b, Multiplier m) {
-    const __m512i zero = _mm512_setzero_si512();
-    const __m512 low = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, b));
-    const __m512 high = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, b));
-    const __m512i rounded = _mm512_packus_epi32(RoundToBFloat16(_mm512_mul_ps(low, m)),
-                                                RoundToBFloat16(_mm512_mul_ps(high, m)));
-    return WithBFloat16NaNs(rounded, b);
-  }
-};
-
-}  // namespace
-
-extern const PathLoops kAvx512Loops = {ScaleLoop<HalfTraits<Ops>>, ScaleLoop<BFloat16Traits>,
+extern const PathLoops kAvx512Loops = {ScaleLoop<HalfTraits<Ops>>, ScaleLoop<BFloat16Traits<Ops>>,
                                        ScaleLoop<MultiplyTraits<float, Ops>>,
                                        ScaleLoop<MultiplyTraits<double, Ops>>};
 extern const PathLoops kAvx512Bf16Loops = {ScaleLoop<HalfTraits<Ops>>, ScaleBFloat16ConvertLoop,

@@ -29,13 +29,14 @@ FLS_SIMD_INLINE __m512 WidenBFloat16x16(__m256i b) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
 }
 
-struct BFloat16ConvertTraits : BFloat16x32 {
+// BFloat16Traits (scale_loop.h) with the rounding of VCVTNE2PS2BF16, prefetched.
+struct BFloat16ConvertTraits : BFloat16Traits<Ops> {
   static constexpr int kPrefetchBytes = kPrefetchBytes16;
   FLS_SIMD_INLINE static Vector Scale(Vector b, Multiplier m) {
     const __m512 low = _mm512_mul_ps(WidenBFloat16x16(_mm512_castsi512_si256(b)), m);
     const __m512 high = _mm512_mul_ps(WidenBFloat16x16(_mm512_extracti64x4_epi64(b, 1)), m);
     const __m512i rounded = (__m512i)_mm512_cvtne2ps_pbh(high, low);
-    return WithBFloat16NaNs(rounded, b);
+    return Ops::WithBFloat16NaNs(rounded, b);
   }
 };
 
