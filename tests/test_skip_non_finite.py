@@ -411,3 +411,10 @@ def test_replicas_dynamic_scale_ours_matches_tfs_bit_for_bit(replicas):
   assert_bitwise_equal(replicas["tf1_ours_dynamic_weights"], replicas["tf1_tf_dynamic_weights"])
   assert list(replicas["tf1_ours_dynamic_counters"]) == list(replicas["tf1_tf_dynamic_counters"])
   assert list(replicas["tf1_ours_dynamic_scales"]) == [256, 128, 128, 64, 32, 32, 16, 16]
+
+
+@pytest.mark.slow
+def test_update_inside_strategy_run_all_reduces_the_flag(replicas):
+  # (replica 0, replica 1) inputs: finite/finite, finite/inf, nan/finite, inf/inf
+  assert replicas["replica_context_flags"].tolist() == [[True, True], [False, False],
+                                                        [False, False], [False, False]]

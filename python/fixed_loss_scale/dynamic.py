@@ -14,7 +14,6 @@ between the two classes. What differs:
 - `unscale_gradients` handles float16, bfloat16 and float64 gradients (TF's
   compat wrapper's float32 reciprocal cannot multiply them), bit-identical to
   TF's wrapper on float32;
-- `update` also works in a replica context (the flag is all-reduced);
 - the constructor validates its arguments, naming the argument and value.
 
 The scale's trajectory is TF's, bit for bit: the same ops update the same

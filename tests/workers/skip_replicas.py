@@ -97,6 +97,26 @@ def run(strategy, make_optimizer, kind):
   return np.stack(weights), np.array(scales, np.float32), np.array(counters)
 
 
+def replica_context_flags(strategy):
+  """FixedLossScale(skip_non_finite=True).update inside strategy.run: the flag
+  each replica gets for (replica 0, replica 1) factors."""
+  loss_scale = fls.FixedLossScale(8, skip_non_finite=True)
+
+  @tf.function
+  def flags(factor):
+    def replica_fn(factor):
+      return loss_scale.update(loss_scale.unscale_gradients([tf.ones([3]) * factor]))[1]
+    return strategy.run(replica_fn, args=(factor,))
+
+  cases = [(1.0, 1.0), (1.0, np.inf), (np.nan, 1.0), (np.inf, np.inf)]
+  out = []
+  for case in cases:
+    factor = strategy.experimental_distribute_values_from_function(
+        lambda ctx, case=case: tf.constant(case[ctx.replica_id_in_sync_group], tf.float32))
+    out.append([bool(f.numpy()) for f in strategy.experimental_local_results(flags(factor))])
+  return np.array(out)
+
+
 def main(out_dir):
   assert len(tf.config.list_logical_devices("CPU")) == 2
   devices = ["/cpu:0", "/cpu:1"]
@@ -120,9 +140,13 @@ def main(out_dir):
       "keras_fixed_skip": (lambda: FixedLossScaleOptimizer(
           keras.optimizers.SGD(LEARNING_RATE), SCALE, skip_non_finite=True), "keras"),
   }
-  arrays = {"poison": poison_factors()}
+  # One strategy for all runs: collective instance keys are allocated per
+  # strategy, and two strategies in one process can give the same key to
+  # all-reduces of different shapes.
+  strategy = tf.distribute.MirroredStrategy(devices)
+  arrays = {"poison": poison_factors(), "replica_context_flags": replica_context_flags(strategy)}
   for name, (make, kind) in runs.items():
-    weights, scales, counters = run(tf.distribute.MirroredStrategy(devices), make, kind)
+    weights, scales, counters = run(strategy, make, kind)
     arrays[f"{name}_weights"] = weights
     arrays[f"{name}_scales"] = scales
     arrays[f"{name}_counters"] = counters
