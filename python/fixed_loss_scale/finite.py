@@ -40,7 +40,11 @@ def is_all_finite(tensors):
 # Anything else -- gradients clipped or cast after unscaling, a flag from
 # another graph -- is not found and is checked again: a miss costs a pass over
 # the gradients, never a wrong answer.
-_lock = threading.Lock()
+# Reentrant: a weak reference's callback (_forget) can run in a garbage
+# collection triggered by an allocation while this thread holds the lock.
+# Correctness never rests on it (a looked-up entry must still point at the
+# very tensor); it only keeps concurrent replicas from losing entries.
+_lock = threading.RLock()
 _flags = {}  # id(tensor) -> (weakref to tensor, flag)
 
 
