@@ -133,7 +133,7 @@ $(CUDA_LAUNCHER_OBJ): tf_ops/core/gpu/multi_tensor_scale.cu $(HEADERS) config.mk
 	$(NVCC) $(NVCC_FLAGS) -I. -c $< -o $@
 $(LAUNCHER_DRIVER): tf_ops/tests/launcher_driver.cu $(CUDA_LAUNCHER_OBJ) tf_ops/tests/gpu_kernel_cases.h $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCC_FLAGS) -I. -o $@ $< $(CUDA_LAUNCHER_OBJ)
+	$(NVCC) $(NVCC_FLAGS) -I. -o $@ $< $(CUDA_LAUNCHER_OBJ) -ldl
 endif
 $(DEVICE_SUPPORT_OBJ): tf_ops/core/gpu/device_support.cc $(HEADERS) config.mk
 	@mkdir -p $(dir $@)

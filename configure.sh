@@ -129,7 +129,9 @@ case "$CUDA_TOOLCHAIN" in
       CUDA_ARCHS="sm_70 sm_75 sm_80 sm_86 sm_89 sm_90"
     fi
     CUDA_PTX_ARCH=compute_90
-    CUDA_PTX_ISA=$CUDA_VERSION  # nvcc X.Y writes the PTX ISA of CUDA X.Y
+    # The PTX ISA this nvcc writes (CUDA 12.Y: 8.x, 13.0: 9.0), read from its output.
+    CUDA_PTX_ISA=$(cd "${TMPDIR:-/tmp}" && echo '__global__ void k() {}' |
+        "$NVCC_BIN" -x cu -arch=$CUDA_PTX_ARCH -ptx -o - - 2>/dev/null | sed -n 's/^\.version //p')
     CUDA_MIN_DRIVER=$(( major >= 13 ? major * 1000 : 12010 ))
     CUDA_PTX_MIN_DRIVER=$(cuda_version_number "$CUDA_VERSION") ;;
 esac
