@@ -94,6 +94,7 @@ $(BUILD_DIR)/tf_ops/tf/%.o: tf_ops/tf/%.cc $(HEADERS) config.mk
 # trampolines return errors and the GPU kernels are never placed.
 #   make host-emulation-test   the kernel body run on the host for every
 #                              (block, thread) of its launches (g++ only)
+#   make device-support-test   where the GPU kernels are registered (g++ only)
 #   make launcher-driver       tf_ops/tests/launcher_driver.cu with the launcher,
 #                              no TensorFlow (clang route: against the wheel's
 #                              libcudart.so.12)
@@ -159,6 +160,15 @@ $(HOST_EMULATION_TEST): tf_ops/tests/host_emulation_test.cc tf_ops/tests/gpu_ker
 	$(CXX) $(TEST_CXX_FLAGS) -I. -o $@ $<
 host-emulation-test: $(HOST_EMULATION_TEST)
 	$(HOST_EMULATION_TEST)
+# NOTE [where the GPU kernels run]: the load-time decision for drivers and GPUs
+# no test machine has (g++ only, runs in CPU-only builds too).
+DEVICE_SUPPORT_TEST := $(BUILD_DIR)/tests/device_support_test
+$(DEVICE_SUPPORT_TEST): tf_ops/tests/device_support_test.cc tf_ops/core/gpu/device_support.cc $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CXX) $(TEST_CXX_FLAGS) -I. -o $@ $< tf_ops/core/gpu/device_support.cc -ldl
+.PHONY: device-support-test
+device-support-test: $(DEVICE_SUPPORT_TEST)
+	$(DEVICE_SUPPORT_TEST)
 # ---- end CUDA -------------------------------------------------------------------
 
 $(LIB): $(CPU_OBJS) $(GPU_OBJS) config.mk

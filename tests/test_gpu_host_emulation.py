@@ -35,3 +35,11 @@ def test_kernel_body_on_every_block_and_thread_of_its_launches():
   assert int(single.group(2)) > 100_000_000, output
   lists = re.search(r"tensor lists:\s+(\d+) cases,\s+(\d+) tensors.*?(\d+) failed", output)
   assert lists and int(lists.group(2)) > 10_000 and lists.group(3) == "0", output
+
+
+def test_where_the_gpu_kernels_run_for_drivers_and_gpus_not_here():
+  """NOTE [where the GPU kernels run]: tf_ops/tests/device_support_test.cc."""
+  result = subprocess.run(["make", "-s", "-C", ROOT, "device-support-test"], capture_output=True,
+                          text=True, timeout=300)
+  output = result.stdout + result.stderr
+  assert result.returncode == 0 and "device support: PASSED" in output, output[-4000:]
