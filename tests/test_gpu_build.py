@@ -118,7 +118,8 @@ def test_library_uses_tensorflows_cuda_runtime():
   undefined = {name for name in _dynamic_symbols(LIBRARY, "--undefined-only")
                if _is_cuda_runtime_symbol(name)}
   assert {"__cudaRegisterFatBinary", "__cudaRegisterFunction", "cudaLaunchKernel",
-          "cudaMemcpyAsync"} <= undefined, sorted(undefined)
+          "cudaMemcpyAsync"} <= undefined, \
+      f"cuda* calls resolved inside the library (a CUDA runtime linked in?): left {sorted(undefined)}"
   framework = os.path.join(CONFIG["TF_LIBDIR"], CONFIG["TF_LIBNAME"])
   missing = undefined - _dynamic_symbols(framework, "--defined-only")
   assert not missing, f"not exported by {framework}: {sorted(missing)}"
@@ -144,7 +145,8 @@ def test_cuda_runtime_symbols_bind_to_tensorflow_at_load(tmp_path):
         if match and match.group(1).endswith(os.path.basename(LIBRARY)) and \
             _is_cuda_runtime_symbol(match.group(3)):
           bindings[match.group(3)] = match.group(2)
-  assert "__cudaRegisterFatBinary" in bindings and "cudaLaunchKernel" in bindings, bindings
+  assert "__cudaRegisterFatBinary" in bindings and "cudaLaunchKernel" in bindings, \
+      f"no load-time binding of the CUDA runtime calls (resolved inside the library?): {bindings}"
   elsewhere = {name: target for name, target in bindings.items()
                if os.path.basename(target) != CONFIG["TF_LIBNAME"]}
   assert not elsewhere, f"bound outside TensorFlow's runtime: {elsewhere}"
