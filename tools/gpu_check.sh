@@ -32,7 +32,8 @@
 #                 benchmarks/gpu_torch.py (torch._foreach_mul_), same sets
 #
 # Exit status: 0 all passed, 1 a check failed (or the CUDA 12 bundle is
-# missing), 3 no GPU here (after building everything).
+# missing), 3 no GPU here (after building everything). GPU_CHECK_BUDGET_S
+# (default 450) caps the steps' total time; GPU_CHECK_SM picks the arch.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 BUNDLE=.gpucheck
@@ -51,6 +52,11 @@ if [[ "${1:-}" == --prepare ]]; then
   ${CXX:-g++} $(get TEST_CXX_FLAGS) -I. -isystem "$cuda12/include" -x c++ \
       -c tf_ops/tests/launcher_driver.cu -o "$BUNDLE/launcher_driver.cuda12.o"
   cp "$cuda12/lib64/libcudart.so.12" "$BUNDLE/"
+  # Also linked here, with libstdc++ static, for a GPU machine whose g++ is
+  # older than this one's (its libstdc++ would lack symbols the objects need).
+  ${CXX:-g++} -o "$BUNDLE/launcher_driver.cuda12" "$BUNDLE/launcher_driver.cuda12.o" \
+      "$BUNDLE/multi_tensor_scale.cuda12.o" -L"$BUNDLE" -l:libcudart.so.12 \
+      -static-libstdc++ -static-libgcc -Wl,-rpath,'$ORIGIN' -ldl
   {
     echo "commit $(git rev-parse HEAD 2>/dev/null)$(git diff --quiet -- tf_ops 2>/dev/null || echo ' + uncommitted tf_ops changes')"
     echo "device code: $(get CLANG) + ptxas 12.9; cubins $(get CUDA_ARCHS); PTX $(get CUDA_PTX_ARCH) ISA $(get CUDA_PTX_ISA)"
@@ -65,9 +71,14 @@ exec > >(tee "$WORK/report.txt") 2>&1
 start=$(date +%s)
 failures=()
 step() { echo; echo "=== $* (+$(( $(date +%s) - start ))s)"; }
+# Every step ends by this deadline, so that the whole run stays under 8 min.
+deadline=$(( start + ${GPU_CHECK_BUDGET_S:-450} ))
 # run NAME TIMEOUT CMD...: records a failure unless CMD exits 0.
 run() {
   local name=$1 limit=$2; shift 2
+  local left=$(( deadline - $(date +%s) ))
+  (( left < limit )) && limit=$left
+  if (( limit <= 0 )); then echo "--- $name: FAILED (no time left)"; failures+=("$name"); return 0; fi
   timeout "$limit" "$@"; local rc=$?
   if [[ $rc == 0 ]]; then echo "--- $name: ok"
   else echo "--- $name: FAILED (exit $rc${rc/#124/, timed out after ${limit}s})"; failures+=("$name"); fi
@@ -99,6 +110,11 @@ if [[ -f "$BUNDLE/multi_tensor_scale.cuda12.o" ]]; then
   if ${CXX:-g++} -o "$WORK/launcher_driver.cuda12" "$BUNDLE/launcher_driver.cuda12.o" \
          "$BUNDLE/multi_tensor_scale.cuda12.o" -L"$BUNDLE" -l:libcudart.so.12 \
          -Wl,-rpath,"$PWD/$BUNDLE" -ldl; then
+    builds+=(cuda12)
+  elif [[ -x "$BUNDLE/launcher_driver.cuda12" ]]; then
+    echo "linking the CUDA 12 objects here failed; using the one linked where they were built"
+    cp "$BUNDLE/launcher_driver.cuda12" "$WORK/launcher_driver.cuda12"
+    ln -sf "$PWD/$BUNDLE/libcudart.so.12" "$WORK/libcudart.so.12"
     builds+=(cuda12)
   else
     failures+=("cuda12 link")

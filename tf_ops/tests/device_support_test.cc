@@ -82,15 +82,16 @@ void TestDecisions() {
   Expect(support.register_gpu_kernels && support.message.empty(), "P100 + H100 on 12.2: registered");
   support = Decide(clang, "11080:80");
   Expect(!support.register_gpu_kernels, "CUDA 11.8 driver: not registered");
-  Expect(support.message.find("supports CUDA 11.8") != std::string::npos &&
+  Expect(support.message.find("supports CUDA 11.8 (GPUs: test GPU 0 (sm_80))") != std::string::npos &&
              support.message.find("CUDA 12.1 or newer") != std::string::npos &&
              support.message.find("run on the CPU") != std::string::npos,
          "the old-driver message names the driver, the need and the CPU: " + support.message);
   support = Decide(clang, "12080:90,52");
   Expect(!support.register_gpu_kernels, "one unsupported GPU among supported ones: not registered");
-  Expect(support.message.find("sm_52") != std::string::npos &&
-             support.message.find("sm_90)") == std::string::npos,
-         "the message names only the unsupported GPU: " + support.message);
+  Expect(support.message.find("(GPUs: test GPU 0 (sm_90), test GPU 1 (sm_52))") !=
+                 std::string::npos &&
+             support.message.find("has nothing for test GPU 1 (sm_52);") != std::string::npos,
+         "the message names every GPU, and the unsupported one as such: " + support.message);
   support = Decide(clang, "12040:110");
   Expect(!support.register_gpu_kernels &&
              support.message.find("PTX needs a driver for CUDA 12.5") != std::string::npos,

@@ -138,8 +138,10 @@ GpuSupport DecideGpuSupport(const DeviceCodeTargets& targets, const GpuSystem& s
     support.message = "fixed_loss_scale: GPU kernels not registered: " + system.error + tail;
     return support;
   }
+  std::string gpus;
+  for (const GpuInfo& gpu : system.gpus) gpus += (gpus.empty() ? "" : ", ") + GpuName(gpu);
   const std::string driver = "the NVIDIA driver supports CUDA " +
-                             CudaVersionString(system.driver_version);
+                             CudaVersionString(system.driver_version) + " (GPUs: " + gpus + ")";
   if (system.driver_version < targets.min_driver) {
     support.register_gpu_kernels = false;
     support.message = "fixed_loss_scale: GPU kernels not registered: " + driver + ", and " +
