@@ -68,6 +68,8 @@ fi
 # ---- on the GPU machine -------------------------------------------------------------
 mkdir -p "$WORK"
 exec > >(tee "$WORK/report.txt") 2>&1
+# A copy of the report where a remote runner collects files ($OUT), if set.
+[[ -n "${OUT:-}" && -d "${OUT:-}" ]] && trap 'sleep 1; cp "$WORK/report.txt" "$OUT/gpu_check_report.txt"' EXIT
 start=$(date +%s)
 failures=()
 step() { echo; echo "=== $* (+$(( $(date +%s) - start ))s)"; }
