@@ -25,6 +25,8 @@
 #   huge          one float16 tensor of 2^31 + 17 elements at a 2-byte offset
 #   PTX JIT       check --quick, tf-stream and edges with CUDA_FORCE_PTX_JIT=1
 #                 (the path a GPU newer than every cubin takes)
+#   4K params     check --quick and tf-stream through the 4 KB-parameter path
+#                 (lists > 16 tensors in a buffer table), as on a Pascal GPU
 #   memcheck      compute-sanitizer --tool memcheck on check --quick + tf-stream
 #   SASS          128-bit global loads and stores (LDG.E.128 / STG.E.128) in
 #                 the sm_XX code of both builds, registers, no local memory
@@ -147,6 +149,9 @@ for build in "${builds[@]}"; do
   run "$build PTX edges" 60 env CUDA_FORCE_PTX_JIT=1 "$d" edges
 done
 d="$WORK/launcher_driver.${builds[-1]}"   # cuda12 when present: what the library ships
+step "${builds[-1]}: the 4 KB-parameter path of Pascal GPUs and pre-12.1 drivers (FIXED_LOSS_SCALE_TEST_4K_PARAMS=1)"
+run "4K params check" 120 env FIXED_LOSS_SCALE_TEST_4K_PARAMS=1 "$d" check --quick
+run "4K params tf-stream" 60 env FIXED_LOSS_SCALE_TEST_4K_PARAMS=1 "$d" tf-stream
 step "${builds[-1]}: huge";                 run "huge" 120 "$d" huge
 step "${builds[-1]}: compute-sanitizer memcheck (check --quick, tf-stream)"
 SANITIZER=$(command -v compute-sanitizer || echo "$CUDA_BIN/compute-sanitizer")
