@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "tensorflow/core/framework/node_def_util.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/types.h"
@@ -124,44 +125,53 @@ class FixedLossScaleOpBase : public OpKernel {
   std::vector<InputInfo> inputs_;
 };
 
-template <typename Device>
-class FixedScaleLossOp : public FixedLossScaleOpBase {
+// FixedScaleLoss (kReciprocal false: the factor is loss_scale) and
+// FixedUnscaleGrads (true: 1/loss_scale): input i scaled into output i.
+template <typename Device, bool kReciprocal>
+class ScaleListOp : public FixedLossScaleOpBase {
  public:
   using FixedLossScaleOpBase::FixedLossScaleOpBase;
   void Compute(OpKernelContext* context) override {
-    ScaleAllInputs<Device>(context, ScaleFactorFor(loss_scale_));
+    ScaleAllInputs<Device>(context, kReciprocal ? ReciprocalFactorFor(loss_scale_)
+                                                : ScaleFactorFor(loss_scale_));
   }
 };
 
 template <typename Device>
-class FixedUnscaleGradsOp : public FixedLossScaleOpBase {
- public:
-  using FixedLossScaleOpBase::FixedLossScaleOpBase;
-  void Compute(OpKernelContext* context) override {
-    ScaleAllInputs<Device>(context, ReciprocalFactorFor(loss_scale_));
-  }
-};
+using FixedScaleLossOp = ScaleListOp<Device, false>;
+template <typename Device>
+using FixedUnscaleGradsOp = ScaleListOp<Device, true>;
+
+// Registers both ops' kernels for `Device`: their "T" takes the four storage
+// types of the core (DType).
+template <typename Device>
+void RegisterKernels(const char* device_type, const char* device_name) {
+  const tensorflow::DataType types[] = {tensorflow::DT_HALF, tensorflow::DT_BFLOAT16,
+                                        tensorflow::DT_FLOAT, tensorflow::DT_DOUBLE};
+  static_assert(sizeof(types) / sizeof(types[0]) == kNumDTypes, "one TF type per DType");
+  const auto register_op = [&](const char* op_name, auto make_kernel) {
+    ::tensorflow::kernel_factory::OpKernelRegistrar registrar(
+        ::tensorflow::register_kernel::Name(op_name)
+            .Device(device_type)
+            .TypeConstraint("T", types)
+            .Build(),
+        absl::StrCat(op_name, "Op<", device_name, ">"), make_kernel);
+    (void)registrar;
+  };
+  register_op("FixedScaleLoss", [](OpKernelConstruction* context) -> OpKernel* {
+    return new FixedScaleLossOp<Device>(context);
+  });
+  register_op("FixedUnscaleGrads", [](OpKernelConstruction* context) -> OpKernel* {
+    return new FixedUnscaleGradsOp<Device>(context);
+  });
+}
+
+const bool cpu_kernels_registered = [] {
+  RegisterKernels<Eigen::ThreadPoolDevice>(tensorflow::DEVICE_CPU, "Eigen::ThreadPoolDevice");
+  return true;
+}();
 
 }  // namespace
-
-#define REGISTER_FIXED_LOSS_SCALE_KERNELS(DEVICE, DEVICE_TYPE)                         \
-  REGISTER_KERNEL_BUILDER(Name("FixedScaleLoss")                                       \
-                              .Device(DEVICE)                                          \
-                              .TypeConstraint("T", {tensorflow::DT_HALF,               \
-                                                    tensorflow::DT_BFLOAT16,           \
-                                                    tensorflow::DT_FLOAT,              \
-                                                    tensorflow::DT_DOUBLE}),           \
-                          FixedScaleLossOp<DEVICE_TYPE>);                              \
-  REGISTER_KERNEL_BUILDER(Name("FixedUnscaleGrads")                                    \
-                              .Device(DEVICE)                                          \
-                              .TypeConstraint("T", {tensorflow::DT_HALF,               \
-                                                    tensorflow::DT_BFLOAT16,           \
-                                                    tensorflow::DT_FLOAT,              \
-                                                    tensorflow::DT_DOUBLE}),           \
-                          FixedUnscaleGradsOp<DEVICE_TYPE>)
-
-REGISTER_FIXED_LOSS_SCALE_KERNELS(tensorflow::DEVICE_CPU, Eigen::ThreadPoolDevice);
-#undef REGISTER_FIXED_LOSS_SCALE_KERNELS
 
 #if GOOGLE_CUDA
 namespace {
@@ -176,28 +186,13 @@ gpu::DeviceCodeTargets BuiltDeviceCode() {
   return targets;
 }
 
-template <template <typename> class Op>
-void RegisterGpuKernel(const char* op_name, const char* class_name) {
-  ::tensorflow::kernel_factory::OpKernelRegistrar registrar(
-      ::tensorflow::register_kernel::Name(op_name)
-          .Device(tensorflow::DEVICE_GPU)
-          .TypeConstraint("T", {tensorflow::DT_HALF, tensorflow::DT_BFLOAT16,
-                                tensorflow::DT_FLOAT, tensorflow::DT_DOUBLE})
-          .Build(),
-      class_name,
-      [](OpKernelConstruction* context) -> OpKernel* { return new Op<Eigen::GpuDevice>(context); });
-  (void)registrar;
-}
-
 // NOTE [where the GPU kernels run] (tf_ops/core/gpu/device_support.h): the GPU
 // kernels are registered, at load, only where the device code can run.
 const bool gpu_kernels_registered = [] {
   const gpu::GpuSupport support = gpu::DecideGpuSupport(BuiltDeviceCode(), gpu::QueryGpuSystem());
   if (!support.message.empty()) std::fprintf(stderr, "%s\n", support.message.c_str());
   if (!support.register_gpu_kernels) return false;
-  RegisterGpuKernel<FixedScaleLossOp>("FixedScaleLoss", "FixedScaleLossOp<Eigen::GpuDevice>");
-  RegisterGpuKernel<FixedUnscaleGradsOp>("FixedUnscaleGrads",
-                                         "FixedUnscaleGradsOp<Eigen::GpuDevice>");
+  RegisterKernels<Eigen::GpuDevice>(tensorflow::DEVICE_GPU, "Eigen::GpuDevice");
   return true;
 }();
 
