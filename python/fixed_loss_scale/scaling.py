@@ -206,9 +206,21 @@ def _unscale_dense(dense, loss_scale):
   return [_multiply(g, reciprocal32, reciprocal64) for g in dense]
 
 
-def _unscale(grads, loss_scale, check):
+def _sum_of_squares(unscaled):
+  """float32 sum of the squares of every element of `unscaled` (a list of
+  tensors): each tensor's in float32 (float64 for float64), added in float64,
+  rounded once to float32 (NOTE [sum of squares])."""
+  total = tf.constant(0.0, tf.float64)
+  for u in unscaled:
+    wide = u if u.dtype == tf.float64 else tf.cast(u, tf.float32)
+    total += tf.cast(tf.reduce_sum(tf.square(wide)), tf.float64)
+  return tf.cast(total, tf.float32)
+
+
+def _unscale(grads, loss_scale, check, sum_of_squares=False):
   """(unscaled `grads`, the all-finite flag of the unscaled dense parts, or None
-  when not `check`)."""
+  when not `check`, and their float32 sum of squares, or None when not
+  `sum_of_squares`)."""
   if tf.is_tensor(loss_scale) or isinstance(loss_scale, tf.Variable):
     loss_scale = _scale_tensor(loss_scale)
   else:
@@ -224,12 +236,13 @@ def _unscale(grads, loss_scale, check):
   if check:
     flag = finite.is_all_finite(unscaled)
     finite.remember(unscaled, flag)
+  squares = _sum_of_squares(unscaled) if sum_of_squares else None
   if not dense:
-    return grads, flag
+    return grads, flag, squares
   result = list(flat)
   for i, u in zip(positions, unscaled):
     result[i] = _rebuild(flat[i], u)
-  return tf.nest.pack_sequence_as(grads, result), flag
+  return tf.nest.pack_sequence_as(grads, result), flag, squares
 
 
 @tf.autograph.experimental.do_not_convert
@@ -263,11 +276,28 @@ def unscale_gradients(grads, loss_scale):
 # Checking the unscaled gradients is checking the scaled ones: multiplying by
 # 1/scale (at most 1, a normal number) keeps finite values finite and inf/NaN
 # inf/NaN.
+#
+# NOTE [sum of squares]: the squared global norm comes from the same read. Each
+# unscaled value is widened exactly to float32 (float64 stays float64), squared
+# and summed; partial sums are added in float64 and the total is rounded once
+# to float32. The order of the additions is not TensorFlow's (its reduce_sum
+# has its own tree), so the result equals `tf.linalg.global_norm(g)**2` to
+# float32 rounding of a sum, not bit for bit: relative differences of a few
+# float32 ulps per partial sum (docs/OVERFLOW.md states the tolerance tests
+# use).
 @tf.autograph.experimental.do_not_convert
-def unscale_and_check(grads, loss_scale):
+def unscale_and_check(grads, loss_scale, sum_of_squares=False):
   """Returns `(unscaled grads, all_finite)`: `unscale_gradients(grads,
   loss_scale)` and a scalar bool tensor, True iff every unscaled value is
   finite (None gradients skipped, tf.IndexedSlices by their values; True for no
   gradients). The flag is this replica's: `finite.all_finite_in_sync` agrees
-  across replicas. See NOTE [fused check seam]."""
-  return _unscale(grads, loss_scale, check=True)
+  across replicas. See NOTE [fused check seam].
+
+  With `sum_of_squares=True`, returns `(unscaled grads, all_finite,
+  sum_of_squares)`: the third is a float32 scalar tensor, the sum of the
+  squares of every unscaled value (the squared global norm of
+  `tf.clip_by_global_norm`; 0 for no gradients; Inf or NaN when a value is not
+  finite), see NOTE [sum of squares]."""
+  unscaled, flag, squares = _unscale(grads, loss_scale, check=True,
+                                     sum_of_squares=sum_of_squares)
+  return (unscaled, flag, squares) if sum_of_squares else (unscaled, flag)
