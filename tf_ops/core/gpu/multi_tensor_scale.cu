@@ -167,4 +167,34 @@ cudaError_t LaunchMultiTensorScale(const TensorSpan* tensors, int64_t num_tensor
                                     stream);
 }
 
+// Placeholder until the fused kernel lands: the declarations are final, the
+// launch is not implemented yet.
+size_t MultiTensorScaleAndCheckScratchBytes(const TensorSpan* tensors, int64_t num_tensors) {
+  if (!gpu::IsValidList(tensors, num_tensors)) return 0;
+  int64_t chunks = 0;
+  for (int64_t t = 0; t < num_tensors; ++t) {
+    const TensorSpan& tensor = tensors[t];
+    chunks += gpu::NumChunks(tensor.num_elements,
+                             gpu::LayoutOf(tensor.in, tensor.out, tensor.num_elements,
+                                           tensor.dtype),
+                             tensor.dtype);
+  }
+  const size_t table =
+      gpu::TableKindFor(num_tensors, gpu::LargeKernelParamsAvailable()) == gpu::TableKind::kBuffer
+          ? gpu::BufferLayoutFor(num_tensors).total_bytes
+          : 0;
+  return table + 16 * static_cast<size_t>(chunks > 0 ? chunks : 1) + 8;
+}
+
+cudaError_t LaunchMultiTensorScaleAndCheck(const TensorSpan* tensors, int64_t num_tensors,
+                                           ScaleFactor factor, bool with_sum_of_squares,
+                                           void* host_scratch, void* device_scratch,
+                                           bool* all_finite, float* sum_of_squares,
+                                           cudaStream_t stream) {
+  (void)tensors, (void)num_tensors, (void)factor, (void)with_sum_of_squares;
+  (void)host_scratch, (void)device_scratch, (void)all_finite, (void)sum_of_squares;
+  (void)stream;
+  return cudaErrorNotSupported;
+}
+
 }  // namespace fixed_loss_scale

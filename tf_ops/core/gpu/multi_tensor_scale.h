@@ -43,6 +43,40 @@ cudaError_t LaunchMultiTensorScale(const TensorSpan* tensors, int64_t num_tensor
                                    ScaleFactor factor, void* host_scratch, void* device_scratch,
                                    cudaStream_t stream);
 
+// FixedUnscaleGradsAndCheck: the same scaling, and a check of the outputs it
+// writes, in the same single launch (NOTE [fused check] in
+// multi_tensor_scale_body.h).
+//
+// Bytes of device scratch a checked launch over `tensors` needs: the table
+// when it travels in a buffer, the per-block partials and the ticket counter;
+// a multiple of 8, never 0 (an empty list still writes its outputs). The host
+// scratch stays MultiTensorScaleScratchBytes(num_tensors) (the table only).
+// 0 for an invalid list (negative count or element count).
+size_t MultiTensorScaleAndCheckScratchBytes(const TensorSpan* tensors, int64_t num_tensors);
+
+// One launch: out = in * factor for every tensor (bit-identical to
+// LaunchMultiTensorScale), and writes *all_finite (device bool: every output
+// finite) and *sum_of_squares (device float: the sum of the outputs' squares,
+// or a quiet NaN 0x7fc00000 when !with_sum_of_squares) in stream order, also
+// for an empty list. No float atomics: per-block partials and a last-block
+// reduction in a fixed order, so the result depends only on the inputs and the
+// grid.
+//
+// host_scratch   as for LaunchMultiTensorScale (null when
+//                MultiTensorScaleScratchBytes(num_tensors) is 0).
+// device_scratch device memory of MultiTensorScaleAndCheckScratchBytes(tensors,
+//                num_tensors) bytes, 8-byte aligned, valid until the kernel has
+//                run (stream order); never null. Its contents on entry do not
+//                matter (the launcher zeroes what must be zero in stream order).
+//
+// Returns the first CUDA error met, or cudaErrorInvalidValue for an invalid
+// list or missing scratch or output pointer.
+cudaError_t LaunchMultiTensorScaleAndCheck(const TensorSpan* tensors, int64_t num_tensors,
+                                           ScaleFactor factor, bool with_sum_of_squares,
+                                           void* host_scratch, void* device_scratch,
+                                           bool* all_finite, float* sum_of_squares,
+                                           cudaStream_t stream);
+
 }  // namespace fixed_loss_scale
 
 #endif  // FIXED_LOSS_SCALE_CORE_GPU_MULTI_TENSOR_SCALE_H_
