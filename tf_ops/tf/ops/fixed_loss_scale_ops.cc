@@ -1,5 +1,5 @@
-// Registration of FixedScaleLoss and FixedUnscaleGrads: interface and shape
-// functions only (kernels live in ../kernels).
+// Registration of FixedScaleLoss, FixedUnscaleGrads and FixedUnscaleGradsAndCheck:
+// interface and shape functions only (kernels live in ../kernels).
 
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
@@ -37,6 +37,39 @@ absl::Status UnscaleGradsShape(InferenceContext* c) {
   return c->set_output("unscaled_grads", shapes);
 }
 
+// The unscaled grads have the inputs' shapes; all_finite and sum_of_squares are
+// scalars. The loss_scale input must be a scalar, and a constant one (a Python
+// number the wrapper made into a Const) must be a valid scale: both are
+// rejected when the op is added to a graph, as the attr of the ops above is.
+// The kernels check the value again when they run (a variable's value is only
+// known then).
+absl::Status UnscaleGradsAndCheckShape(InferenceContext* c) {
+  std::vector<ShapeHandle> shapes;
+  TF_RETURN_IF_ERROR(c->input("grads", &shapes));
+  const int num_grads = static_cast<int>(shapes.size());
+  ShapeHandle scalar;
+  if (!c->WithRank(c->input(num_grads), 0, &scalar).ok()) {
+    return tensorflow::errors::InvalidArgument(
+        "FixedUnscaleGradsAndCheck: loss_scale must be a scalar, got shape ",
+        c->DebugString(c->input(num_grads)));
+  }
+  const tensorflow::Tensor* loss_scale = c->input_tensor(num_grads);
+  if (loss_scale != nullptr && loss_scale->dtype() == tensorflow::DT_FLOAT &&
+      loss_scale->NumElements() == 1) {
+    const float value = loss_scale->flat<float>()(0);
+    // See NOTE [loss scale range] in tf_ops/core/tensor_span.h.
+    if (!IsValidLossScale(value)) {
+      return tensorflow::errors::InvalidArgument(
+          "FixedUnscaleGradsAndCheck: loss_scale must be finite, >= 1 and <= 2^126, got ",
+          value);
+    }
+  }
+  TF_RETURN_IF_ERROR(c->set_output("unscaled_grads", shapes));
+  c->set_output(num_grads, c->Scalar());
+  c->set_output(num_grads + 1, c->Scalar());
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 REGISTER_OP("FixedScaleLoss")
@@ -63,6 +96,35 @@ Multiplies every tensor of `grads` by the float32 reciprocal `1.0f / loss_scale`
 
 One op for the whole list, any mix of dtypes. half and bfloat16 are computed in
 float32 and rounded once; double uses the double reciprocal `1.0 / loss_scale`.
+)doc");
+
+// NOTE [attr name]: the attr is `with_sum_of_squares`, not `sum_of_squares`,
+// because an op's attrs, inputs and outputs share one namespace (TensorFlow's
+// ValidateOpDef rejects a duplicate name) and the output is `sum_of_squares`.
+// The Python wrapper's argument is still `sum_of_squares`.
+REGISTER_OP("FixedUnscaleGradsAndCheck")
+    .Input("grads: T")
+    .Input("loss_scale: float")
+    .Output("unscaled_grads: T")
+    .Output("all_finite: bool")
+    .Output("sum_of_squares: float")
+    .Attr("T: list({half, bfloat16, float, double}) >= 0")
+    .Attr("with_sum_of_squares: bool = false")
+    .SetShapeFn(UnscaleGradsAndCheckShape)
+    .Doc(R"doc(
+FixedUnscaleGrads with the scale as a tensor, and a check in the same read.
+
+`unscaled_grads` is bit for bit FixedUnscaleGrads' output with attr loss_scale
+equal to the value of `loss_scale`, a float32 scalar (finite, >= 1, <= 2^126,
+checked when the kernel runs), so a variable (a dynamic scale) can drive it.
+
+all_finite: true iff every unscaled value is finite (no Inf or NaN; subnormals
+  and the largest finite values are finite); true for an empty list.
+sum_of_squares: with `with_sum_of_squares`, the sum of x*x over every unscaled
+  value x, x widened exactly to float32 (double stays double), partial sums
+  added in double and the total rounded once to float32; Inf or NaN when a
+  value is not finite or the sum overflows. Deterministic for a given thread
+  count (CPU) or grid (GPU). Without it, a quiet NaN: not computed.
 )doc");
 
 }  // namespace fixed_loss_scale
