@@ -222,6 +222,35 @@ FLS_HOST_DEVICE uint16_t ScaleBFloat16BitsFlushed(uint16_t b, float factor) {
   return ScaleBFloat16Bits<true>(b, factor);
 }
 
+// Whether a stored element is finite: its exponent field is not all ones. Read
+// from the bits, so no floating-point mode (FTZ/DAZ) and no NaN payload changes
+// the answer; subnormals and the largest finite values are finite.
+FLS_HOST_DEVICE bool IsFiniteHalfBits(uint16_t h) { return (h & 0x7c00u) != 0x7c00u; }
+FLS_HOST_DEVICE bool IsFiniteBFloat16Bits(uint16_t b) { return (b & 0x7f80u) != 0x7f80u; }
+
+template <typename T>
+FLS_HOST_DEVICE bool IsFiniteFloating(T x) {
+  using Layout = FloatLayout<T>;
+  return (BitCast<typename Layout::Bits>(x) & Layout::kExponent) != Layout::kExponent;
+}
+
+FLS_HOST_DEVICE bool IsFiniteFloat(float x) { return IsFiniteFloating(x); }
+FLS_HOST_DEVICE bool IsFiniteDouble(double x) { return IsFiniteFloating(x); }
+
+// The square of a stored half or bfloat16 element, widened exactly to float32
+// (a half's square is exact in float32; a bfloat16's too unless it overflows
+// to Inf or underflows): the terms of a sum of squares. float32 and float64
+// elements are squared in their own type (x * x).
+FLS_HOST_DEVICE float SquareOfHalfBits(uint16_t h) {
+  const float x = HalfBitsToFloat(h);
+  return x * x;
+}
+
+FLS_HOST_DEVICE float SquareOfBFloat16Bits(uint16_t b) {
+  const float x = BFloat16BitsToFloat(b);
+  return x * x;
+}
+
 // Scales element `i` of a tensor stored as `dtype`, in place when `in` and `out`
 // alias: with the hardware's floating-point mode (kFlushed false), or as the
 // CPU computes it under FTZ/DAZ, in IEEE arithmetic (kFlushed true).

@@ -13,6 +13,7 @@
 
 using fixed_loss_scale::CpuPath;
 using fixed_loss_scale::DType;
+using fixed_loss_scale::ScaleCheck;
 using fixed_loss_scale::ScaleFactor;
 using fixed_loss_scale::TensorSpan;
 
@@ -37,6 +38,32 @@ void fls_scale(int path, int dtype, const void* in, void* out, int64_t num_eleme
 #endif
 }
 
+// fls_scale through ScaleAndCheckElementsWithPath: also returns whether every
+// output is finite (*all_finite, 0 or 1) and, when with_sum_of_squares, the sum
+// of their squares (*sum_of_squares, float64 as the core keeps it; untouched
+// otherwise).
+void fls_scale_and_check(int path, int dtype, const void* in, void* out, int64_t num_elements,
+                         int64_t first, int64_t last, float factor_f, double factor_d,
+                         int ftz_daz, int with_sum_of_squares, int* all_finite,
+                         double* sum_of_squares) {
+#if defined(__x86_64__)
+  const unsigned int saved = _mm_getcsr();
+  _mm_setcsr(ftz_daz ? (saved | fixed_loss_scale::kMxcsrFtzDaz)
+                     : (saved & ~fixed_loss_scale::kMxcsrFtzDaz));
+#endif
+  const TensorSpan span{in, out, num_elements, static_cast<DType>(dtype)};
+  ScaleCheck check;
+  check.sum_of_squares = *sum_of_squares;
+  fixed_loss_scale::ScaleAndCheckElementsWithPath(static_cast<CpuPath>(path), span, first, last,
+                                                  ScaleFactor{factor_f, factor_d},
+                                                  with_sum_of_squares != 0, &check);
+#if defined(__x86_64__)
+  _mm_setcsr(saved);
+#endif
+  *all_finite = check.all_finite ? 1 : 0;
+  *sum_of_squares = check.sum_of_squares;
+}
+
 // Scales a list of tensors with the active path through ScaleByteRange, one call
 // per range [cuts[k], cuts[k+1]) of the concatenated byte space (any cut points:
 // the ranges need not fall on element boundaries).
@@ -52,6 +79,32 @@ void fls_scale_list(int num_tensors, const int* dtypes, const void* const* ins,
     fixed_loss_scale::ScaleByteRange(spans, offsets, cuts[k], cuts[k + 1],
                                      ScaleFactor{factor_f, factor_d});
   }
+}
+
+// fls_scale_list through ScaleAndCheckByteRange, each range folding into its
+// own ScaleCheck; the checks are combined in range order (as the kernel does
+// with its shards): *all_finite is 1 iff every range's flag is, and
+// *sum_of_squares (when with_sum_of_squares) the float64 sum of the ranges'.
+void fls_scale_and_check_list(int num_tensors, const int* dtypes, const void* const* ins,
+                              void* const* outs, const int64_t* num_elements, const int64_t* cuts,
+                              int num_cuts, float factor_f, double factor_d,
+                              int with_sum_of_squares, int* all_finite, double* sum_of_squares) {
+  std::vector<TensorSpan> spans;
+  for (int i = 0; i < num_tensors; ++i) {
+    spans.push_back(TensorSpan{ins[i], outs[i], num_elements[i], static_cast<DType>(dtypes[i])});
+  }
+  const std::vector<int64_t> offsets = fixed_loss_scale::ByteOffsets(spans);
+  ScaleCheck total;
+  for (int k = 0; k + 1 < num_cuts; ++k) {
+    ScaleCheck check;
+    fixed_loss_scale::ScaleAndCheckByteRange(spans, offsets, cuts[k], cuts[k + 1],
+                                             ScaleFactor{factor_f, factor_d},
+                                             with_sum_of_squares != 0, &check);
+    total.all_finite &= check.all_finite;
+    total.sum_of_squares += check.sum_of_squares;
+  }
+  *all_finite = total.all_finite ? 1 : 0;
+  *sum_of_squares = total.sum_of_squares;
 }
 
 }  // extern "C"

@@ -35,6 +35,74 @@ void ScalarDouble(const double* src, double* dst, int64_t n, double f) {
 
 extern const PathLoops kScalarLoops = {ScalarHalf, ScalarBFloat16, ScalarFloat, ScalarDouble};
 
+namespace {
+
+// The element functions of one storage type, for the checked scalar loop.
+struct HalfElement {
+  using T = uint16_t;
+  using Multiplier = float;
+  using Square = float;
+  static T Scale(T x, float f) { return ScaleHalfBits(x, f); }
+  static bool Finite(T y) { return IsFiniteHalfBits(y); }
+  static float SquareOf(T y) { return SquareOfHalfBits(y); }
+};
+struct BFloat16Element {
+  using T = uint16_t;
+  using Multiplier = float;
+  using Square = float;
+  static T Scale(T x, float f) { return ScaleBFloat16Bits(x, f); }
+  static bool Finite(T y) { return IsFiniteBFloat16Bits(y); }
+  static float SquareOf(T y) { return SquareOfBFloat16Bits(y); }
+};
+struct FloatElement {
+  using T = float;
+  using Multiplier = float;
+  using Square = float;
+  static T Scale(T x, float f) { return ScaleFloat(x, f); }
+  static bool Finite(T y) { return IsFiniteFloat(y); }
+  static float SquareOf(T y) { return y * y; }
+};
+struct DoubleElement {
+  using T = double;
+  using Multiplier = double;
+  using Square = double;
+  static T Scale(T x, double f) { return ScaleDouble(x, f); }
+  static bool Finite(T y) { return IsFiniteDouble(y); }
+  static double SquareOf(T y) { return y * y; }
+};
+
+// The portable checked loop: the unchecked loop's outputs, their finiteness
+// and (kSumOfSquares) the sum of their squares in blocks of kSquaresPerFlush
+// (NOTE [sum of squares] in scale_loop.h).
+template <typename E, bool kSumOfSquares>
+void ScalarChecked(const typename E::T* src, typename E::T* dst, int64_t n,
+                   typename E::Multiplier f, ScaleCheck* check) {
+  bool finite = true;
+  double total = 0.0;
+  for (int64_t begin = 0; begin < n; begin += kSquaresPerFlush) {
+    const int64_t end = std::min<int64_t>(n, begin + kSquaresPerFlush);
+    typename E::Square block = 0;
+    for (int64_t i = begin; i < end; ++i) {
+      const typename E::T y = E::Scale(src[i], f);
+      dst[i] = y;
+      finite &= E::Finite(y);
+      if constexpr (kSumOfSquares) block += E::SquareOf(y);
+    }
+    total += block;
+  }
+  check->all_finite &= finite;
+  if constexpr (kSumOfSquares) check->sum_of_squares += total;
+}
+
+}  // namespace
+
+extern const CheckedLoops kScalarCheckedLoops = {
+    ScalarChecked<HalfElement, false>, ScalarChecked<BFloat16Element, false>,
+    ScalarChecked<FloatElement, false>, ScalarChecked<DoubleElement, false>};
+extern const CheckedLoops kScalarCheckedSquaresLoops = {
+    ScalarChecked<HalfElement, true>, ScalarChecked<BFloat16Element, true>,
+    ScalarChecked<FloatElement, true>, ScalarChecked<DoubleElement, true>};
+
 #if defined(FLS_HAVE_X86_SIMD)
 bool MxcsrFlushesSubnormals() { return (_mm_getcsr() & kMxcsrFtzDaz) == kMxcsrFtzDaz; }
 #endif
@@ -99,6 +167,38 @@ void ScaleWith(const PathLoops& loops, const TensorSpan& span, int64_t first, in
     case DType::kDouble:
       return RunLoop(loops.float64, span, first, n, factor.d);
   }
+}
+
+// Runs `loop` over elements [first, first + n) of a span stored as T, folding
+// into *check.
+template <typename T, typename Multiplier>
+void RunCheckedLoop(void (*loop)(const T*, T*, int64_t, Multiplier, ScaleCheck*),
+                    const TensorSpan& span, int64_t first, int64_t n, Multiplier multiplier,
+                    ScaleCheck* check) {
+  loop(static_cast<const T*>(span.in) + first, static_cast<T*>(span.out) + first, n, multiplier,
+       check);
+}
+
+void ScaleAndCheckWith(const simd::CheckedLoops& loops, const TensorSpan& span, int64_t first,
+                       int64_t last, ScaleFactor factor, ScaleCheck* check) {
+  if (first >= last) return;
+  const int64_t n = last - first;
+  switch (span.dtype) {
+    case DType::kHalf:
+      return RunCheckedLoop(loops.half, span, first, n, factor.f, check);
+    case DType::kBFloat16:
+      return RunCheckedLoop(loops.bfloat16, span, first, n, factor.f, check);
+    case DType::kFloat:
+      return RunCheckedLoop(loops.float32, span, first, n, factor.f, check);
+    case DType::kDouble:
+      return RunCheckedLoop(loops.float64, span, first, n, factor.d, check);
+  }
+}
+
+// The checked loops of `path` (LoopsFor), with or without the sum of squares.
+const simd::CheckedLoops& CheckedLoopsFor(CpuPath path, bool with_sum_of_squares) {
+  static_cast<void>(path);  // The vector loops do not check yet.
+  return with_sum_of_squares ? simd::kScalarCheckedSquaresLoops : simd::kScalarCheckedLoops;
 }
 
 // Smallest element index of a span whose first byte is at or after `byte`.
@@ -173,10 +273,22 @@ void ScaleElementsWithPath(CpuPath path, const TensorSpan& span, int64_t first, 
             factor);
 }
 
-void ScaleByteRange(const std::vector<TensorSpan>& spans,
-                    const std::vector<int64_t>& byte_offsets, int64_t byte_begin,
-                    int64_t byte_end, ScaleFactor factor) {
-  const PathLoops& loops = LoopsFor(ActiveCpuPath());
+void ScaleAndCheckElementsWithPath(CpuPath path, const TensorSpan& span, int64_t first,
+                                   int64_t last, ScaleFactor factor, bool with_sum_of_squares,
+                                   ScaleCheck* check) {
+  ScaleAndCheckWith(
+      CheckedLoopsFor(CpuPathSupported(path) ? path : CpuPath::kScalar, with_sum_of_squares),
+      span, first, last, factor, check);
+}
+
+namespace {
+
+// Calls visit(span, first, last) for the elements of each span whose first
+// byte lies in [byte_begin, byte_end) (NOTE [byte sharding]), in span order.
+template <typename Visit>
+void ForEachSpanInByteRange(const std::vector<TensorSpan>& spans,
+                            const std::vector<int64_t>& byte_offsets, int64_t byte_begin,
+                            int64_t byte_end, Visit visit) {
   // The first span that ends after byte_begin; spans are visited until one
   // starts at or after byte_end.
   size_t i = std::upper_bound(byte_offsets.begin() + 1, byte_offsets.end(), byte_begin) -
@@ -190,8 +302,31 @@ void ScaleByteRange(const std::vector<TensorSpan>& spans,
         byte_end >= byte_offsets[i + 1]
             ? spans[i].num_elements
             : FirstElementAtOrAfter(byte_end, byte_offsets[i], element_size);
-    ScaleWith(loops, spans[i], first, last, factor);
+    visit(spans[i], first, last);
   }
+}
+
+}  // namespace
+
+void ScaleByteRange(const std::vector<TensorSpan>& spans,
+                    const std::vector<int64_t>& byte_offsets, int64_t byte_begin,
+                    int64_t byte_end, ScaleFactor factor) {
+  const PathLoops& loops = LoopsFor(ActiveCpuPath());
+  ForEachSpanInByteRange(spans, byte_offsets, byte_begin, byte_end,
+                         [&](const TensorSpan& span, int64_t first, int64_t last) {
+                           ScaleWith(loops, span, first, last, factor);
+                         });
+}
+
+void ScaleAndCheckByteRange(const std::vector<TensorSpan>& spans,
+                            const std::vector<int64_t>& byte_offsets, int64_t byte_begin,
+                            int64_t byte_end, ScaleFactor factor, bool with_sum_of_squares,
+                            ScaleCheck* check) {
+  const simd::CheckedLoops& loops = CheckedLoopsFor(ActiveCpuPath(), with_sum_of_squares);
+  ForEachSpanInByteRange(spans, byte_offsets, byte_begin, byte_end,
+                         [&](const TensorSpan& span, int64_t first, int64_t last) {
+                           ScaleAndCheckWith(loops, span, first, last, factor, check);
+                         });
 }
 
 }  // namespace fixed_loss_scale

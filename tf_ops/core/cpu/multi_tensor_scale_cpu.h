@@ -32,6 +32,25 @@ void ScaleByteRange(const std::vector<TensorSpan>& spans,
 // Scales elements [first, last) of one span, with the active CpuPath.
 void ScaleElements(const TensorSpan& span, int64_t first, int64_t last, ScaleFactor factor);
 
+// What FixedUnscaleGradsAndCheck learns from the outputs it writes: whether
+// every one is finite (no Inf, no NaN; subnormals and the largest values are
+// finite) and, when asked, the sum of their squares (NOTE [sum of squares] in
+// scale_loop.h). Each shard folds into its own ScaleCheck; the caller combines
+// them in shard order, so the sum is the same for a given thread count.
+struct ScaleCheck {
+  bool all_finite = true;
+  double sum_of_squares = 0.0;
+};
+
+// As ScaleByteRange, and folds the outputs it writes into *check: all_finite &=
+// every output finite; when with_sum_of_squares, sum_of_squares += their sum of
+// squares (NOTE [sum of squares]). The outputs are bit-identical to
+// ScaleByteRange's.
+void ScaleAndCheckByteRange(const std::vector<TensorSpan>& spans,
+                            const std::vector<int64_t>& byte_offsets, int64_t byte_begin,
+                            int64_t byte_end, ScaleFactor factor, bool with_sum_of_squares,
+                            ScaleCheck* check);
+
 // NOTE [shard plan]: below kMinShardedBytes (bytes read, counted once) a list
 // is scaled on the calling thread alone: waking another thread costs more than
 // it saves. Above, each thread gets about kShardsPerThread shards, so that a
@@ -75,6 +94,11 @@ bool Avx512Bf16LoopActive();
 // ScaleElements with an explicit path, which must be supported (tests).
 void ScaleElementsWithPath(CpuPath path, const TensorSpan& span, int64_t first, int64_t last,
                            ScaleFactor factor);
+// ScaleAndCheckByteRange over elements [first, last) of one span, with an
+// explicit path, which must be supported (tests).
+void ScaleAndCheckElementsWithPath(CpuPath path, const TensorSpan& span, int64_t first,
+                                   int64_t last, ScaleFactor factor, bool with_sum_of_squares,
+                                   ScaleCheck* check);
 
 }  // namespace fixed_loss_scale
 

@@ -47,6 +47,8 @@
 
 #include <cstdint>
 
+#include "tf_ops/core/cpu/multi_tensor_scale_cpu.h"
+
 namespace fixed_loss_scale {
 namespace simd {
 
@@ -61,8 +63,25 @@ struct PathLoops {
 // The portable loops (multi_tensor_scale_cpu.cc).
 extern const PathLoops kScalarLoops;
 
+// One checked loop per storage type (ScaleAndCheckByteRange): the loop of
+// PathLoops, which also folds its outputs into *check.
+struct CheckedLoops {
+  void (*half)(const uint16_t* src, uint16_t* dst, int64_t n, float f, ScaleCheck* check);
+  void (*bfloat16)(const uint16_t* src, uint16_t* dst, int64_t n, float f, ScaleCheck* check);
+  void (*float32)(const float* src, float* dst, int64_t n, float f, ScaleCheck* check);
+  void (*float64)(const double* src, double* dst, int64_t n, double f, ScaleCheck* check);
+};
+
+// The portable checked loops, without and with the sum of squares.
+extern const CheckedLoops kScalarCheckedLoops;
+extern const CheckedLoops kScalarCheckedSquaresLoops;
+
 // See NOTE [16-bit prefetch].
 constexpr int kPrefetchBytes16 = 2048;
+
+// NOTE [sum of squares] (scale_loop.h): a float32 accumulator (lane) takes at
+// most this many squares before it is added to the loop's float64 total.
+constexpr int kSquaresPerFlush = 256;
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define FLS_HAVE_X86_SIMD 1
