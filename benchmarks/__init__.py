@@ -2,6 +2,7 @@
 
     python -m benchmarks [--quick] [--json PATH] [--plot PATH.png]
     python -m benchmarks --report PATH.json [--plot PATH.png]   # a saved run again
+    python -m benchmarks --overflow [--json PATH]   # the fused unscale-and-check (issue 23)
 
 Run from the repository root (`make bench` does); the package is not in the
 wheel. Progress goes to stderr, the table to stdout. docs/BENCHMARKS.md
@@ -29,6 +30,10 @@ explains every arm and what limits each number; in short:
   the median of its calls there, every difference and ratio is taken within a
   round, and the median over rounds is reported.
 - GB/s counts bytes read + written by the unscale (2 x the gradients' bytes).
+- `--overflow` runs instead the fused unscale-and-check (issue 23) against
+  FixedUnscaleGrads alone and TF's per-tensor check, in the same loops with a
+  flag and a norm carried (NOTE [check loop]), and Keras 3 optimizer steps that
+  skip non-finite gradients, ours against Keras's LossScaleOptimizer.
 
 The modules, in the order a run uses them:
 
@@ -42,6 +47,8 @@ The modules, in the order a run uses them:
     op_times       the sweep's op times from TF's step stats
     peak_memory    peak allocator bytes per arm (BFC allocator)
     optimizer      whole Keras 3 and TF1 optimizer steps
+    overflow       --overflow: the fused unscale-and-check's arms and loops
+    overflow_steps --overflow: Keras 3 steps that skip non-finite gradients
     child          a function of these modules called in a fresh process
     machine        the machine and the library's CPU path
     report         the table and the plot

@@ -1,8 +1,10 @@
 """The command line: `python -m benchmarks` (see the package's docstring).
 
 Owns the flags and their defaults, the order of a run (gradient-set
-scenarios, the sweep and its op times, peak memory, optimizer steps), the
-JSON and plot it writes, and `--report`, which re-prints a saved run.
+scenarios, the sweep and its op times, peak memory, optimizer steps; with
+`--overflow`, the fused unscale-and-check's scenarios and optimizer steps
+instead), the JSON and plot it writes, and `--report`, which re-prints a
+saved run.
 """
 
 import argparse
@@ -18,9 +20,16 @@ from benchmarks.gradient_sets import (DTYPE_MODES, dtypes_for, set_shapes, sweep
 from benchmarks.machine import machine_info
 from benchmarks.op_times import op_times_in_child
 from benchmarks.optimizer import optimizer_steps
+from benchmarks.overflow import run_overflow_scenario
+from benchmarks.overflow_steps import overflow_optimizer_steps
 from benchmarks.peak_memory import peak_memory_scenarios
 from benchmarks.report import plot, print_table
 from benchmarks.scenarios import run_scenario
+
+DEFAULT_SETS = "tiny,many_small,few_large,bert_like"
+# --overflow without --sets or --dtypes: issue 23's sets.
+OVERFLOW_SCENARIOS = ("bert_like/float32", "bert_like/float16", "few_large/float32",
+                      "many_small/float32", "tiny/float32")
 
 
 def parse_args(argv):
@@ -30,9 +39,15 @@ def parse_args(argv):
                       help="small sizes, one round: a smoke run (CI), not a measurement")
   parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
   parser.add_argument("--plot", metavar="PATH", help="write a PNG chart (needs matplotlib)")
-  parser.add_argument("--sets", default="tiny,many_small,few_large,bert_like",
+  parser.add_argument("--overflow", action="store_true",
+                      help="instead of the unscale comparison: the fused unscale-and-check "
+                           "(issue 23) against FixedUnscaleGrads and TF's per-tensor check on "
+                           "the gradient sets (default " + ",".join(OVERFLOW_SCENARIOS) +
+                           "; --sets x --dtypes where given), then Keras 3 optimizer steps "
+                           "that skip non-finite gradients (unless --no-optimizer)")
+  parser.add_argument("--sets", default=None,
                       help="comma-separated gradient sets (default: all)")
-  parser.add_argument("--dtypes", default=",".join(DTYPE_MODES),
+  parser.add_argument("--dtypes", default=None,
                       help="comma-separated dtype modes (default: all)")
   parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5)")
   parser.add_argument("--reps", type=int, default=None, help="calls per arm and round (default 5)")
@@ -59,6 +74,12 @@ def parse_args(argv):
   parser.add_argument("--report", metavar="RESULTS.json",
                       help="print the table of a saved --json run (and --plot it) without measuring")
   args = parser.parse_args(argv)
+  if args.overflow and args.sets is None and args.dtypes is None:
+    args.scenarios = list(OVERFLOW_SCENARIOS)
+  else:
+    sets = (args.sets if args.sets is not None else DEFAULT_SETS).split(",")
+    modes = (args.dtypes if args.dtypes is not None else ",".join(DTYPE_MODES)).split(",")
+    args.scenarios = [f"{s}/{m}" for s in sets if s for m in modes if m]
   if args.rounds is None:
     args.rounds = 1 if args.quick else 5
   if args.op_time_rounds is None:
@@ -83,14 +104,13 @@ def main(argv=None):
   results = {"machine": machine_info(args), "scenarios": [], "op_times": [],
              "peak_memory": [], "optimizer_steps": []}
   log(f"machine: {results['machine']}")
-  sets = [s for s in args.sets.split(",") if s]
-  modes = [d for d in args.dtypes.split(",") if d]
-  for set_name in sets:
-    for mode in modes:
-      shapes = set_shapes(set_name, args.quick)
-      results["scenarios"].append(
-          run_scenario(f"{set_name}/{mode}", shapes, dtypes_for(mode, len(shapes)), args,
-                       xla=not args.no_xla))
+  if args.overflow:
+    return overflow(args, results)
+  for scenario in args.scenarios:
+    set_name, mode = scenario.split("/")
+    shapes = set_shapes(set_name, args.quick)
+    results["scenarios"].append(
+        run_scenario(scenario, shapes, dtypes_for(mode, len(shapes)), args, xla=not args.no_xla))
   if not args.no_sweep:
     total = sweep_elements(args.quick)
     for count in args.sweep_counts:
@@ -104,6 +124,23 @@ def main(argv=None):
   results["peak_memory"] = peak_memory_scenarios(args.quick)
   if not args.no_optimizer:
     results["optimizer_steps"] = optimizer_steps(args)
+  return finish(args, results)
+
+
+def overflow(args, results):
+  """--overflow: the fused unscale-and-check's scenarios, then its optimizer steps."""
+  results["overflow"] = []
+  for scenario in args.scenarios:
+    set_name, mode = scenario.split("/")
+    shapes = set_shapes(set_name, args.quick)
+    results["overflow"].append(
+        run_overflow_scenario(scenario, shapes, dtypes_for(mode, len(shapes)), args))
+  results["overflow_optimizer_steps"] = [] if args.no_optimizer else overflow_optimizer_steps(args)
+  return finish(args, results)
+
+
+def finish(args, results):
+  """The table, and the JSON and plot where asked for."""
   results["machine"]["loadavg_end"] = os.getloadavg()
   print_table(results)
   if args.json:
@@ -111,7 +148,9 @@ def main(argv=None):
     with open(args.json, "w") as f:
       json.dump(results, f, indent=1)
     log(f"wrote {args.json}")
-  if args.plot:
+  if args.plot and "overflow" in results:
+    log("--plot: no chart for --overflow runs; the table and JSON hold its numbers")
+  elif args.plot:
     os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
     plot(results, args.plot)
     log(f"wrote {args.plot}")
@@ -123,7 +162,9 @@ def report(args):
   with open(args.report) as f:
     results = json.load(f)
   print_table(results)
-  if args.plot:
+  if args.plot and "overflow" in results:
+    log("--plot: no chart for --overflow runs; the table and JSON hold its numbers")
+  elif args.plot:
     plot(results, args.plot)
     log(f"wrote {args.plot}")
   return results
