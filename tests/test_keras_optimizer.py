@@ -148,7 +148,12 @@ def test_clipping_sees_unscaled_gradients(clip):
   _, unscaled, _ = _fit(keras.optimizers.SGD(0.1, **clip))
   _, unclipped, _ = _fit(FixedLossScaleOptimizer(keras.optimizers.SGD(0.1), 2.0**12))
   for a, b in zip(ours, unscaled):
-    assert_bitwise_equal(a, b)
+    if "global_clipnorm" in clip:
+      # The wrapper clips with the norm from the unscaling pass, summed in
+      # another order than Keras's (clipping.py, NOTE [clipping tolerance]).
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    else:
+      assert_bitwise_equal(a, b)
   assert not all(np.array_equal(a, b) for a, b in zip(ours, unclipped))  # clipping was active
 
 

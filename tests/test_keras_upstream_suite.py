@@ -1,4 +1,4 @@
-"""Keras 3's own LossScaleOptimizer tests, run against FixedLossScaleOptimizer.
+"""Keras 3's own LossScaleOptimizer tests, run against this package's wrappers.
 
 The test module ships with Keras (keras/src/optimizers/loss_scale_optimizer_test.py).
 It is imported from the installed package, not copied: the subclass below
@@ -11,11 +11,16 @@ Keras's assertions are unchanged. The tests that need a dynamic scale (one that
 skips non-finite steps, halves and doubles itself, and has a growth schedule in
 its config) are skipped, each with its reason; the `stateless` variants skip
 themselves on the TensorFlow backend, as they do for Keras's own class.
+
+The whole suite also runs against the drop-in `fixed_loss_scale.keras.
+LossScaleOptimizer` (keras_dynamic.py), put in place of Keras's class as it
+is: nothing skipped but the `stateless` variants.
 """
 
 import pytest
 
 from fixed_loss_scale.keras import FixedLossScaleOptimizer
+from fixed_loss_scale.keras import LossScaleOptimizer
 
 upstream = pytest.importorskip("keras.src.optimizers.loss_scale_optimizer_test")
 
@@ -79,6 +84,21 @@ class TestKerasLossScaleOptimizerSuiteOnFixedScale(upstream.LossScaleOptimizerTe
     self.assertIsInstance(optimizer, FixedLossScaleOptimizer)
     self.assertEqual(optimizer.loss_scale, 8.0)
     self.assertEqual(optimizer.dynamic, False)
+
+
+class TestKerasLossScaleOptimizerSuiteOnDropIn(upstream.LossScaleOptimizerTest):
+  """Keras 3's LossScaleOptimizerTest, every test, with the drop-in in place of its class."""
+
+  def setUp(self):
+    super().setUp()
+    original = upstream.LossScaleOptimizer
+    upstream.LossScaleOptimizer = LossScaleOptimizer
+    self.addCleanup(setattr, upstream, "LossScaleOptimizer", original)
+
+  def test_the_suite_builds_the_drop_in(self):
+    optimizer = upstream.LossScaleOptimizer(upstream.SGD(learning_rate=0.5), initial_scale=8.0)
+    self.assertIs(type(optimizer), LossScaleOptimizer)
+    self.assertEqual(optimizer.initial_scale, 8.0)
 
 
 def test_the_suite_still_has_the_tests_this_module_relies_on():

@@ -6,6 +6,7 @@ MetaGraph that uses them.
 """
 
 from fixed_loss_scale import ops
+from fixed_loss_scale.clipping import clip_by_global_norm
 from fixed_loss_scale.dynamic import DynamicLossScale
 from fixed_loss_scale.loss_scale import FixedLossScale
 from fixed_loss_scale.loss_scale import deserialize
@@ -22,13 +23,14 @@ try:
 except ImportError:  # TensorFlow without Keras: the TF1 wrapper still works.
   _keras = None
 if _keras is not None and _keras.backend.backend() == "tensorflow":
-  from fixed_loss_scale import keras  # noqa: F401  (fixed_loss_scale.keras.FixedLossScaleOptimizer)
+  from fixed_loss_scale import keras  # noqa: F401  (registers keras.FixedLossScaleOptimizer, keras.LossScaleOptimizer)
 del _keras
 
 __all__ = [
     "DynamicLossScale",
     "FixedLossScale",
     "MixedPrecisionLossScaleOptimizer",
+    "clip_by_global_norm",
     "deserialize",
     "get",
     "ops",

@@ -15,7 +15,9 @@ replaced by dynamic scaling unless `auto_scale_loss=False` is passed.
 with `FixedScaleLoss` and unscales all gradients with `FixedUnscaleGrads` (one
 op, or on CPU one per 1 MiB group: scaling.py NOTE [CPU groups]) before the
 inner optimizer clips (`clipnorm`, `global_clipnorm`, `clipvalue`) and applies
-them. Inside XLA (`jit_compile=True`, or Keras's default
+them; with `global_clipnorm` the unscaling also gives the squared global norm
+and the wrapper clips with it, so the gradients are not read again for the norm
+(clipping.py, NOTE [fused global clipping]). Inside XLA (`jit_compile=True`, or Keras's default
 `jit_compile="auto"` where it turns XLA on) and eagerly the same numbers come
 from plain arithmetic. TensorFlow backend only.
 
@@ -28,6 +30,10 @@ With `skip_non_finite=True` (or a `FixedLossScale(s, skip_non_finite=True)`)
 `apply` skips a step whose gradients hold an inf or NaN on any replica: the
 inner optimizer does not run, its `iterations` included, as in Keras 3's
 `LossScaleOptimizer`; the scale stays fixed.
+
+`LossScaleOptimizer` (keras_dynamic.py) is Keras 3's dynamic
+`LossScaleOptimizer`, drop-in, with the unscaling and the finite check in one
+call.
 """
 
 import warnings
@@ -35,8 +41,11 @@ import warnings
 import keras
 import tensorflow as tf
 
+from fixed_loss_scale import clipping
 from fixed_loss_scale import finite
+from fixed_loss_scale import keras_dynamic
 from fixed_loss_scale import scaling
+from fixed_loss_scale.keras_dynamic import LossScaleOptimizer  # noqa: F401  (public name)
 from fixed_loss_scale.optimizer import as_fixed_loss_scale
 
 if keras.backend.backend() != "tensorflow":
@@ -243,43 +252,56 @@ class FixedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
 
   def apply(self, grads, trainable_variables=None):
     """Unscales `grads` if `unscale_in_apply` (the default) and lets the inner
-    optimizer clip and apply them."""
+    optimizer clip and apply them. With an inner `global_clipnorm`, the
+    unscaling also gives the squared global norm and the wrapper clips
+    (clipping.py, NOTE [fused global clipping])."""
     if not self.built:
       with keras.name_scope(self.name, caller=self):
         self.build(trainable_variables)
       self.built = True
     grads = list(grads)
+    flag, clipped = None, False
     if self._unscale_in_apply:
       variables = (list(trainable_variables)
                    if trainable_variables is not None else self._trainable_variables)
-      # Variables updated by overwriting with their gradient (float8 scale and
-      # amax history) get their gradient as it is, as in LossScaleOptimizer.
-      keep = [
-          g is None or self._overwrite_variable_with_gradient(v)
-          for g, v in zip(grads, variables)
-      ]
-      unscaled = iter(self._unscale([g for g, k in zip(grads, keep) if not k]))
-      grads = [g if k else next(unscaled) for g, k in zip(grads, keep)]
+      if self._skip_non_finite or clipping.fused_global_clipnorm(self.inner_optimizer):
+        step = keras_dynamic.unscale_check_and_clip(self, grads, variables,
+                                                    self._loss_scale_value)
+        grads, flag, clipped = step.grads, step.flag, step.clipped
+      else:
+        # Variables updated by overwriting with their gradient (float8 scale
+        # and amax history) get their gradient as it is, as in LossScaleOptimizer.
+        keep = [
+            g is None or self._overwrite_variable_with_gradient(v)
+            for g, v in zip(grads, variables)
+        ]
+        unscaled = iter(self._unscale([g for g, k in zip(grads, keep) if not k]))
+        grads = [g if k else next(unscaled) for g, k in zip(grads, keep)]
     if self._skip_non_finite:
-      self._apply_if_finite(grads, trainable_variables)
+      self._apply_if_finite(grads, trainable_variables, flag, clipped)
     else:
-      self.inner_optimizer.apply(grads, trainable_variables=trainable_variables)
+      keras_dynamic.inner_apply(self, grads, trainable_variables, clipped)
 
-  def _apply_if_finite(self, grads, trainable_variables):
+  def _apply_if_finite(self, grads, trainable_variables, flag=None, clipped=False):
     """The inner optimizer's apply, skipped unless every gradient is finite on
-    every replica. As Keras 3's LossScaleOptimizer does on TensorFlow: where
-    the strategy needs merge_call (MirroredStrategy), the flag and the cond go
-    to the cross-replica context, since a cond in a replica context cannot hold
-    the inner optimizer's merge_call; elsewhere the flag is all-reduced and the
-    cond stays in the replica. Unlike Keras's, the flag is summed over the
-    replicas rather than taken from the first one, so an overflow on any
-    replica skips the step on all of them. Gradients from `unscale_and_check`
-    are not read again (finite.py, NOTE [flag registry])."""
+    every replica. `flag` is this replica's, from the unscaling in `apply`;
+    None (gradients unscaled before `apply_gradients`) finds it with
+    finite.all_finite, which reuses the flag `get_unscaled_gradients`
+    remembered (finite.py, NOTE [flag registry]). As Keras 3's
+    LossScaleOptimizer does on TensorFlow: where the strategy needs merge_call
+    (MirroredStrategy), the flag and the cond go to the cross-replica context,
+    since a cond in a replica context cannot hold the inner optimizer's
+    merge_call; elsewhere the flag is all-reduced and the cond stays in the
+    replica. Unlike Keras's, the flag is summed over the replicas rather than
+    taken from the first one, so an overflow on any replica skips the step on
+    all of them."""
     if tf.distribute.in_cross_replica_context():
       raise ValueError("apply() must be called in a replica context.")  # Keras's words
+    if flag is None:
+      flag = finite.all_finite(grads)
     if tf.__internal__.distribute.strategy_supports_no_merge_call():
-      tf.cond(finite.all_finite_in_sync(grads),
-              lambda: self.inner_optimizer.apply(grads, trainable_variables=trainable_variables),
+      tf.cond(keras_dynamic.flag_in_sync(flag),
+              lambda: keras_dynamic.inner_apply(self, grads, trainable_variables, clipped),
               lambda: None)
       return
 
@@ -288,14 +310,13 @@ class FixedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
 
       def apply_fn():
         distribution.extended.call_for_each_replica(
-            self.inner_optimizer.apply, args=(grads,),
-            kwargs={"trainable_variables": trainable_variables})
+            keras_dynamic.inner_apply, args=(self, grads, trainable_variables, clipped))
 
       tf.cond(tf.equal(total, distribution.num_replicas_in_sync), apply_fn, lambda: None)
 
     tf.distribute.get_replica_context().merge_call(
         apply_in_cross_replica_context,
-        args=(grads, trainable_variables, tf.cast(finite.all_finite(grads), tf.float32)))
+        args=(grads, trainable_variables, tf.cast(flag, tf.float32)))
 
   def stateless_apply(self, optimizer_variables, grads, trainable_variables):
     raise ValueError("FixedLossScaleOptimizer does not support stateless_apply "
