@@ -226,7 +226,8 @@ def _run_overflow_scenario(name, shapes, dtypes, args):
       result["ratios"][ratio].update(median=float(np.median(values)), quartiles=quartiles(values))
   log("  " + "  ".join(f"{arm} {e['per_call_s'] * 1e6:.1f} us"
                        for arm, e in result["arms"].items() if "per_call_s" in e))
-  log("  " + "  ".join(f"{k} {v['median']:.2f}" for k, v in result["ratios"].items()
-                       if "median" in v))
+  ratios = [f"{k} {v['median']:.2f}" for k, v in result["ratios"].items() if "median" in v]
+  if ratios:
+    log("  " + "  ".join(ratios))
   del variables, fns, timed
   return result

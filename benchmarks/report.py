@@ -204,6 +204,7 @@ def print_overflow_steps(results, out):
           f"{o['optimizer']} (gradients {o['gradient_bytes'] / 1e6:.0f} MB, {o['rounds']} rounds): "
           "step ms and overhead over the inner optimizer alone (medians over rounds; overheads "
           "taken within each round, with their quartiles)", file=out)
+    print("  " + "; ".join(f"{name} = {label}" for name, label in o["labels"].items()), file=out)
     for name, t in o["step_s"].items():
       tail = ""
       if name in o["overhead_s"]:
