@@ -1,10 +1,13 @@
-// The device contract of FixedScaleLoss and FixedUnscaleGrads.
+// The device contract of FixedScaleLoss, FixedUnscaleGrads and
+// FixedUnscaleGradsAndCheck.
 //
-// Both ops are "multiply a list of tensors by one factor": FixedScaleLoss is a
+// All three ops are "multiply a list of tensors by one factor": FixedScaleLoss is a
 // list of one with factor loss_scale, FixedUnscaleGrads the gradient list with
-// factor 1/loss_scale (see ScaleFactor in tf_ops/core/tensor_span.h). The OpKernels in
-// fixed_loss_scale_kernels.cc validate, forward or allocate outputs, and make
-// one call to MultiTensorScale<Device>, specialised for CPU in
+// factor 1/loss_scale (see ScaleFactor in tf_ops/core/tensor_span.h), and
+// FixedUnscaleGradsAndCheck the same as FixedUnscaleGrads, also checking the
+// values it writes. The OpKernels in fixed_loss_scale_kernels.cc validate,
+// forward or allocate outputs, and make one call to MultiTensorScale<Device>
+// (or MultiTensorScaleAndCheck<Device>), specialised for CPU in
 // fixed_loss_scale_cpu.cc and for GPU in fixed_loss_scale_gpu.cc.
 #ifndef FIXED_LOSS_SCALE_TF_KERNELS_FIXED_LOSS_SCALE_H_
 #define FIXED_LOSS_SCALE_TF_KERNELS_FIXED_LOSS_SCALE_H_
@@ -21,6 +24,21 @@ struct MultiTensorScale {
   // Writes spans[i].out = spans[i].in * factor for every span, on `Device`.
   absl::Status operator()(tensorflow::OpKernelContext* context,
                           const std::vector<TensorSpan>& spans, ScaleFactor factor) const;
+};
+
+template <typename Device>
+struct MultiTensorScaleAndCheck {
+  // As MultiTensorScale, and writes the two scalar outputs of
+  // FixedUnscaleGradsAndCheck, in `Device` memory (host memory on CPU; on GPU
+  // in the op's stream order): *all_finite, whether every value written is
+  // finite (true for no spans), and *sum_of_squares, their sum of squares when
+  // `with_sum_of_squares` (NOTE [sum of squares] in
+  // tf_ops/core/cpu/scale_loop.h), else the quiet NaN 0x7fc00000.
+  // `spans` may be empty: the outputs are written all the same.
+  absl::Status operator()(tensorflow::OpKernelContext* context,
+                          const std::vector<TensorSpan>& spans, ScaleFactor factor,
+                          bool with_sum_of_squares, bool* all_finite,
+                          float* sum_of_squares) const;
 };
 
 }  // namespace fixed_loss_scale

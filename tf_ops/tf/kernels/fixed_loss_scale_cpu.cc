@@ -1,11 +1,14 @@
-// CPU specialisation of MultiTensorScale: the core's byte-balanced shards of the
-// whole list (NOTE [byte sharding], NOTE [shard plan] in
-// tf_ops/core/cpu/multi_tensor_scale_cpu.h), shared between the calling thread
-// and helpers on TensorFlow's inter-op threads (NOTE [helpers]).
+// CPU specialisations of MultiTensorScale and MultiTensorScaleAndCheck: the
+// core's byte-balanced shards of the whole list (NOTE [byte sharding], NOTE
+// [shard plan] in tf_ops/core/cpu/multi_tensor_scale_cpu.h), shared between the
+// calling thread and helpers on TensorFlow's inter-op threads (NOTE [helpers]).
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
+#include <cstring>
 #include <functional>
 #include <memory>
+#include <vector>
 
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/platform/mutex.h"
@@ -20,13 +23,15 @@ namespace {
 // reference, since it may start after the call returned (NOTE [helpers]).
 struct ShardedCall {
   ShardedCall(const std::vector<TensorSpan>* spans, const std::vector<int64_t>* offsets,
-              ShardPlan plan, ScaleFactor factor)
+              ShardPlan plan, ScaleFactor factor, bool check, bool with_sum_of_squares)
       : spans(spans),
         offsets(offsets),
         total_bytes(offsets->back()),
         shard_bytes(plan.shard_bytes),
         num_shards(plan.num_shards),
-        factor(factor) {}
+        factor(factor),
+        with_sum_of_squares(with_sum_of_squares),
+        checks(check ? plan.num_shards : 0) {}
 
   // The caller's; read only while holding a claimed, unfinished shard, when the
   // caller is still in WaitForAllShards and they are alive.
@@ -36,18 +41,29 @@ struct ShardedCall {
   const int64_t shard_bytes;
   const int64_t num_shards;
   const ScaleFactor factor;
+  const bool with_sum_of_squares;
+  // One per shard when the call checks (MultiTensorScaleAndCheck), else empty;
+  // each written only by the thread that ran its shard, read by the caller
+  // after WaitForAllShards.
+  std::vector<ScaleCheck> checks;
   std::atomic<int64_t> next_shard{0};
   std::atomic<int64_t> shards_done{0};
   tensorflow::mutex mu;
   tensorflow::condition_variable all_done;
 };
 
-// Claims shards until none is left, and scales them.
+// Claims shards until none is left, and scales (and checks) them.
 void RunShards(ShardedCall& call) {
   for (int64_t shard = call.next_shard.fetch_add(1, std::memory_order_relaxed);
        shard < call.num_shards; shard = call.next_shard.fetch_add(1, std::memory_order_relaxed)) {
-    ScaleByteRange(*call.spans, *call.offsets, shard * call.shard_bytes,
-                   std::min(call.total_bytes, (shard + 1) * call.shard_bytes), call.factor);
+    const int64_t begin = shard * call.shard_bytes;
+    const int64_t end = std::min(call.total_bytes, (shard + 1) * call.shard_bytes);
+    if (call.checks.empty()) {
+      ScaleByteRange(*call.spans, *call.offsets, begin, end, call.factor);
+    } else {
+      ScaleAndCheckByteRange(*call.spans, *call.offsets, begin, end, call.factor,
+                             call.with_sum_of_squares, &call.checks[shard]);
+    }
     if (call.shards_done.fetch_add(1, std::memory_order_acq_rel) + 1 == call.num_shards) {
       tensorflow::mutex_lock lock(call.mu);
       call.all_done.notify_all();
@@ -63,8 +79,6 @@ void WaitForAllShards(ShardedCall& call) {
     call.all_done.wait(lock);
   }
 }
-
-}  // namespace
 
 // NOTE [helpers]: the calling thread starts on the shards at once, and helpers
 // take shards from the same atomic counter when they start. The caller then
@@ -82,10 +96,12 @@ void WaitForAllShards(ShardedCall& call) {
 // ThreadPool::ParallelFor instead hands every shard to the pool while the
 // caller waits: one more wake-up before any work starts and one fewer thread
 // working, measurably slower per call on lists of a few MB (same section).
-template <>
-absl::Status MultiTensorScale<Eigen::ThreadPoolDevice>::operator()(
-    tensorflow::OpKernelContext* context, const std::vector<TensorSpan>& spans,
-    ScaleFactor factor) const {
+
+// Runs the shards of one call over `spans` on the calling thread and helpers
+// (NOTE [helpers]); with `checks` (the check op), returns each shard's
+// ScaleCheck in shard order in *checks.
+void RunSharded(tensorflow::OpKernelContext* context, const std::vector<TensorSpan>& spans,
+                ScaleFactor factor, bool with_sum_of_squares, std::vector<ScaleCheck>* checks) {
   const std::vector<int64_t> offsets = ByteOffsets(spans);
   const int64_t total_bytes = offsets.back();
   tensorflow::thread::ThreadPool* pool =
@@ -93,10 +109,17 @@ absl::Status MultiTensorScale<Eigen::ThreadPoolDevice>::operator()(
   const int64_t threads = pool == nullptr ? 1 : pool->NumThreads();
   const ShardPlan plan = PlanShards(total_bytes, threads);
   if (plan.num_shards <= 1) {
-    ScaleByteRange(spans, offsets, 0, total_bytes, factor);
-    return absl::OkStatus();
+    if (checks == nullptr) {
+      ScaleByteRange(spans, offsets, 0, total_bytes, factor);
+    } else {
+      checks->assign(1, ScaleCheck{});
+      ScaleAndCheckByteRange(spans, offsets, 0, total_bytes, factor, with_sum_of_squares,
+                             &(*checks)[0]);
+    }
+    return;
   }
-  auto call = std::make_shared<ShardedCall>(&spans, &offsets, plan, factor);
+  auto call = std::make_shared<ShardedCall>(&spans, &offsets, plan, factor, checks != nullptr,
+                                            with_sum_of_squares);
   const int64_t helpers = std::min(threads, call->num_shards) - 1;
   std::function<void()> helper = [call]() { RunShards(*call); };
   std::function<void(std::function<void()>)>* runner = context->runner();
@@ -109,6 +132,44 @@ absl::Status MultiTensorScale<Eigen::ThreadPoolDevice>::operator()(
   }
   RunShards(*call);
   WaitForAllShards(*call);
+  if (checks != nullptr) *checks = call->checks;
+}
+
+}  // namespace
+
+template <>
+absl::Status MultiTensorScale<Eigen::ThreadPoolDevice>::operator()(
+    tensorflow::OpKernelContext* context, const std::vector<TensorSpan>& spans,
+    ScaleFactor factor) const {
+  RunSharded(context, spans, factor, /*with_sum_of_squares=*/false, /*checks=*/nullptr);
+  return absl::OkStatus();
+}
+
+// The shards' checks are combined in shard order once all have finished, so
+// for a given thread count (which sets the shard plan) the sum is the same on
+// every run: its partial sums are added in double in a fixed order and the
+// total rounded once to float32 (NOTE [sum of squares] in
+// tf_ops/core/cpu/scale_loop.h).
+template <>
+absl::Status MultiTensorScaleAndCheck<Eigen::ThreadPoolDevice>::operator()(
+    tensorflow::OpKernelContext* context, const std::vector<TensorSpan>& spans,
+    ScaleFactor factor, bool with_sum_of_squares, bool* all_finite,
+    float* sum_of_squares) const {
+  std::vector<ScaleCheck> checks;
+  if (!spans.empty()) RunSharded(context, spans, factor, with_sum_of_squares, &checks);
+  bool finite = true;
+  double total = 0.0;
+  for (const ScaleCheck& check : checks) {
+    finite = finite && check.all_finite;
+    total += check.sum_of_squares;
+  }
+  *all_finite = finite;
+  if (with_sum_of_squares) {
+    *sum_of_squares = static_cast<float>(total);
+  } else {
+    const uint32_t quiet_nan = 0x7fc00000u;  // "not computed"
+    std::memcpy(sum_of_squares, &quiet_nan, sizeof(quiet_nan));
+  }
   return absl::OkStatus();
 }
 

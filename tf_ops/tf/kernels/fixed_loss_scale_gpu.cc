@@ -1,6 +1,7 @@
-// GPU specialisation of MultiTensorScale: a thin adapter from the op's spans to
-// the CUDA-runtime-only launcher (tf_ops/core/gpu/multi_tensor_scale.h), which
-// makes one kernel launch on the op's stream for the whole list.
+// GPU specialisations of MultiTensorScale and MultiTensorScaleAndCheck: thin
+// adapters from the op's spans to the CUDA-runtime-only launchers
+// (tf_ops/core/gpu/multi_tensor_scale.h), each of which makes one kernel
+// launch on the op's stream for the whole list.
 //
 // Compiled by g++ against the CUDA headers in TensorFlow's wheel; the launcher
 // is compiled by nvcc and linked with the static CUDA runtime. TensorFlow makes
@@ -27,14 +28,22 @@ using tensorflow::Tensor;
 // The table scratch of a list too long for kernel parameters: a pinned host
 // buffer the launcher fills and copies from, and the device buffer it copies to
 // (TensorFlow's GpuDeviceArrayOnHost allocates the same pair).
-absl::Status AllocateTableScratch(OpKernelContext* context, int64_t bytes, Tensor* host,
-                                  Tensor* device) {
+absl::Status AllocatePinnedHostScratch(OpKernelContext* context, int64_t bytes, Tensor* host) {
   tensorflow::AllocatorAttributes pinned_host;
   pinned_host.set_on_host(true);
   pinned_host.set_gpu_compatible(true);
-  TF_RETURN_IF_ERROR(context->allocate_temp(tensorflow::DT_INT8, tensorflow::TensorShape({bytes}),
-                                            host, pinned_host));
+  return context->allocate_temp(tensorflow::DT_INT8, tensorflow::TensorShape({bytes}), host,
+                                pinned_host);
+}
+
+absl::Status AllocateDeviceScratch(OpKernelContext* context, int64_t bytes, Tensor* device) {
   return context->allocate_temp(tensorflow::DT_INT8, tensorflow::TensorShape({bytes}), device);
+}
+
+absl::Status AllocateTableScratch(OpKernelContext* context, int64_t bytes, Tensor* host,
+                                  Tensor* device) {
+  TF_RETURN_IF_ERROR(AllocatePinnedHostScratch(context, bytes, host));
+  return AllocateDeviceScratch(context, bytes, device);
 }
 
 // NOTE [pinned table lifetime]: the cudaMemcpyAsync of the table reads the
@@ -51,6 +60,13 @@ void ReleaseWhenStreamPasses(OpKernelContext* context, const Tensor& host_scratc
   const tensorflow::TensorReference reference(host_scratch);
   context->device()->tensorflow_accelerator_device_info()->event_mgr->ThenExecute(
       context->op_device_context()->stream(), [reference]() { reference.Unref(); });
+}
+
+absl::Status LaunchStatus(OpKernelContext* context, cudaError_t launched) {
+  if (launched == cudaSuccess) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(context->op_kernel().type_string(),
+                                          ": CUDA launch failed: ", cudaGetErrorName(launched),
+                                          " (", cudaGetErrorString(launched), ")"));
 }
 
 }  // namespace
@@ -71,12 +87,37 @@ absl::Status MultiTensorScale<Eigen::GpuDevice>::operator()(OpKernelContext* con
       scratch_bytes > 0 ? host_scratch.data() : nullptr,
       scratch_bytes > 0 ? device_scratch.data() : nullptr, context->eigen_gpu_device().stream());
   if (scratch_bytes > 0) ReleaseWhenStreamPasses(context, host_scratch);
-  if (launched != cudaSuccess) {
-    return absl::InternalError(absl::StrCat(context->op_kernel().type_string(),
-                                            ": CUDA launch failed: ", cudaGetErrorName(launched),
-                                            " (", cudaGetErrorString(launched), ")"));
+  return LaunchStatus(context, launched);
+}
+
+// The host scratch is the table's alone, as for MultiTensorScale (NOTE [pinned
+// table lifetime]); the device scratch also holds the per-block partials and
+// the counter of the last-block reduction. Device memory needs no hold past
+// Compute (same NOTE). The launcher writes both outputs, on the op's stream,
+// also for an empty list.
+template <>
+absl::Status MultiTensorScaleAndCheck<Eigen::GpuDevice>::operator()(
+    OpKernelContext* context, const std::vector<TensorSpan>& spans, ScaleFactor factor,
+    bool with_sum_of_squares, bool* all_finite, float* sum_of_squares) const {
+  const int64_t num_tensors = static_cast<int64_t>(spans.size());
+  const int64_t host_bytes = static_cast<int64_t>(MultiTensorScaleScratchBytes(num_tensors));
+  const int64_t device_bytes =
+      static_cast<int64_t>(MultiTensorScaleAndCheckScratchBytes(spans.data(), num_tensors));
+  Tensor host_scratch;
+  Tensor device_scratch;
+  if (host_bytes > 0) {
+    TF_RETURN_IF_ERROR(AllocatePinnedHostScratch(context, host_bytes, &host_scratch));
   }
-  return absl::OkStatus();
+  if (device_bytes > 0) {
+    TF_RETURN_IF_ERROR(AllocateDeviceScratch(context, device_bytes, &device_scratch));
+  }
+  const cudaError_t launched = LaunchMultiTensorScaleAndCheck(
+      spans.data(), num_tensors, factor, with_sum_of_squares,
+      host_bytes > 0 ? host_scratch.data() : nullptr,
+      device_bytes > 0 ? device_scratch.data() : nullptr, all_finite, sum_of_squares,
+      context->eigen_gpu_device().stream());
+  if (host_bytes > 0) ReleaseWhenStreamPasses(context, host_scratch);
+  return LaunchStatus(context, launched);
 }
 
 }  // namespace fixed_loss_scale

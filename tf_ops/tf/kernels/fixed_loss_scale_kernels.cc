@@ -1,6 +1,8 @@
-// OpKernels for FixedScaleLoss and FixedUnscaleGrads: validate the attr, forward
-// each input buffer to its output when TensorFlow allows (in place) or allocate
-// a new one, then make one MultiTensorScale<Device> call for the whole list.
+// OpKernels for FixedScaleLoss, FixedUnscaleGrads and FixedUnscaleGradsAndCheck:
+// validate the scale (an attr, or the check op's scalar input), forward each
+// input buffer to its output when TensorFlow allows (in place) or allocate a
+// new one, then make one MultiTensorScale<Device> (MultiTensorScaleAndCheck<Device>)
+// call for the whole list.
 #include <cstdio>
 #include <vector>
 
@@ -76,21 +78,15 @@ absl::StatusOr<TensorSpan> PrepareOutput(OpKernelContext* context, int index, In
   return TensorSpan{input.data(), output->data(), input.NumElements(), info.dtype};
 }
 
-// Shared by both ops: holds the validated `loss_scale` attr.
-class FixedLossScaleOpBase : public OpKernel {
+// Shared by the three ops: the forwarding state of inputs [0, num_scaled),
+// each scaled into the output of the same index.
+class ScaleOpBase : public OpKernel {
  public:
-  explicit FixedLossScaleOpBase(OpKernelConstruction* context) : OpKernel(context) {
-    OP_REQUIRES_OK(context, context->GetAttr("loss_scale", &loss_scale_));
-    // NOTE [loss scale range] (tf_ops/core/tensor_span.h).
-    OP_REQUIRES(context, IsValidLossScale(loss_scale_),
-                tensorflow::errors::InvalidArgument(type_string(),
-                                                    ": loss_scale must be finite, >= 1 and <= "
-                                                    "2^126, got ",
-                                                    loss_scale_));
+  ScaleOpBase(OpKernelConstruction* context, int num_scaled) : OpKernel(context) {
     direct_forwarding_ = !tensorflow::HasNodeAttr(def(), "_forward_input") &&
                          !tensorflow::HasNodeAttr(def(), "_scoped_allocator");
-    inputs_.reserve(num_inputs());
-    for (int i = 0; i < num_inputs(); ++i) {
+    inputs_.reserve(num_scaled);
+    for (int i = 0; i < num_scaled; ++i) {
       absl::StatusOr<DType> dtype = ToDType(input_type(i));
       OP_REQUIRES_OK(context, dtype.status());
       inputs_.push_back({*dtype, input_memory_types()[i] == output_memory_types()[i]});
@@ -98,18 +94,16 @@ class FixedLossScaleOpBase : public OpKernel {
   }
 
  protected:
-  // Scales inputs [0, num_inputs) into outputs of the same index.
-  template <typename Device>
-  void ScaleAllInputs(OpKernelContext* context, ScaleFactor factor) {
-    std::vector<TensorSpan> spans;
-    spans.reserve(context->num_inputs());
-    for (int i = 0; i < context->num_inputs(); ++i) {
+  // Forwards or allocates outputs [0, num_scaled) and returns the spans of the
+  // non-empty ones.
+  absl::Status PrepareSpans(OpKernelContext* context, std::vector<TensorSpan>* spans) {
+    spans->reserve(inputs_.size());
+    for (int i = 0; i < static_cast<int>(inputs_.size()); ++i) {
       absl::StatusOr<TensorSpan> span = PrepareOutput(context, i, inputs_[i], direct_forwarding_);
-      OP_REQUIRES_OK(context, span.status());
-      if (span->num_elements > 0) spans.push_back(*span);
+      TF_RETURN_IF_ERROR(span.status());
+      if (span->num_elements > 0) spans->push_back(*span);
     }
-    if (spans.empty()) return;
-    OP_REQUIRES_OK(context, MultiTensorScale<Device>()(context, spans, factor));
+    return absl::OkStatus();
   }
 
   // NOTE [inline]: not "expensive", so TF's executor runs the op on the thread
@@ -119,22 +113,40 @@ class FixedLossScaleOpBase : public OpKernel {
   // and large lists: docs/BENCHMARKS.md, "Kernel design A/B runs".
   bool IsExpensive() override { return false; }
 
-  float loss_scale_ = 1.0f;
   // See NOTE [direct forwarding].
   bool direct_forwarding_ = false;
   std::vector<InputInfo> inputs_;
 };
 
 // FixedScaleLoss (kReciprocal false: the factor is loss_scale) and
-// FixedUnscaleGrads (true: 1/loss_scale): input i scaled into output i.
+// FixedUnscaleGrads (true: 1/loss_scale): input i scaled into output i, by the
+// validated `loss_scale` attr.
 template <typename Device, bool kReciprocal>
-class ScaleListOp : public FixedLossScaleOpBase {
+class ScaleListOp : public ScaleOpBase {
  public:
-  using FixedLossScaleOpBase::FixedLossScaleOpBase;
-  void Compute(OpKernelContext* context) override {
-    ScaleAllInputs<Device>(context, kReciprocal ? ReciprocalFactorFor(loss_scale_)
-                                                : ScaleFactorFor(loss_scale_));
+  explicit ScaleListOp(OpKernelConstruction* context)
+      : ScaleOpBase(context, context->num_inputs()) {
+    OP_REQUIRES_OK(context, context->GetAttr("loss_scale", &loss_scale_));
+    // NOTE [loss scale range] (tf_ops/core/tensor_span.h).
+    OP_REQUIRES(context, IsValidLossScale(loss_scale_),
+                tensorflow::errors::InvalidArgument(type_string(),
+                                                    ": loss_scale must be finite, >= 1 and <= "
+                                                    "2^126, got ",
+                                                    loss_scale_));
   }
+
+  void Compute(OpKernelContext* context) override {
+    std::vector<TensorSpan> spans;
+    OP_REQUIRES_OK(context, PrepareSpans(context, &spans));
+    if (spans.empty()) return;
+    OP_REQUIRES_OK(context, MultiTensorScale<Device>()(
+                                context, spans,
+                                kReciprocal ? ReciprocalFactorFor(loss_scale_)
+                                            : ScaleFactorFor(loss_scale_)));
+  }
+
+ private:
+  float loss_scale_ = 1.0f;
 };
 
 template <typename Device>
@@ -142,20 +154,65 @@ using FixedScaleLossOp = ScaleListOp<Device, false>;
 template <typename Device>
 using FixedUnscaleGradsOp = ScaleListOp<Device, true>;
 
-// Registers both ops' kernels for `Device`: their "T" takes the four storage
-// types of the core (DType).
+// FixedUnscaleGradsAndCheck: grads (inputs [0, n)) unscaled into outputs
+// [0, n) as FixedUnscaleGrads does, by the loss_scale input (the last input,
+// never forwarded; in host memory on every device, so it is validated here),
+// and the all_finite and sum_of_squares scalars (outputs n and n + 1) written
+// by the same MultiTensorScaleAndCheck<Device> call.
+template <typename Device>
+class FixedUnscaleGradsAndCheckOp : public ScaleOpBase {
+ public:
+  explicit FixedUnscaleGradsAndCheckOp(OpKernelConstruction* context)
+      : ScaleOpBase(context, context->num_inputs() - 1) {
+    OP_REQUIRES_OK(context, context->GetAttr("with_sum_of_squares", &with_sum_of_squares_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const int num_grads = context->num_inputs() - 1;
+    const Tensor& loss_scale = context->input(num_grads);
+    OP_REQUIRES(context, tensorflow::TensorShapeUtils::IsScalar(loss_scale.shape()),
+                tensorflow::errors::InvalidArgument(
+                    type_string(), ": loss_scale must be a scalar, got shape ",
+                    loss_scale.shape().DebugString()));
+    const float value = loss_scale.scalar<float>()();
+    // NOTE [loss scale range] (tf_ops/core/tensor_span.h).
+    OP_REQUIRES(context, IsValidLossScale(value),
+                tensorflow::errors::InvalidArgument(
+                    type_string(), ": loss_scale must be finite, >= 1 and <= 2^126, got ",
+                    value));
+    Tensor* all_finite = nullptr;
+    Tensor* sum_of_squares = nullptr;
+    OP_REQUIRES_OK(context,
+                   context->allocate_output(num_grads, tensorflow::TensorShape({}), &all_finite));
+    OP_REQUIRES_OK(context, context->allocate_output(num_grads + 1, tensorflow::TensorShape({}),
+                                                     &sum_of_squares));
+    std::vector<TensorSpan> spans;
+    OP_REQUIRES_OK(context, PrepareSpans(context, &spans));
+    OP_REQUIRES_OK(context, MultiTensorScaleAndCheck<Device>()(
+                                context, spans, ReciprocalFactorFor(value), with_sum_of_squares_,
+                                all_finite->scalar<bool>().data(),
+                                sum_of_squares->scalar<float>().data()));
+  }
+
+ private:
+  bool with_sum_of_squares_ = false;
+};
+
+// Registers the three ops' kernels for `Device`: their "T" takes the four
+// storage types of the core (DType). FixedUnscaleGradsAndCheck reads its
+// loss_scale on the host (HostMemory; on CPU all memory is host memory).
 template <typename Device>
 void RegisterKernels(const char* device_type, const char* device_name) {
   const tensorflow::DataType types[] = {tensorflow::DT_HALF, tensorflow::DT_BFLOAT16,
                                         tensorflow::DT_FLOAT, tensorflow::DT_DOUBLE};
   static_assert(sizeof(types) / sizeof(types[0]) == kNumDTypes, "one TF type per DType");
-  const auto register_op = [&](const char* op_name, auto make_kernel) {
+  const auto register_op = [&](const char* op_name, auto make_kernel,
+                                const char* host_input = nullptr) {
+    ::tensorflow::register_kernel::Name builder(op_name);
+    builder.Device(device_type).TypeConstraint("T", types);
+    if (host_input != nullptr) builder.HostMemory(host_input);
     ::tensorflow::kernel_factory::OpKernelRegistrar registrar(
-        ::tensorflow::register_kernel::Name(op_name)
-            .Device(device_type)
-            .TypeConstraint("T", types)
-            .Build(),
-        absl::StrCat(op_name, "Op<", device_name, ">"), make_kernel);
+        builder.Build(), absl::StrCat(op_name, "Op<", device_name, ">"), make_kernel);
     (void)registrar;
   };
   register_op("FixedScaleLoss", [](OpKernelConstruction* context) -> OpKernel* {
@@ -164,6 +221,12 @@ void RegisterKernels(const char* device_type, const char* device_name) {
   register_op("FixedUnscaleGrads", [](OpKernelConstruction* context) -> OpKernel* {
     return new FixedUnscaleGradsOp<Device>(context);
   });
+  register_op(
+      "FixedUnscaleGradsAndCheck",
+      [](OpKernelConstruction* context) -> OpKernel* {
+        return new FixedUnscaleGradsAndCheckOp<Device>(context);
+      },
+      "loss_scale");
 }
 
 const bool cpu_kernels_registered = [] {
