@@ -6,7 +6,12 @@ executed for every (block, thread) of the launch the launcher makes, on every
 dtype, sizes 0..2^20, legal misaligned offsets, in place and out of place, and
 lists of 1 to 10,000 tensors, with every memory access counted and checked
 against guard bytes; and its element math is compared with the CPU kernels'
-under x86 flush-to-zero. Needs no CUDA, so it runs in CPU-only builds too.
+under x86 flush-to-zero. The checked launch of FixedUnscaleGradsAndCheck runs
+the same way: unscaled bits as the unchecked kernel's, the all-finite flag
+exact with one Inf or NaN at heads, tails, pack edges and chunk boundaries, the
+sum of squares within a stated tolerance of a double reference, every byte of
+the device scratch accounted for, and the same bits whichever block finishes
+last. Needs no CUDA, so it runs in CPU-only builds too.
 """
 
 import os
@@ -35,6 +40,17 @@ def test_kernel_body_on_every_block_and_thread_of_its_launches():
   assert int(single.group(2)) > 100_000_000, output
   lists = re.search(r"tensor lists:\s+(\d+) cases,\s+(\d+) tensors.*?(\d+) failed", output)
   assert lists and int(lists.group(2)) > 10_000 and lists.group(3) == "0", output
+  # The fused check (FixedUnscaleGradsAndCheck's kernel): every single-tensor
+  # case, the poison cases and the checked lists, with the flag exact and the
+  # sum of squares against a double reference.
+  fused = re.search(r"fused check:\s+(\d+) cases,\s+(\d+) tensors,\s+(\d+) elements.*?"
+                    r"(\d+) failed", output)
+  assert fused and int(fused.group(1)) > 6500 and fused.group(4) == "0", output
+  assert int(fused.group(2)) > 50_000 and int(fused.group(3)) > 300_000_000, output
+  flags = re.search(r"fused check flags:\s+(\d+) cases not all finite, (\d+) with the sum of "
+                    r"squares, (\d+) reordered", output)
+  assert flags and int(flags.group(1)) > 1000 and int(flags.group(2)) > 3000, output
+  assert int(flags.group(3)) >= 30, output
 
 
 def test_where_the_gpu_kernels_run_for_drivers_and_gpus_not_here():

@@ -13,9 +13,12 @@
 #ifndef FIXED_LOSS_SCALE_TESTS_GPU_KERNEL_CASES_H_
 #define FIXED_LOSS_SCALE_TESTS_GPU_KERNEL_CASES_H_
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -99,11 +102,25 @@ struct TensorCase {
   bool in_place;
 };
 
+// One input element replaced by a chosen bit pattern (an Inf or a NaN), for
+// the fused check's flag.
+struct Poison {
+  size_t tensor;
+  int64_t element;
+  uint64_t bits;  // the low DTypeSize bytes are stored
+};
+
 struct ListCase {
   std::string name;
   std::vector<TensorCase> tensors;
   float loss_scale;
   bool unscale;  // FixedUnscaleGrads (factor 1/loss_scale) or FixedScaleLoss
+  // Inputs drawn from ordinary values only (no random bit patterns, hence no
+  // Inf or NaN but the poisons), so the check's flag and sum mean something.
+  bool finite_inputs = false;
+  std::vector<Poison> poisons;
+  // For a checked launch: whether the sum of squares is asked for.
+  bool sum_of_squares = true;
 };
 
 inline ScaleFactor FactorOf(const ListCase& list) {
@@ -260,10 +277,11 @@ inline ArenaPlan PlanArena(const ListCase& list) {
 // Input bits: mostly ordinary values (so that scaling twice or not at all
 // shows), and random patterns, which include infinities, NaNs with payloads,
 // subnormals and zeros of both signs.
-inline void FillInput(DType dtype, uint8_t* data, int64_t num_elements, Rng& rng) {
+inline void FillInput(DType dtype, uint8_t* data, int64_t num_elements, Rng& rng,
+                      bool finite_only = false) {
   for (int64_t i = 0; i < num_elements; ++i) {
     const uint64_t bits = rng.Next();
-    const bool ordinary = (bits >> 60) < 12;
+    const bool ordinary = finite_only || (bits >> 60) < 12;
     switch (dtype) {
       case DType::kHalf:
       case DType::kBFloat16: {
@@ -301,7 +319,12 @@ inline std::vector<uint8_t> InitialArena(const ListCase& list, const ArenaPlan& 
   for (uint8_t& byte : arena) byte = static_cast<uint8_t>(rng.Next());
   for (size_t t = 0; t < list.tensors.size(); ++t) {
     FillInput(list.tensors[t].dtype, arena.data() + plan.in_begin[t],
-              list.tensors[t].num_elements, rng);
+              list.tensors[t].num_elements, rng, list.finite_inputs);
+  }
+  for (const Poison& poison : list.poisons) {
+    const int64_t size = DTypeSize(list.tensors[poison.tensor].dtype);
+    memcpy(arena.data() + plan.in_begin[poison.tensor] + poison.element * size, &poison.bits,
+           size);
   }
   return arena;
 }
@@ -369,6 +392,338 @@ inline int64_t TotalElements(const ListCase& list) {
   int64_t total = 0;
   for (const TensorCase& tensor : list.tensors) total += tensor.num_elements;
   return total;
+}
+
+// ---- The fused check (NOTE [fused check] in multi_tensor_scale_body.h) ------------
+// Bit patterns of +Inf, -Inf and a quiet NaN with a payload, per dtype.
+inline uint64_t NonFiniteBits(DType dtype, int which) {
+  static const uint64_t kBits[4][3] = {
+      {0x7c00u, 0xfc00u, 0x7e01u},
+      {0x7f80u, 0xff80u, 0x7fc1u},
+      {0x7f800000u, 0xff800000u, 0x7fc00001u},
+      {0x7ff0000000000000ull, 0xfff0000000000000ull, 0x7ff8000000000001ull}};
+  return kBits[static_cast<int>(dtype)][which % 3];
+}
+
+// The positions where one non-finite element must flip the flag for a tensor
+// of `n` elements whose output is `out_offset` bytes past a 16-byte boundary
+// (`packed`: input at the same offset): the first and last element, either
+// side of the head's end, of the first pack's end, of each chunk boundary and
+// of the tail's start.
+inline std::vector<int64_t> PoisonPositions(DType dtype, int64_t n, int64_t out_offset,
+                                            bool packed) {
+  const int64_t size = DTypeSize(dtype);
+  const int64_t lanes = gpu::kPackBytes / size;
+  const int64_t head = packed ? std::min((gpu::kPackBytes - out_offset % gpu::kPackBytes) %
+                                             gpu::kPackBytes / size,
+                                         n)
+                              : 0;
+  std::vector<int64_t> positions = {0, n - 1, head - 1, head, head + lanes - 1, head + lanes};
+  for (int64_t boundary = head + gpu::ChunkElements(dtype); boundary < n;
+       boundary += gpu::ChunkElements(dtype)) {
+    positions.push_back(boundary - 1);
+    positions.push_back(boundary);
+  }
+  const int64_t tail_begin = n - (n - head) % lanes;
+  positions.push_back(tail_begin - 1);
+  positions.push_back(tail_begin);
+  std::vector<int64_t> valid;
+  for (int64_t position : positions) {
+    if (position >= 0 && position < n &&
+        std::find(valid.begin(), valid.end(), position) == valid.end()) {
+      valid.push_back(position);
+    }
+  }
+  return valid;
+}
+
+// One tensor of ordinary values and one Inf or NaN at each position of
+// PoisonPositions, every dtype, a few sizes (one chunk boundary and more), in
+// place with and without a head, out of place unpacked; plus each layout with
+// no poison. All unscale, so ordinary inputs give finite outputs.
+inline std::vector<ListCase> PoisonCases() {
+  std::vector<ListCase> cases;
+  int which = 0;
+  for (DType dtype : kAllDTypes) {
+    const int64_t size = DTypeSize(dtype);
+    const int64_t chunk = gpu::ChunkElements(dtype);
+    for (int64_t n : {int64_t{61}, 2 * chunk + 13}) {
+      // (in_offset, out_offset, in place): aligned, one element past a
+      // boundary (a head of lanes - 1 elements), and out of place unpacked.
+      const int64_t layouts[3][3] = {{0, 0, 1}, {size, size, 1}, {0, size, 0}};
+      for (const auto& layout : layouts) {
+        TensorCase tensor{dtype, n, layout[0], layout[1], layout[2] != 0};
+        const bool packed = tensor.in_place || tensor.in_offset == tensor.out_offset;
+        const int64_t out_offset = tensor.in_place ? tensor.in_offset : tensor.out_offset;
+        std::vector<int64_t> positions = PoisonPositions(dtype, n, out_offset, packed);
+        positions.push_back(-1);  // no poison
+        for (int64_t position : positions) {
+          ListCase list;
+          list.name = std::string("poison ") + DTypeName(dtype) + " n=" + std::to_string(n) +
+                      " in_offset=" + std::to_string(tensor.in_offset) +
+                      (tensor.in_place ? " in-place"
+                                       : " out_offset=" + std::to_string(tensor.out_offset)) +
+                      (position < 0 ? " clean" : " at " + std::to_string(position));
+          list.tensors = {tensor};
+          list.unscale = true;
+          list.loss_scale = which % 2 == 0 ? 1024.0f : 3.0f;
+          list.finite_inputs = true;
+          list.sum_of_squares = which % 4 != 1;
+          if (position >= 0) list.poisons.push_back({0, position, NonFiniteBits(dtype, which)});
+          ++which;
+          cases.push_back(list);
+        }
+      }
+    }
+  }
+  return cases;
+}
+
+// The lists of MultiTensorCases (both sides of every table capacity, mixed
+// dtypes) with ordinary inputs: each clean, and with one Inf or NaN at a
+// position of PoisonPositions of one non-empty tensor; plus the empty list and
+// a list of empty tensors. All unscale.
+inline std::vector<ListCase> CheckedListCases() {
+  std::vector<ListCase> cases;
+  ListCase empty;
+  empty.name = "checked empty list";
+  empty.loss_scale = 1024.0f;
+  empty.unscale = true;
+  empty.finite_inputs = true;
+  cases.push_back(empty);
+  empty.sum_of_squares = false;
+  cases.push_back(empty);
+  ListCase empties = empty;
+  empties.name = "checked list of 3 empty tensors";
+  for (DType dtype : {DType::kHalf, DType::kFloat, DType::kDouble}) {
+    empties.tensors.push_back(TensorCase{dtype, 0, 0, 0, true});
+  }
+  cases.push_back(empties);
+  empties.sum_of_squares = true;
+  cases.push_back(empties);
+  Rng rng(99);
+  int which = 0;
+  for (ListCase list : MultiTensorCases()) {
+    list.unscale = true;
+    list.finite_inputs = true;
+    list.sum_of_squares = true;
+    ListCase poisoned = list;
+    list.name = "checked clean " + list.name;
+    cases.push_back(list);
+    size_t t = static_cast<size_t>(rng.Uniform(0, static_cast<int64_t>(list.tensors.size()) - 1));
+    while (list.tensors[t].num_elements == 0) t = (t + 1) % list.tensors.size();
+    const TensorCase& tensor = list.tensors[t];
+    const bool packed = tensor.in_place || tensor.in_offset == tensor.out_offset;
+    const std::vector<int64_t> positions = PoisonPositions(
+        tensor.dtype, tensor.num_elements, tensor.in_place ? tensor.in_offset : tensor.out_offset,
+        packed);
+    const int64_t position =
+        positions[rng.Uniform(0, static_cast<int64_t>(positions.size()) - 1)];
+    poisoned.poisons.push_back({t, position, NonFiniteBits(tensor.dtype, which)});
+    poisoned.sum_of_squares = which % 2 == 0;
+    poisoned.name = "checked " + poisoned.name + " poisoned at tensor " + std::to_string(t) +
+                    " element " + std::to_string(position);
+    ++which;
+    cases.push_back(poisoned);
+  }
+  return cases;
+}
+
+// What the check of a correct launch gives, from the expected outputs: the
+// flag exactly, and the sum of squares in double (exact squares of
+// half/bfloat16/float values; NaN and Inf propagate).
+struct ReferenceCheck {
+  bool all_finite = true;
+  double sum_of_squares = 0.0;
+};
+
+inline ReferenceCheck ComputeReferenceCheck(const ListCase& list, const ArenaPlan& plan,
+                                            const std::vector<uint8_t>& expected) {
+  ReferenceCheck check;
+  for (size_t t = 0; t < list.tensors.size(); ++t) {
+    const TensorCase& tensor = list.tensors[t];
+    const uint8_t* out = expected.data() + plan.out_begin[t];
+    for (int64_t i = 0; i < tensor.num_elements; ++i) {
+      double x = 0;
+      switch (tensor.dtype) {
+        case DType::kHalf: {
+          uint16_t bits;
+          memcpy(&bits, out + 2 * i, 2);
+          x = HalfBitsToFloat(bits);
+          break;
+        }
+        case DType::kBFloat16: {
+          uint16_t bits;
+          memcpy(&bits, out + 2 * i, 2);
+          x = BFloat16BitsToFloat(bits);
+          break;
+        }
+        case DType::kFloat: {
+          float value;
+          memcpy(&value, out + 4 * i, 4);
+          x = value;
+          break;
+        }
+        case DType::kDouble:
+          memcpy(&x, out + 8 * i, 8);
+          break;
+      }
+      if (!std::isfinite(x)) check.all_finite = false;
+      check.sum_of_squares += x * x;
+    }
+  }
+  return check;
+}
+
+// NOTE [sum of squares tolerance]: relative tolerance of the kernel's sum of
+// squares against the double reference. A thread adds at most 129 squares in
+// float (NOTE [fused check]), each add rounding by at most 2^-24 relative;
+// all terms are non-negative, so the thread's sum is within 129 * 2^-24
+// (7.7e-6) of exact; the double stages add ~1e-16 and the final rounding to
+// float 2^-24. Double tensors are summed in double throughout.
+constexpr double kSumOfSquaresRtol = 1e-5;
+
+// Whether a kernel's sum of squares `got` agrees with the reference's.
+inline bool SumOfSquaresMatches(float got, double reference) {
+  if (std::isnan(reference)) return std::isnan(got);
+  const double limit = 3.4028234663852886e38;  // FLT_MAX
+  if (reference > limit * (1 + 2 * kSumOfSquaresRtol)) return std::isinf(got) && got > 0;
+  if (reference > limit * (1 - 2 * kSumOfSquaresRtol)) {
+    return (std::isinf(got) && got > 0) || std::fabs(got - reference) <= kSumOfSquaresRtol * reference;
+  }
+  return std::isfinite(got) && std::fabs(got - reference) <= kSumOfSquaresRtol * reference;
+}
+
+// Why a checked launch's outputs are wrong, or "" if they are right. Without
+// the sum, *sum_of_squares must be the quiet NaN 0x7fc00000 bit for bit.
+inline std::string CheckOutputsError(const ListCase& list, const ReferenceCheck& reference,
+                                     bool all_finite, float sum_of_squares) {
+  char buffer[256];
+  if (all_finite != reference.all_finite) {
+    snprintf(buffer, sizeof(buffer), "all_finite is %d, expected %d", all_finite,
+             reference.all_finite);
+    return buffer;
+  }
+  uint32_t bits;
+  memcpy(&bits, &sum_of_squares, 4);
+  if (!list.sum_of_squares) {
+    if (bits == gpu::kNotComputedBits) return "";
+    snprintf(buffer, sizeof(buffer), "sum_of_squares is 0x%08x without the sum, expected 0x%08x",
+             bits, gpu::kNotComputedBits);
+    return buffer;
+  }
+  if (SumOfSquaresMatches(sum_of_squares, reference.sum_of_squares)) return "";
+  snprintf(buffer, sizeof(buffer), "sum_of_squares is %.9g, reference %.17g (rtol %g)",
+           sum_of_squares, reference.sum_of_squares, kSumOfSquaresRtol);
+  return buffer;
+}
+
+// ---- The checked launch on the host -------------------------------------------
+// The launch LaunchMultiTensorScaleAndCheck makes, run on the host one (block,
+// thread) at a time through `memory`: the same table choice and device-scratch
+// layout (the buffer table copied to its start), the ticket counter zeroed
+// (the launcher's cudaMemsetAsync), then, block by block in `order`, the
+// steps of ScaleAndCheckBlock in multi_tensor_scale.cu with CombineBlock for
+// the block reduction. The device scratch, of CheckedScratchBytes bytes, and
+// the two outputs are the caller's.
+inline size_t CheckedScratchBytes(const std::vector<TensorSpan>& tensors, bool large_params) {
+  const int64_t num_tensors = static_cast<int64_t>(tensors.size());
+  const size_t table_bytes = gpu::TableKindFor(num_tensors, large_params) == gpu::TableKind::kBuffer
+                                 ? gpu::BufferLayoutFor(num_tensors).total_bytes
+                                 : 0;
+  return gpu::CheckScratchLayoutFor(
+             table_bytes, gpu::CheckedGridBlocks(gpu::TotalChunks(tensors.data(), num_tensors)))
+      .total_bytes;
+}
+
+// Block order of an emulated launch: 0 in order, otherwise a permutation drawn
+// from this seed (so a different block finishes last).
+template <bool kSumOfSquares, typename Table, typename Memory>
+void RunCheckedGrid(const Table& table, const gpu::CheckTargets& targets, int64_t num_blocks,
+                    uint64_t order_seed, const Memory& memory) {
+  std::vector<int64_t> order(static_cast<size_t>(num_blocks));
+  for (int64_t b = 0; b < num_blocks; ++b) order[b] = b;
+  if (order_seed != 0) {
+    Rng rng(order_seed);
+    for (int64_t b = num_blocks - 1; b > 0; --b) std::swap(order[b], order[rng.Uniform(0, b)]);
+  }
+  std::vector<gpu::CheckPartial> threads(gpu::kBlockSize);
+  for (int64_t block : order) {
+    for (int thread = 0; thread < gpu::kBlockSize; ++thread) {
+      threads[thread] = gpu::ScaleAndCheckTableChunk<kSumOfSquares>(table, block, thread, memory);
+    }
+    if (!gpu::PublishBlockPartial(targets, block, num_blocks, gpu::CombineBlock(threads.data()),
+                                  memory)) {
+      continue;
+    }
+    for (int thread = 0; thread < gpu::kBlockSize; ++thread) {
+      threads[thread] = gpu::SumBlockPartials<kSumOfSquares>(targets, num_blocks, thread, memory);
+    }
+    gpu::WriteCheckOutputs<kSumOfSquares>(targets, gpu::CombineBlock(threads.data()), memory);
+  }
+}
+
+template <bool kSumOfSquares, int64_t kCapacity, typename Memory>
+int64_t RunCheckedInline(const std::vector<TensorSpan>& tensors, ScaleFactor factor,
+                         uint8_t* device_scratch, bool* all_finite, float* sum_of_squares,
+                         uint64_t order_seed, const Memory& memory) {
+  std::unique_ptr<gpu::InlineTable<kCapacity>> table(new gpu::InlineTable<kCapacity>());
+  const int64_t num_blocks = gpu::CheckedGridBlocks(
+      gpu::FillTable(tensors.data(), static_cast<int64_t>(tensors.size()), factor, table.get()));
+  const gpu::CheckScratchLayout layout = gpu::CheckScratchLayoutFor(0, num_blocks);
+  memset(device_scratch + layout.counter, 0, sizeof(unsigned));
+  const gpu::CheckTargets targets{
+      reinterpret_cast<gpu::BlockPartial*>(device_scratch + layout.partials), all_finite,
+      sum_of_squares};
+  RunCheckedGrid<kSumOfSquares>(*table, targets, num_blocks, order_seed, memory);
+  return num_blocks;
+}
+
+// Returns the number of blocks of the launch.
+template <bool kSumOfSquares, typename Memory>
+int64_t EmulateCheckedLaunchAs(const std::vector<TensorSpan>& tensors, ScaleFactor factor,
+                               bool large_params, uint8_t* device_scratch, bool* all_finite,
+                               float* sum_of_squares, uint64_t order_seed,
+                               const Memory& memory) {
+  const int64_t num_tensors = static_cast<int64_t>(tensors.size());
+  switch (gpu::TableKindFor(num_tensors, large_params)) {
+    case gpu::TableKind::kSmallInline:
+      return RunCheckedInline<kSumOfSquares, gpu::kSmallInlineTensors>(
+          tensors, factor, device_scratch, all_finite, sum_of_squares, order_seed, memory);
+    case gpu::TableKind::kMediumInline:
+      return RunCheckedInline<kSumOfSquares, gpu::kMediumInlineTensors>(
+          tensors, factor, device_scratch, all_finite, sum_of_squares, order_seed, memory);
+    case gpu::TableKind::kLargeInline:
+      return RunCheckedInline<kSumOfSquares, gpu::kLargeInlineTensors>(
+          tensors, factor, device_scratch, all_finite, sum_of_squares, order_seed, memory);
+    case gpu::TableKind::kBuffer:
+      break;
+  }
+  // The launcher fills the table in pinned memory and copies it to the start
+  // of the device scratch; here it is filled there directly.
+  const size_t table_bytes = gpu::BufferLayoutFor(num_tensors).total_bytes;
+  gpu::BufferTable table = gpu::BufferTableAt(device_scratch, num_tensors, factor);
+  const int64_t num_blocks =
+      gpu::CheckedGridBlocks(gpu::FillTable(tensors.data(), num_tensors, factor, &table));
+  const gpu::CheckScratchLayout layout = gpu::CheckScratchLayoutFor(table_bytes, num_blocks);
+  memset(device_scratch + layout.counter, 0, sizeof(unsigned));
+  const gpu::CheckTargets targets{
+      reinterpret_cast<gpu::BlockPartial*>(device_scratch + layout.partials), all_finite,
+      sum_of_squares};
+  RunCheckedGrid<kSumOfSquares>(table, targets, num_blocks, order_seed, memory);
+  return num_blocks;
+}
+
+template <typename Memory>
+int64_t EmulateCheckedLaunch(const std::vector<TensorSpan>& tensors, ScaleFactor factor,
+                             bool with_sum_of_squares, bool large_params, uint8_t* device_scratch,
+                             bool* all_finite, float* sum_of_squares, uint64_t order_seed,
+                             const Memory& memory) {
+  return with_sum_of_squares
+             ? EmulateCheckedLaunchAs<true>(tensors, factor, large_params, device_scratch,
+                                            all_finite, sum_of_squares, order_seed, memory)
+             : EmulateCheckedLaunchAs<false>(tensors, factor, large_params, device_scratch,
+                                             all_finite, sum_of_squares, order_seed, memory);
 }
 
 }  // namespace testing

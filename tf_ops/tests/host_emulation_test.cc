@@ -21,6 +21,7 @@
 // arithmetic) against ScaleElement run under x86 FTZ/DAZ, as the CPU kernels
 // run inside TensorFlow, on every 16-bit pattern and on float32/float64 values
 // whose products land around the smallest normal, for several factors.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -64,6 +65,19 @@ class CheckedMemory {
   template <typename T>
   void Store(T* address, const T& value) const {
     if (Record(address, sizeof(T), alignof(T), &log_->writes)) memcpy(address, &value, sizeof(T));
+  }
+
+  // The fused check's cross-block accesses (see DirectMemory): a coherent
+  // load is a load; the ticket a load and a store of the counter.
+  template <typename T>
+  T LoadCoherent(const T* address) const {
+    return Load(address);
+  }
+  void Fence() const {}
+  unsigned TakeTicket(unsigned* counter) const {
+    const unsigned ticket = Load(counter);
+    Store(counter, ticket + 1);
+    return ticket;
   }
 
  private:
@@ -325,6 +339,190 @@ bool RunDirectCase(const ListCase& list, uint64_t seed) {
   return CompareArenas(list, plan, expected, arena.Bytes(initial.size())) == 0;
 }
 
+// ---- The fused check ----------------------------------------------------------------
+// A checked launch's memory image: the case's arena, then (each after a guard
+// and 64-byte aligned) the device scratch and the two outputs, all one
+// AccessLog region so that every byte of each is accounted for.
+struct CheckedImage {
+  ArenaPlan plan;
+  std::vector<TensorSpan> tensors;  // pointing into `memory`
+  int64_t scratch_begin = 0;
+  size_t scratch_bytes = 0;
+  int64_t outputs_begin = 0;  // all_finite (1 byte), then sum_of_squares at + 4
+  std::vector<uint8_t> initial;
+};
+
+struct CheckedResult {
+  bool all_finite = false;
+  float sum_of_squares = 0;
+  int64_t blocks = 0;
+  std::vector<uint8_t> image;
+};
+
+// Runs the checked launch of `list` on the host through `memory_of(log)`.
+template <typename Memory>
+CheckedResult EmulateCheckedCase(const ListCase& list, const CheckedImage& image,
+                                 bool large_params, uint64_t order_seed, AccessLog* log,
+                                 bool checked_memory) {
+  AlignedArena memory(image.initial);
+  uint8_t* base = memory.data.get();
+  const std::vector<TensorSpan> tensors = TensorsAt(list, image.plan, base);
+  bool* all_finite = reinterpret_cast<bool*>(base + image.outputs_begin);
+  float* sum = reinterpret_cast<float*>(base + image.outputs_begin + 4);
+  CheckedResult result;
+  if (checked_memory) {
+    log->base = reinterpret_cast<uintptr_t>(base);
+    log->size = static_cast<int64_t>(image.initial.size());
+    log->reads.assign(image.initial.size(), 0);
+    log->writes.assign(image.initial.size(), 0);
+    result.blocks = EmulateCheckedLaunch(tensors, FactorOf(list), list.sum_of_squares,
+                                         large_params, base + image.scratch_begin, all_finite,
+                                         sum, order_seed, CheckedMemory(log));
+  } else {
+    result.blocks = EmulateCheckedLaunch(tensors, FactorOf(list), list.sum_of_squares,
+                                         large_params, base + image.scratch_begin, all_finite,
+                                         sum, order_seed, gpu::DirectMemory());
+  }
+  memcpy(&result.all_finite, all_finite, 1);
+  memcpy(&result.sum_of_squares, sum, 4);
+  result.image = memory.Bytes(image.initial.size());
+  return result;
+}
+
+CheckedImage PlanCheckedImage(const ListCase& list, uint64_t seed, bool large_params) {
+  CheckedImage image;
+  image.plan = PlanArena(list);
+  // Chunk counts depend on addresses modulo 16 only: any 64-byte aligned base.
+  std::vector<uint8_t> probe(64 + 64);
+  uint8_t* aligned = reinterpret_cast<uint8_t*>(
+      RoundUp(reinterpret_cast<uintptr_t>(probe.data()), kBufferAlignment));
+  image.scratch_bytes = CheckedScratchBytes(TensorsAt(list, image.plan, aligned), large_params);
+  image.scratch_begin = RoundUp(image.plan.total_bytes + kGuardBytes, kBufferAlignment);
+  image.outputs_begin = RoundUp(image.scratch_begin + static_cast<int64_t>(image.scratch_bytes) +
+                                    kGuardBytes,
+                                kBufferAlignment);
+  const int64_t total = RoundUp(image.outputs_begin + 8 + kGuardBytes, kBufferAlignment);
+  image.initial = InitialArena(list, image.plan, seed);
+  Rng rng(seed ^ 0x5eed);
+  image.initial.resize(static_cast<size_t>(total));
+  for (size_t i = static_cast<size_t>(image.plan.total_bytes); i < image.initial.size(); ++i) {
+    image.initial[i] = static_cast<uint8_t>(rng.Next());  // the scratch's garbage
+  }
+  return image;
+}
+
+// Bytes of a checked image whose access counts are wrong: tensors as for the
+// unchecked launch; in the scratch each block's partial (16 bytes) written
+// once and read once, the counter's 4 bytes read and written once per block
+// (the counts saturate at 255), nothing else (the buffer table is read
+// through the table, not the memory policy); both outputs written once.
+int64_t CheckCheckedAccessCounts(const ListCase& list, const CheckedImage& image, bool large_params,
+                                 int64_t blocks, const AccessLog& log) {
+  std::vector<uint8_t> reads(log.reads.size(), 0), writes(log.writes.size(), 0);
+  for (size_t t = 0; t < list.tensors.size(); ++t) {
+    memset(reads.data() + image.plan.in_begin[t], 1, image.plan.bytes[t]);
+    memset(writes.data() + image.plan.out_begin[t], 1, image.plan.bytes[t]);
+  }
+  const int64_t num_tensors = static_cast<int64_t>(list.tensors.size());
+  const size_t table_bytes = gpu::TableKindFor(num_tensors, large_params) == gpu::TableKind::kBuffer
+                                 ? gpu::BufferLayoutFor(num_tensors).total_bytes
+                                 : 0;
+  const gpu::CheckScratchLayout layout = gpu::CheckScratchLayoutFor(table_bytes, blocks);
+  const int64_t partials = image.scratch_begin + static_cast<int64_t>(layout.partials);
+  const int64_t counter = image.scratch_begin + static_cast<int64_t>(layout.counter);
+  memset(reads.data() + partials, 1, layout.counter - layout.partials);
+  memset(writes.data() + partials, 1, layout.counter - layout.partials);
+  const uint8_t tickets = static_cast<uint8_t>(std::min<int64_t>(blocks, 255));
+  memset(reads.data() + counter, tickets, sizeof(unsigned));
+  memset(writes.data() + counter, tickets, sizeof(unsigned));
+  writes[image.outputs_begin] = 1;
+  memset(writes.data() + image.outputs_begin + 4, 1, 4);
+  if (static_cast<size_t>(counter + 8 - image.scratch_begin) != image.scratch_bytes) {
+    std::printf("  %s: scratch of %zu bytes, the launch lays out %lld\n", list.name.c_str(),
+                image.scratch_bytes, static_cast<long long>(counter + 8 - image.scratch_begin));
+    return 1;
+  }
+  int64_t wrong = 0;
+  for (size_t i = 0; i < reads.size(); ++i) {
+    if (log.reads[i] == reads[i] && log.writes[i] == writes[i]) continue;
+    if (++wrong <= 5) {
+      std::printf("  %s: image byte %zu (%s) read %d times, written %d times; expected %d and %d\n",
+                  list.name.c_str(), i,
+                  static_cast<int64_t>(i) < image.plan.total_bytes
+                      ? DescribeByte(list, image.plan, static_cast<int64_t>(i)).c_str()
+                      : static_cast<int64_t>(i) < image.outputs_begin ? "device scratch"
+                                                                      : "outputs",
+                  log.reads[i], log.writes[i], reads[i], writes[i]);
+    }
+  }
+  return wrong;
+}
+
+struct CheckTotals {
+  Totals totals;
+  int64_t not_finite = 0;   // cases whose flag is (correctly) false
+  int64_t with_sum = 0;     // cases with the sum of squares
+  int64_t reordered = 0;    // cases rerun with the blocks in another order
+};
+
+// The checked launch of one case through CheckedMemory: unscaled bytes as the
+// unchecked launch's reference, every image byte's access count, the flag
+// exactly, the sum within kSumOfSquaresRtol of the double reference (or the
+// not-computed NaN), the counter at the block count. With `reorder_seed`, the
+// same launch with its blocks in a shuffled order (another last block) must
+// give the same bits.
+bool RunFusedCase(const ListCase& list, uint64_t seed, CheckTotals* check_totals,
+                  bool large_params = true, uint64_t reorder_seed = 0) {
+  const CheckedImage image = PlanCheckedImage(list, seed, large_params);
+  const std::vector<uint8_t> arena_initial(image.initial.begin(),
+                                           image.initial.begin() + image.plan.total_bytes);
+  const std::vector<uint8_t> expected = ExpectedArena(list, image.plan, arena_initial);
+  const ReferenceCheck reference = ComputeReferenceCheck(list, image.plan, expected);
+  AccessLog log;
+  const CheckedResult result =
+      EmulateCheckedCase<CheckedMemory>(list, image, large_params, 0, &log, true);
+  bool ok = true;
+  if (log.faults > 0) {
+    std::printf("  %s (checked): %lld faulting accesses, first: %s\n", list.name.c_str(),
+                static_cast<long long>(log.faults), log.first_fault.c_str());
+    ok = false;
+  }
+  ok = CheckCheckedAccessCounts(list, image, large_params, result.blocks, log) == 0 && ok;
+  const std::vector<uint8_t> arena_after(result.image.begin(),
+                                         result.image.begin() + image.plan.total_bytes);
+  ok = CompareArenas(list, image.plan, expected, arena_after) == 0 && ok;
+  const std::string error =
+      CheckOutputsError(list, reference, result.all_finite, result.sum_of_squares);
+  if (!error.empty()) {
+    std::printf("  %s (checked): %s\n", list.name.c_str(), error.c_str());
+    ok = false;
+  }
+  if (reorder_seed != 0) {
+    const CheckedResult reordered =
+        EmulateCheckedCase<gpu::DirectMemory>(list, image, large_params, reorder_seed, nullptr,
+                                              false);
+    if (reordered.all_finite != result.all_finite ||
+        memcmp(&reordered.sum_of_squares, &result.sum_of_squares, 4) != 0 ||
+        !std::equal(reordered.image.begin(), reordered.image.begin() + image.plan.total_bytes,
+                    result.image.begin())) {
+      std::printf("  %s (checked): blocks in another order give %d / %.9g, in order %d / %.9g\n",
+                  list.name.c_str(), reordered.all_finite, reordered.sum_of_squares,
+                  result.all_finite, result.sum_of_squares);
+      ok = false;
+    }
+    ++check_totals->reordered;
+  }
+  Totals* totals = &check_totals->totals;
+  totals->cases += 1;
+  totals->tensors += static_cast<int64_t>(list.tensors.size());
+  totals->elements += TotalElements(list);
+  totals->blocks += result.blocks;
+  if (!ok) totals->failed_cases += 1;
+  if (!reference.all_finite) ++check_totals->not_finite;
+  if (list.sum_of_squares) ++check_totals->with_sum;
+  return ok;
+}
+
 void PrintTotals(const char* what, const Totals& totals, double seconds) {
   std::printf(
       "%-22s %6lld cases, %7lld tensors, %10lld elements, %8lld blocks x %d threads, "
@@ -361,6 +559,30 @@ int Main() {
     ++seed;
   }
   PrintTotals("tensor lists:", lists, SecondsSince(lists_start));
+
+  // The fused check (NOTE [fused check]): every single-tensor case once,
+  // with and without the sum by turns; the poison cases; the checked lists,
+  // also through the 4 KB-parameter path and with their blocks reordered.
+  const auto fused_start = std::chrono::steady_clock::now();
+  CheckTotals fused;
+  for (ListCase list : SingleTensorCases()) {
+    list.sum_of_squares = seed % 2 == 0;
+    ok = RunFusedCase(list, seed++, &fused) && ok;
+  }
+  for (const ListCase& list : PoisonCases()) ok = RunFusedCase(list, seed++, &fused) && ok;
+  for (const ListCase& list : CheckedListCases()) {
+    ok = RunFusedCase(list, seed, &fused, true, seed * 7919) && ok;
+    if (static_cast<int64_t>(list.tensors.size()) > gpu::kSmallInlineTensors) {
+      ok = RunFusedCase(list, seed, &fused, /*large_params=*/false) && ok;
+    }
+    ++seed;
+  }
+  PrintTotals("fused check:", fused.totals, SecondsSince(fused_start));
+  std::printf("%-22s %lld cases not all finite, %lld with the sum of squares, %lld reordered; "
+              "sum rtol %g\n",
+              "fused check flags:", static_cast<long long>(fused.not_finite),
+              static_cast<long long>(fused.with_sum), static_cast<long long>(fused.reordered),
+              kSumOfSquaresRtol);
 
   std::printf("host emulation of the GPU kernel: %s (%.1f s)\n", ok ? "PASSED" : "FAILED",
               SecondsSince(start));

@@ -1,4 +1,5 @@
-// See multi_tensor_scale.h. The kernels are thin wrappers of ScaleTableChunks
+// See multi_tensor_scale.h. The kernels are thin wrappers of ScaleTableChunk
+// and, for the checked launch, of the steps of NOTE [fused check]
 // (multi_tensor_scale_body.h); this file picks the table, fills it and launches.
 #include "tf_ops/core/gpu/multi_tensor_scale.h"
 
@@ -85,6 +86,135 @@ cudaError_t LaunchWithBufferTable(const TensorSpan* tensors, int64_t num_tensors
                       total_chunks, stream);
 }
 
+// ---- The checked kernels (NOTE [fused check]) ------------------------------------
+// The block's check in thread 0, in the order of NOTE [check reduction order].
+// Every thread of the block calls it (it holds a barrier); `warp_sums` is
+// shared memory, free again once thread 0 has returned.
+template <bool kSumOfSquares>
+__device__ __forceinline__ CheckPartial ReduceBlock(CheckPartial mine, double* warp_sums) {
+  const int lane = threadIdx.x % kWarpSize;
+  const int warp = threadIdx.x / kWarpSize;
+  double sum = mine.sum;
+  if (kSumOfSquares) {
+    FLS_UNROLL
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+      sum += __shfl_down_sync(0xffffffffu, sum, offset);
+    }
+    if (lane == 0) warp_sums[warp] = sum;
+  }
+  const bool not_finite = __syncthreads_or(mine.not_finite) != 0;
+  if (kSumOfSquares && threadIdx.x == 0) {
+    sum = warp_sums[0];
+    FLS_UNROLL
+    for (int w = 1; w < kWarpsPerBlock; ++w) sum += warp_sums[w];
+  }
+  return CheckPartial{sum, not_finite};
+}
+
+// The whole checked kernel body; the host emulation runs the same steps with
+// CombineBlock in place of ReduceBlock.
+template <bool kSumOfSquares, typename Table>
+__device__ __forceinline__ void ScaleAndCheckBlock(const Table& table,
+                                                   const CheckTargets& targets) {
+  __shared__ double warp_sums[kWarpsPerBlock];
+  __shared__ bool is_last;
+  const DirectMemory memory;
+  const CheckPartial mine =
+      ScaleAndCheckTableChunk<kSumOfSquares>(table, blockIdx.x, threadIdx.x, memory);
+  const CheckPartial combined = ReduceBlock<kSumOfSquares>(mine, warp_sums);
+  if (threadIdx.x == 0) {
+    is_last = PublishBlockPartial(targets, blockIdx.x, gridDim.x, combined, memory);
+  }
+  __syncthreads();
+  if (!is_last) return;
+  const CheckPartial total = ReduceBlock<kSumOfSquares>(
+      SumBlockPartials<kSumOfSquares>(targets, gridDim.x, threadIdx.x, memory), warp_sums);
+  if (threadIdx.x == 0) WriteCheckOutputs<kSumOfSquares>(targets, total, memory);
+}
+
+// With no minimum, nvcc 13's ptxas holds the checked inline kernels without
+// the sum to 48 registers and spills 8 bytes to local memory; a stated minimum
+// of 1 block per SM lets it take the 72 it needs (78 with the sum), with no
+// spill (tools/gpu_check.sh's SASS step checks that there is none).
+constexpr int kCheckedMinBlocksPerSM = 1;
+
+template <int64_t kCapacity, bool kSumOfSquares>
+__global__ void __launch_bounds__(kBlockSize, kCheckedMinBlocksPerSM)
+    ScaleAndCheckInlineTableKernel(const FLS_GRID_CONSTANT InlineTable<kCapacity> table,
+                                   const FLS_GRID_CONSTANT CheckTargets targets) {
+  ScaleAndCheckBlock<kSumOfSquares>(table, targets);
+}
+
+template <bool kSumOfSquares>
+__global__ void __launch_bounds__(kBlockSize, kCheckedMinBlocksPerSM)
+    ScaleAndCheckBufferTableKernel(const FLS_GRID_CONSTANT BufferTable table,
+                                   const FLS_GRID_CONSTANT CheckTargets targets) {
+  ScaleAndCheckBlock<kSumOfSquares>(table, targets);
+}
+
+// The caller's device pointers of a checked launch.
+struct CheckOutputs {
+  void* device_scratch;
+  bool* all_finite;
+  float* sum_of_squares;
+};
+
+// NOTE [ticket counter]: the last-block election counts tickets in an unsigned
+// int of the device scratch, which must be 0 when the kernel starts. The
+// launcher zeroes it with one 4-byte cudaMemsetAsync on the launch's stream
+// just before the launch, rather than have the last block reset it for the
+// next launch: the scratch is the caller's temporary (TensorFlow hands out a
+// different allocation, with arbitrary contents, on every call), so nothing
+// could carry a zero from one launch to the next, and a launch that faulted
+// midway would leave a stale count behind for good. The memset costs one
+// stream operation of a few microseconds, and keeps a launch's result a
+// function of its own inputs only.
+template <typename Table>
+cudaError_t LaunchCheckedKernel(void (*kernel)(Table, CheckTargets), const Table& table,
+                                int64_t total_chunks, size_t table_bytes,
+                                const CheckOutputs& outputs, cudaStream_t stream) {
+  if (total_chunks > kMaxGridBlocks) return cudaErrorInvalidValue;
+  const int64_t num_blocks = CheckedGridBlocks(total_chunks);
+  const CheckScratchLayout layout = CheckScratchLayoutFor(table_bytes, num_blocks);
+  char* scratch = static_cast<char*>(outputs.device_scratch);
+  CheckTargets targets{reinterpret_cast<BlockPartial*>(scratch + layout.partials),
+                       outputs.all_finite, outputs.sum_of_squares};
+  const cudaError_t zeroed = cudaMemsetAsync(scratch + layout.counter, 0, sizeof(unsigned), stream);
+  if (zeroed != cudaSuccess) return zeroed;
+  void* args[] = {const_cast<Table*>(&table), &targets};
+  const dim3 grid(static_cast<unsigned>(num_blocks));
+  return cudaLaunchKernel(reinterpret_cast<const void*>(kernel), grid, dim3(kBlockSize), args,
+                          0, stream);
+}
+
+template <int64_t kCapacity, bool kSumOfSquares>
+cudaError_t LaunchCheckedWithInlineTable(const TensorSpan* tensors, int64_t num_tensors,
+                                         ScaleFactor factor, const CheckOutputs& outputs,
+                                         cudaStream_t stream) {
+  InlineTable<kCapacity> table;
+  const int64_t total_chunks = FillTable(tensors, num_tensors, factor, &table);
+  return LaunchCheckedKernel(ScaleAndCheckInlineTableKernel<kCapacity, kSumOfSquares>, table,
+                             total_chunks, 0, outputs, stream);
+}
+
+// The table goes to the device even when the list has no element: the one
+// block reads its chunk count.
+template <bool kSumOfSquares>
+cudaError_t LaunchCheckedWithBufferTable(const TensorSpan* tensors, int64_t num_tensors,
+                                         ScaleFactor factor, void* host_scratch,
+                                         const CheckOutputs& outputs, cudaStream_t stream) {
+  if (host_scratch == nullptr) return cudaErrorInvalidValue;
+  BufferTable host_table = BufferTableAt(host_scratch, num_tensors, factor);
+  const int64_t total_chunks = FillTable(tensors, num_tensors, factor, &host_table);
+  const size_t table_bytes = BufferLayoutFor(num_tensors).total_bytes;
+  const cudaError_t copied = cudaMemcpyAsync(outputs.device_scratch, host_scratch, table_bytes,
+                                             cudaMemcpyHostToDevice, stream);
+  if (copied != cudaSuccess) return copied;
+  return LaunchCheckedKernel(ScaleAndCheckBufferTableKernel<kSumOfSquares>,
+                             BufferTableAt(outputs.device_scratch, num_tensors, factor),
+                             total_chunks, table_bytes, outputs, stream);
+}
+
 // Whether the current device takes 32 KB kernel parameters (NOTE [kernel
 // parameter size]): asked once per device, then read from a cache, as the
 // table choice is made on every launch.
@@ -128,6 +258,32 @@ bool IsValidList(const TensorSpan* tensors, int64_t num_tensors) {
   return true;
 }
 
+template <bool kSumOfSquares>
+cudaError_t LaunchChecked(const TensorSpan* tensors, int64_t num_tensors, ScaleFactor factor,
+                          void* host_scratch, const CheckOutputs& outputs, cudaStream_t stream) {
+  switch (TableKindFor(num_tensors, LargeKernelParamsAvailable())) {
+    case TableKind::kSmallInline:
+      return LaunchCheckedWithInlineTable<kSmallInlineTensors, kSumOfSquares>(
+          tensors, num_tensors, factor, outputs, stream);
+#if FLS_LARGE_KERNEL_PARAMS
+    case TableKind::kMediumInline:
+      return LaunchCheckedWithInlineTable<kMediumInlineTensors, kSumOfSquares>(
+          tensors, num_tensors, factor, outputs, stream);
+    case TableKind::kLargeInline:
+      return LaunchCheckedWithInlineTable<kLargeInlineTensors, kSumOfSquares>(
+          tensors, num_tensors, factor, outputs, stream);
+#else
+    case TableKind::kMediumInline:
+    case TableKind::kLargeInline:
+      return cudaErrorInvalidValue;  // not reached: device code only, never run
+#endif
+    case TableKind::kBuffer:
+      break;
+  }
+  return LaunchCheckedWithBufferTable<kSumOfSquares>(tensors, num_tensors, factor, host_scratch,
+                                                     outputs, stream);
+}
+
 }  // namespace
 }  // namespace gpu
 
@@ -167,23 +323,15 @@ cudaError_t LaunchMultiTensorScale(const TensorSpan* tensors, int64_t num_tensor
                                     stream);
 }
 
-// Placeholder until the fused kernel lands: the declarations are final, the
-// launch is not implemented yet.
 size_t MultiTensorScaleAndCheckScratchBytes(const TensorSpan* tensors, int64_t num_tensors) {
   if (!gpu::IsValidList(tensors, num_tensors)) return 0;
-  int64_t chunks = 0;
-  for (int64_t t = 0; t < num_tensors; ++t) {
-    const TensorSpan& tensor = tensors[t];
-    chunks += gpu::NumChunks(tensor.num_elements,
-                             gpu::LayoutOf(tensor.in, tensor.out, tensor.num_elements,
-                                           tensor.dtype),
-                             tensor.dtype);
-  }
-  const size_t table =
-      gpu::TableKindFor(num_tensors, gpu::LargeKernelParamsAvailable()) == gpu::TableKind::kBuffer
-          ? gpu::BufferLayoutFor(num_tensors).total_bytes
-          : 0;
-  return table + 16 * static_cast<size_t>(chunks > 0 ? chunks : 1) + 8;
+  const size_t table_bytes = gpu::TableKindFor(num_tensors, gpu::LargeKernelParamsAvailable()) ==
+                                     gpu::TableKind::kBuffer
+                                 ? gpu::BufferLayoutFor(num_tensors).total_bytes
+                                 : 0;
+  return gpu::CheckScratchLayoutFor(
+             table_bytes, gpu::CheckedGridBlocks(gpu::TotalChunks(tensors, num_tensors)))
+      .total_bytes;
 }
 
 cudaError_t LaunchMultiTensorScaleAndCheck(const TensorSpan* tensors, int64_t num_tensors,
@@ -191,10 +339,16 @@ cudaError_t LaunchMultiTensorScaleAndCheck(const TensorSpan* tensors, int64_t nu
                                            void* host_scratch, void* device_scratch,
                                            bool* all_finite, float* sum_of_squares,
                                            cudaStream_t stream) {
-  (void)tensors, (void)num_tensors, (void)factor, (void)with_sum_of_squares;
-  (void)host_scratch, (void)device_scratch, (void)all_finite, (void)sum_of_squares;
-  (void)stream;
-  return cudaErrorNotSupported;
+  if (!gpu::IsValidList(tensors, num_tensors) || device_scratch == nullptr ||
+      all_finite == nullptr || sum_of_squares == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  const gpu::CheckOutputs outputs{device_scratch, all_finite, sum_of_squares};
+  return with_sum_of_squares
+             ? gpu::LaunchChecked<true>(tensors, num_tensors, factor, host_scratch, outputs,
+                                        stream)
+             : gpu::LaunchChecked<false>(tensors, num_tensors, factor, host_scratch, outputs,
+                                         stream);
 }
 
 }  // namespace fixed_loss_scale

@@ -41,6 +41,27 @@
 // on both sides, and the tensor is scaled element by element. Pointers must be
 // aligned to their element size (TensorFlow guarantees it); an odd address for
 // a 2-byte type is not a valid typed pointer and is not supported.
+//
+// NOTE [fused check]: FixedUnscaleGradsAndCheck scales with the same body and
+// grid, and checks what it writes in the same launch:
+//   * each thread keeps a not-finite flag and, when the sum of squares is
+//     asked for (a template flag; otherwise no square is computed), the sum of
+//     the squares of the outputs it wrote, widened exactly to float (double for
+//     double tensors): at most 129 additions per thread (a 64 KB chunk of
+//     half is 128 elements a thread, plus one head element in chunk 0), and
+//     each square-and-add is one fused multiply-add on both the GPU and the
+//     host emulation (AddSquare), so their results agree bit for bit;
+//   * the block reduces the 256 (flag, sum) pairs to one, sums in double, in
+//     the order of NOTE [check reduction order], and thread 0 stores it in the
+//     block's slot of the per-block partials in device scratch;
+//   * the block that takes the last ticket (NOTE [ticket counter] in
+//     multi_tensor_scale.cu) sums the partials in double, thread i taking
+//     blocks i, i + 256, ... in order, then the same block reduction, and
+//     writes *all_finite and *sum_of_squares (rounded to float once; a quiet
+//     NaN when not asked for).
+// No float atomics anywhere, so the result depends only on the data and the
+// grid, not on which block finishes last. A list with no element still gets a
+// grid of one block, which only writes the outputs.
 #ifndef FIXED_LOSS_SCALE_CORE_GPU_MULTI_TENSOR_SCALE_BODY_H_
 #define FIXED_LOSS_SCALE_CORE_GPU_MULTI_TENSOR_SCALE_BODY_H_
 
@@ -286,6 +307,44 @@ struct DirectMemory {
     memcpy(address, &value, sizeof(T));
 #endif
   }
+
+  // The fused check's cross-block accesses (NOTE [ticket counter] in
+  // multi_tensor_scale.cu): a volatile load, which the SM's L1 (not coherent
+  // with other SMs' stores) does not serve; a device-wide fence; and the
+  // ticket: atomically adds 1, returns the old value. The host versions serve
+  // the host emulation, which runs one thread at a time.
+  template <typename T>
+  FLS_HOST_DEVICE T LoadCoherent(const T* address) const {
+#if defined(__CUDA_ARCH__)
+    static_assert(sizeof(T) % 8 == 0 && alignof(T) >= 8, "loaded as 8-byte words");
+    unsigned long long words[sizeof(T) / 8];
+    FLS_UNROLL
+    for (size_t i = 0; i < sizeof(T) / 8; ++i) {
+      words[i] = reinterpret_cast<const volatile unsigned long long*>(address)[i];
+    }
+    T value;
+    memcpy(&value, words, sizeof(T));
+    return value;
+#else
+    return Load(address);
+#endif
+  }
+
+  FLS_HOST_DEVICE void Fence() const {
+#if defined(__CUDA_ARCH__)
+    __threadfence();
+#endif
+  }
+
+  FLS_HOST_DEVICE unsigned TakeTicket(unsigned* counter) const {
+#if defined(__CUDA_ARCH__)
+    return atomicAdd(counter, 1u);
+#else
+    const unsigned ticket = Load(counter);
+    Store(counter, ticket + 1);
+    return ticket;
+#endif
+  }
 };
 
 // ---- Element math per storage type ------------------------------------------
@@ -315,20 +374,110 @@ struct DoubleScaler {
   FLS_HOST_DEVICE double operator()(double x) const { return ScaleDoubleFlushed(x, factor); }
 };
 
+// ---- What a thread checks of its outputs (NOTE [fused check]) ---------------
+// sum + x * x rounded once, on the GPU and on the host alike: a compiler may
+// not contract it differently on either side.
+FLS_HOST_DEVICE float AddSquare(float sum, float x) {
+#if defined(__CUDA_ARCH__)
+  return __fmaf_rn(x, x, sum);
+#else
+  return __builtin_fmaf(x, x, sum);
+#endif
+}
+
+FLS_HOST_DEVICE double AddSquare(double sum, double x) {
+#if defined(__CUDA_ARCH__)
+  return __fma_rn(x, x, sum);
+#else
+  return __builtin_fma(x, x, sum);
+#endif
+}
+
+// Per dtype: the storage, the type a thread sums squares in, the value widened
+// exactly to it, and whether stored bits are Inf or NaN (exponent all ones).
+template <DType kDType>
+struct CheckTraits;
+
+template <>
+struct CheckTraits<DType::kHalf> {
+  using Storage = uint16_t;
+  using Sum = float;
+  static FLS_HOST_DEVICE bool NotFinite(uint16_t y) { return (y & 0x7c00u) == 0x7c00u; }
+  static FLS_HOST_DEVICE float Widen(uint16_t y) { return HalfBitsToFloat(y); }
+};
+
+template <>
+struct CheckTraits<DType::kBFloat16> {
+  using Storage = uint16_t;
+  using Sum = float;
+  static FLS_HOST_DEVICE bool NotFinite(uint16_t y) { return (y & 0x7f80u) == 0x7f80u; }
+  static FLS_HOST_DEVICE float Widen(uint16_t y) { return BFloat16BitsToFloat(y); }
+};
+
+template <>
+struct CheckTraits<DType::kFloat> {
+  using Storage = float;
+  using Sum = float;
+  static FLS_HOST_DEVICE bool NotFinite(float y) {
+    return (BitCast<uint32_t>(y) & 0x7f800000u) == 0x7f800000u;
+  }
+  static FLS_HOST_DEVICE float Widen(float y) { return y; }
+};
+
+template <>
+struct CheckTraits<DType::kDouble> {
+  using Storage = double;
+  using Sum = double;
+  static FLS_HOST_DEVICE bool NotFinite(double y) {
+    return (BitCast<uint64_t>(y) & 0x7ff0000000000000ull) == 0x7ff0000000000000ull;
+  }
+  static FLS_HOST_DEVICE double Widen(double y) { return y; }
+};
+
+// A thread's running check of the outputs it writes.
+template <DType kDType, bool kSumOfSquares>
+struct OutputCheck {
+  using Traits = CheckTraits<kDType>;
+  typename Traits::Sum sum = 0;
+  bool not_finite = false;
+  FLS_HOST_DEVICE void Add(typename Traits::Storage y) {
+    not_finite = not_finite | Traits::NotFinite(y);
+    if (kSumOfSquares) sum = AddSquare(sum, Traits::Widen(y));
+  }
+};
+
+// What the unchecked kernels pass: nothing to do.
+struct NoCheck {
+  template <typename Storage>
+  FLS_HOST_DEVICE void Add(Storage) {}
+};
+
+// A thread's, a block's or the list's check: whether some output is Inf or
+// NaN, and the sum of squares (0 when not asked for).
+struct CheckPartial {
+  double sum;
+  bool not_finite;
+};
+
 // ---- The work of one thread --------------------------------------------------
-template <typename Storage, typename Scaler, typename Memory>
+template <typename Storage, typename Scaler, typename Memory, typename Check>
 FLS_HOST_DEVICE void ScaleOneElement(const Storage* in, Storage* out, int i,
-                                     const Scaler& scaler, const Memory& memory) {
-  memory.Store(out + i, scaler(memory.Load(in + i)));
+                                     const Scaler& scaler, const Memory& memory, Check& check) {
+  // The output address first, as the unchecked kernels always computed it.
+  Storage* const address = out + i;
+  const Storage y = scaler(memory.Load(in + i));
+  memory.Store(address, y);
+  check.Add(y);
 }
 
 // Packs [0, num_packs) of 16-byte aligned `in`/`out`; pack p is done by thread
 // p % kBlockSize, so a warp's accesses are 512 contiguous bytes. Offsets within
 // a chunk fit in 32 bits (the 64-bit part is in the chunk's base pointers),
 // which keeps the index arithmetic and the register count down.
-template <typename Storage, typename Scaler, typename Memory>
+template <typename Storage, typename Scaler, typename Memory, typename Check>
 FLS_HOST_DEVICE void ScalePacks(const Pack<Storage>* in, Pack<Storage>* out, int num_packs,
-                                int thread, const Scaler& scaler, const Memory& memory) {
+                                int thread, const Scaler& scaler, const Memory& memory,
+                                Check& check) {
   for (int step = 0; step < num_packs; step += kBlockSize * kILP) {
     Pack<Storage> packs[kILP];
     FLS_UNROLL
@@ -345,21 +494,25 @@ FLS_HOST_DEVICE void ScalePacks(const Pack<Storage>* in, Pack<Storage>* out, int
         packs[k].lanes[lane] = scaler(packs[k].lanes[lane]);
       }
       memory.Store(out + p, packs[k]);
+      FLS_UNROLL
+      for (int lane = 0; lane < Pack<Storage>::kLanes; ++lane) check.Add(packs[k].lanes[lane]);
     }
   }
 }
 
 // Thread `thread`'s share of elements [range.begin, range.end) of one tensor,
 // a range no longer than a chunk plus a head.
-template <typename Storage, typename Scaler, typename Memory>
+template <typename Storage, typename Scaler, typename Memory, typename Check>
 FLS_HOST_DEVICE void ScaleRange(const void* in_bytes, void* out_bytes, ElementRange range,
                                 TensorLayout layout, int thread, const Scaler& scaler,
-                                const Memory& memory) {
+                                const Memory& memory, Check& check) {
   const Storage* in = static_cast<const Storage*>(in_bytes) + range.begin;
   Storage* out = static_cast<Storage*>(out_bytes) + range.begin;
   const int size = static_cast<int>(range.end - range.begin);
   if (!layout.packed) {
-    for (int i = thread; i < size; i += kBlockSize) ScaleOneElement(in, out, i, scaler, memory);
+    for (int i = thread; i < size; i += kBlockSize) {
+      ScaleOneElement(in, out, i, scaler, memory, check);
+    }
     return;
   }
   constexpr int kLanes = Pack<Storage>::kLanes;
@@ -367,13 +520,15 @@ FLS_HOST_DEVICE void ScaleRange(const void* in_bytes, void* out_bytes, ElementRa
   // than a block: one element per thread at most.
   const int packs_begin =
       static_cast<int>(MinInt64(MaxInt64(layout.head - range.begin, 0), size));
-  if (thread < packs_begin) ScaleOneElement(in, out, thread, scaler, memory);
+  if (thread < packs_begin) ScaleOneElement(in, out, thread, scaler, memory, check);
   const int num_packs = (size - packs_begin) / kLanes;
   ScalePacks(reinterpret_cast<const Pack<Storage>*>(in + packs_begin),
              reinterpret_cast<Pack<Storage>*>(out + packs_begin), num_packs, thread, scaler,
-             memory);
+             memory, check);
   const int tail_begin = packs_begin + num_packs * kLanes;
-  if (tail_begin + thread < size) ScaleOneElement(in, out, tail_begin + thread, scaler, memory);
+  if (tail_begin + thread < size) {
+    ScaleOneElement(in, out, tail_begin + thread, scaler, memory, check);
+  }
 }
 
 // Thread `thread`'s share of chunk `chunk` of one tensor.
@@ -383,20 +538,57 @@ FLS_HOST_DEVICE void ScaleChunk(const void* in, void* out, int64_t num_elements,
                                 const Memory& memory) {
   const TensorLayout layout = LayoutOf(in, out, num_elements, dtype);
   const ElementRange range = ChunkRange(chunk, num_elements, layout, dtype);
+  NoCheck none;
   switch (dtype) {
     case DType::kHalf:
-      ScaleRange<uint16_t>(in, out, range, layout, thread, HalfScaler{factor.f}, memory);
+      ScaleRange<uint16_t>(in, out, range, layout, thread, HalfScaler{factor.f}, memory, none);
       break;
     case DType::kBFloat16:
-      ScaleRange<uint16_t>(in, out, range, layout, thread, BFloat16Scaler{factor.f}, memory);
+      ScaleRange<uint16_t>(in, out, range, layout, thread, BFloat16Scaler{factor.f}, memory,
+                           none);
       break;
     case DType::kFloat:
-      ScaleRange<float>(in, out, range, layout, thread, FloatScaler{factor.f}, memory);
+      ScaleRange<float>(in, out, range, layout, thread, FloatScaler{factor.f}, memory, none);
       break;
     case DType::kDouble:
-      ScaleRange<double>(in, out, range, layout, thread, DoubleScaler{factor.d}, memory);
+      ScaleRange<double>(in, out, range, layout, thread, DoubleScaler{factor.d}, memory, none);
       break;
   }
+}
+
+// ScaleRange with an OutputCheck; returns the thread's check.
+template <DType kDType, bool kSumOfSquares, typename Scaler, typename Memory>
+FLS_HOST_DEVICE CheckPartial ScaleRangeAndCheck(const void* in, void* out, ElementRange range,
+                                                TensorLayout layout, int thread,
+                                                const Scaler& scaler, const Memory& memory) {
+  OutputCheck<kDType, kSumOfSquares> check;
+  ScaleRange<typename CheckTraits<kDType>::Storage>(in, out, range, layout, thread, scaler,
+                                                    memory, check);
+  return CheckPartial{static_cast<double>(check.sum), check.not_finite};
+}
+
+// ScaleChunk, checked (NOTE [fused check]).
+template <bool kSumOfSquares, typename Memory>
+FLS_HOST_DEVICE CheckPartial ScaleAndCheckChunk(const void* in, void* out, int64_t num_elements,
+                                                DType dtype, int64_t chunk, ScaleFactor factor,
+                                                int thread, const Memory& memory) {
+  const TensorLayout layout = LayoutOf(in, out, num_elements, dtype);
+  const ElementRange range = ChunkRange(chunk, num_elements, layout, dtype);
+  switch (dtype) {
+    case DType::kHalf:
+      return ScaleRangeAndCheck<DType::kHalf, kSumOfSquares>(in, out, range, layout, thread,
+                                                             HalfScaler{factor.f}, memory);
+    case DType::kBFloat16:
+      return ScaleRangeAndCheck<DType::kBFloat16, kSumOfSquares>(
+          in, out, range, layout, thread, BFloat16Scaler{factor.f}, memory);
+    case DType::kFloat:
+      return ScaleRangeAndCheck<DType::kFloat, kSumOfSquares>(in, out, range, layout, thread,
+                                                              FloatScaler{factor.f}, memory);
+    case DType::kDouble:
+      break;
+  }
+  return ScaleRangeAndCheck<DType::kDouble, kSumOfSquares>(in, out, range, layout, thread,
+                                                           DoubleScaler{factor.d}, memory);
 }
 
 // The tensor holding list chunk `chunk`: the last t with chunk_begin[t] <= chunk
@@ -425,6 +617,149 @@ FLS_HOST_DEVICE void ScaleTableChunk(const Table& table, int64_t block, int thre
   const int64_t t = TensorOfChunk(table, block);
   ScaleChunk(table.in[t], table.out[t], table.num_elements[t], table.dtype[t],
              block - table.chunk_begin[t], table.factor, thread, memory);
+}
+
+// ---- The fused check across the grid (NOTE [fused check]) ------------------
+// Threads per warp, for the block reduction's order.
+constexpr int kWarpSize = 32;
+constexpr int kWarpsPerBlock = kBlockSize / kWarpSize;
+static_assert(kBlockSize % kWarpSize == 0, "whole warps");
+
+// The first kernel-body step of a checked launch: ScaleTableChunk, returning
+// the thread's check. A block past the list's chunks (the one block of a list
+// with no element) scales nothing.
+template <bool kSumOfSquares, typename Table, typename Memory>
+FLS_HOST_DEVICE CheckPartial ScaleAndCheckTableChunk(const Table& table, int64_t block,
+                                                     int thread, const Memory& memory) {
+  if (block >= table.chunk_begin[table.num_tensors]) return CheckPartial{0.0, false};
+  const int64_t t = TensorOfChunk(table, block);
+  return ScaleAndCheckChunk<kSumOfSquares>(table.in[t], table.out[t], table.num_elements[t],
+                                           table.dtype[t], block - table.chunk_begin[t],
+                                           table.factor, thread, memory);
+}
+
+// NOTE [check reduction order]: a block reduces its threads' checks in one
+// fixed order, the same on the GPU (ReduceBlock in multi_tensor_scale.cu: warp
+// shuffles, then shared memory) and in the host emulation (CombineBlock):
+//   1. within each warp, a tree: for offset 16, 8, 4, 2, 1, lane l adds lane
+//      l + offset's value (__shfl_down_sync), so lane 0 holds the warp's sum;
+//   2. thread 0 adds the 8 warp sums in warp order: ((w0 + w1) + w2) + ...
+// Sums are in double; flags are or-ed (order-free). The last block reduces the
+// threads' sums of the per-block partials (SumBlockPartials) the same way.
+inline CheckPartial CombineBlock(const CheckPartial* threads) {
+  CheckPartial block{0.0, false};
+  for (int warp = 0; warp < kWarpsPerBlock; ++warp) {
+    double lanes[kWarpSize];
+    for (int lane = 0; lane < kWarpSize; ++lane) {
+      lanes[lane] = threads[warp * kWarpSize + lane].sum;
+      block.not_finite = block.not_finite || threads[warp * kWarpSize + lane].not_finite;
+    }
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+      for (int lane = 0; lane < offset; ++lane) lanes[lane] += lanes[lane + offset];
+    }
+    block.sum = warp == 0 ? lanes[0] : block.sum + lanes[0];
+  }
+  return block;
+}
+
+// A block's check in device scratch (flag widened so the slot is two words).
+struct BlockPartial {
+  double sum;
+  uint64_t not_finite;
+};
+
+// The kernel's second parameter in a checked launch (24 bytes: NOTE [kernel
+// parameter size] leaves 28 beside the largest inline table). The ticket
+// counter is the unsigned int right after the grid's partials.
+struct CheckTargets {
+  BlockPartial* partials;
+  bool* all_finite;
+  float* sum_of_squares;
+};
+
+static_assert(sizeof(InlineTable<kLargeInlineTensors>) + sizeof(CheckTargets) <=
+                  kMaxKernelParamBytes,
+              "a checked launch's parameters fit with the largest inline table");
+static_assert(sizeof(InlineTable<kSmallInlineTensors>) + sizeof(CheckTargets) <=
+                  kLegacyMaxKernelParamBytes,
+              "and with the small one on every GPU");
+
+FLS_HOST_DEVICE unsigned* TicketCounter(const CheckTargets& targets, int64_t num_blocks) {
+  return reinterpret_cast<unsigned*>(targets.partials + num_blocks);
+}
+
+// Where the parts of a checked launch's device scratch are: the buffer table
+// if any (`table_bytes`, a multiple of 8), the partials of `num_blocks`
+// blocks, then the counter in an 8-byte slot.
+struct CheckScratchLayout {
+  size_t partials;
+  size_t counter;
+  size_t total_bytes;
+};
+
+inline CheckScratchLayout CheckScratchLayoutFor(size_t table_bytes, int64_t num_blocks) {
+  CheckScratchLayout layout;
+  layout.partials = table_bytes;
+  layout.counter = layout.partials + sizeof(BlockPartial) * static_cast<size_t>(num_blocks);
+  layout.total_bytes = layout.counter + 8;
+  return layout;
+}
+
+// The grid of a checked launch over `total_chunks` chunks: one block per
+// chunk, and one for a list with no element.
+inline int64_t CheckedGridBlocks(int64_t total_chunks) { return MaxInt64(total_chunks, 1); }
+
+// The chunks of a list, as FillTable counts them.
+inline int64_t TotalChunks(const TensorSpan* tensors, int64_t num_tensors) {
+  int64_t chunks = 0;
+  for (int64_t t = 0; t < num_tensors; ++t) {
+    const TensorSpan& tensor = tensors[t];
+    chunks += NumChunks(tensor.num_elements,
+                        LayoutOf(tensor.in, tensor.out, tensor.num_elements, tensor.dtype),
+                        tensor.dtype);
+  }
+  return chunks;
+}
+
+// Thread 0 of each block, with the block's check: stores it in the block's
+// slot, makes it visible device-wide, then takes a ticket; true for the block
+// that takes the last one, which then finishes the check.
+template <typename Memory>
+FLS_HOST_DEVICE bool PublishBlockPartial(const CheckTargets& targets, int64_t block,
+                                         int64_t num_blocks, CheckPartial partial,
+                                         const Memory& memory) {
+  memory.Store(targets.partials + block,
+               BlockPartial{partial.sum, partial.not_finite ? uint64_t{1} : uint64_t{0}});
+  memory.Fence();
+  return memory.TakeTicket(TicketCounter(targets, num_blocks)) ==
+         static_cast<unsigned>(num_blocks - 1);
+}
+
+// Every thread of the last block: the blocks `thread`, `thread` + 256, ... of
+// the partials, in that order.
+template <bool kSumOfSquares, typename Memory>
+FLS_HOST_DEVICE CheckPartial SumBlockPartials(const CheckTargets& targets, int64_t num_blocks,
+                                              int thread, const Memory& memory) {
+  memory.Fence();
+  CheckPartial sum{0.0, false};
+  for (int64_t block = thread; block < num_blocks; block += kBlockSize) {
+    const BlockPartial partial = memory.LoadCoherent(targets.partials + block);
+    if (kSumOfSquares) sum.sum += partial.sum;
+    sum.not_finite = sum.not_finite || partial.not_finite != 0;
+  }
+  return sum;
+}
+
+// The quiet NaN a launch without the sum of squares writes: "not computed".
+constexpr uint32_t kNotComputedBits = 0x7fc00000u;
+
+// Thread 0 of the last block, with the list's check.
+template <bool kSumOfSquares, typename Memory>
+FLS_HOST_DEVICE void WriteCheckOutputs(const CheckTargets& targets, CheckPartial total,
+                                       const Memory& memory) {
+  memory.Store(targets.all_finite, !total.not_finite);
+  memory.Store(targets.sum_of_squares, kSumOfSquares ? static_cast<float>(total.sum)
+                                                     : BitCast<float>(kNotComputedBits));
 }
 
 }  // namespace gpu
