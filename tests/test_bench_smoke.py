@@ -113,3 +113,58 @@ def test_quick_benchmark_writes_json(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
   assert report.returncode == 0, report.stderr[-4000:]
   assert report.stdout == proc.stdout
+
+
+@pytest.mark.slow
+def test_overflow_benchmark_writes_every_arm(tmp_path):
+  """`--overflow` (issue 23: the fused unscale-and-check) on the tiny set and
+  the quick optimizer steps: every arm traced, checked and timed, the ratios
+  and overheads in the JSON, and `--report` prints the same table."""
+  out = tmp_path / "overflow.json"
+  proc = subprocess.run([sys.executable, "-m", "benchmarks", "--overflow", "--quick", "--json",
+                         str(out), "--sets", "tiny", "--dtypes", "float32"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  assert "fused unscale-and-check (issue 23)" in proc.stdout
+  results = json.loads(out.read_text())
+  assert results["scenarios"] == [] and results["peak_memory"] == []
+
+  [scenario] = results["overflow"]
+  assert scenario["scenario"] == "tiny/float32" and scenario["num_tensors"] > 0
+  # The loops run the baseline's ops, less the one Identity per replaced value
+  # (NOTE [check loop] in benchmarks/overflow.py).
+  assert scenario["scaffolding_differences"] == {}, scenario["scaffolding_differences"]
+  arms = scenario["arms"]
+  assert sorted(arms) == sorted(["unscale", "fused", "fused_sos", "tf_check", "ours_tf_check",
+                                 "ours_global_norm"])
+  for arm, entry in arms.items():
+    assert "skipped" not in entry, (arm, entry)
+    assert not entry["optimized_away"], (arm, entry)
+    assert entry["total_s"] > 0, (arm, entry)
+    # Quick runs are too short for a difference to be above noise always.
+    assert entry.get("below_noise") or entry["per_call_s"] > 0, (arm, entry)
+  assert "FixedUnscaleGradsAndCheck x1" in arms["fused"]["check"]
+  assert "IsFinite x0" in arms["fused"]["check"]
+  assert sorted(scenario["ratios"]) == sorted(["fused/unscale", "fused_sos/unscale",
+                                               "tf_check/fused", "ours_tf_check/fused",
+                                               "ours_global_norm/fused_sos"])
+
+  kinds = [o["optimizer"] for o in results["overflow_optimizer_steps"]]
+  assert kinds == ["sgd", "adam"]
+  for step in results["overflow_optimizer_steps"]:
+    assert step["not_available"] == {} and step["no_check"] == [], step
+    for arm in ("bare", "bare_again", "keras_loss_scale_optimizer", "ours_dynamic",
+                "ours_fixed_skip"):
+      assert step["step_s"][arm] > 0, arm
+    # Keras checks per tensor; ours in the fused op, not a fallback.
+    assert "IsFinite x0" not in step["checks"]["keras_loss_scale_optimizer"]
+    for arm in ("ours_dynamic", "ours_fixed_skip"):
+      assert "FixedUnscaleGradsAndCheck x0" not in step["checks"][arm], step["checks"]
+    for name, overhead in step["overhead_s"].items():
+      low, high = step["overhead_quartiles_s"][name]
+      assert low <= overhead <= high, (name, low, overhead, high)
+
+  report = subprocess.run([sys.executable, "-m", "benchmarks", "--report", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+  assert report.returncode == 0, report.stderr[-4000:]
+  assert report.stdout == proc.stdout
