@@ -42,6 +42,36 @@ struct Ops {
   FLS_SIMD_INLINE static void MaskedStoreU(double* p, int count, __m512d v) {
     _mm512_mask_storeu_pd(p, static_cast<__mmask8>(LowLanes(count)), v);
   }
+  // The fused check (NOTE [fused check] in scale_loop.h): a register's bits,
+  // their top 16-bit lanes' magnitudes maximised into `acc`, and the final
+  // test; the squares (NOTE [sum of squares]) added with FMA, summed in float64.
+  FLS_SIMD_INLINE static __m512i Bits(__m512 v) { return _mm512_castps_si512(v); }
+  FLS_SIMD_INLINE static __m512i Bits(__m512d v) { return _mm512_castpd_si512(v); }
+  FLS_SIMD_INLINE static __m256i MaxTop16(__m256i acc, __m256i bits, int64_t mask) {
+    return _mm256_max_epi16(acc, _mm256_and_si256(bits, _mm256_set1_epi64x(mask)));
+  }
+  FLS_SIMD_INLINE static __m512i MaxTop16(__m512i acc, __m512i bits, int64_t mask) {
+    return _mm512_max_epi16(acc, _mm512_and_si512(bits, _mm512_set1_epi64(mask)));
+  }
+  FLS_SIMD_INLINE static bool AnyTop16AtLeast(__m256i acc, int16_t limit) {
+    return _mm256_cmpge_epi16_mask(acc, _mm256_set1_epi16(limit)) != 0;
+  }
+  FLS_SIMD_INLINE static bool AnyTop16AtLeast(__m512i acc, int16_t limit) {
+    return _mm512_cmpge_epi16_mask(acc, _mm512_set1_epi16(limit)) != 0;
+  }
+  FLS_SIMD_INLINE static __m512 MulAdd(__m512 a, __m512 b, __m512 c) {
+    return _mm512_fmadd_ps(a, b, c);
+  }
+  FLS_SIMD_INLINE static __m512d MulAdd(__m512d a, __m512d b, __m512d c) {
+    return _mm512_fmadd_pd(a, b, c);
+  }
+  FLS_SIMD_INLINE static double SumAsDouble(__m512d v) { return _mm512_reduce_add_pd(v); }
+  FLS_SIMD_INLINE static double SumAsDouble(__m512 v) {
+    const __m512d low = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+    const __m512d high =
+        _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    return SumAsDouble(_mm512_add_pd(low, high));
+  }
   // Half: 16 in a 256-bit register, as 16 floats.
   static constexpr int kHalfLanes = 16;
   FLS_SIMD_INLINE static __m512 FloatsFromHalves(__m256i h) { return _mm512_cvtph_ps(h); }

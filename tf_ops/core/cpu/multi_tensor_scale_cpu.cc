@@ -33,8 +33,6 @@ void ScalarDouble(const double* src, double* dst, int64_t n, double f) {
 
 }  // namespace
 
-extern const PathLoops kScalarLoops = {ScalarHalf, ScalarBFloat16, ScalarFloat, ScalarDouble};
-
 namespace {
 
 // The element functions of one storage type, for the checked scalar loop.
@@ -96,12 +94,15 @@ void ScalarChecked(const typename E::T* src, typename E::T* dst, int64_t n,
 
 }  // namespace
 
-extern const CheckedLoops kScalarCheckedLoops = {
-    ScalarChecked<HalfElement, false>, ScalarChecked<BFloat16Element, false>,
-    ScalarChecked<FloatElement, false>, ScalarChecked<DoubleElement, false>};
-extern const CheckedLoops kScalarCheckedSquaresLoops = {
-    ScalarChecked<HalfElement, true>, ScalarChecked<BFloat16Element, true>,
-    ScalarChecked<FloatElement, true>, ScalarChecked<DoubleElement, true>};
+extern const PathLoops kScalarLoops = {
+    ScalarHalf,
+    ScalarBFloat16,
+    ScalarFloat,
+    ScalarDouble,
+    CheckedLoops{ScalarChecked<HalfElement, false>, ScalarChecked<BFloat16Element, false>,
+                 ScalarChecked<FloatElement, false>, ScalarChecked<DoubleElement, false>},
+    CheckedLoops{ScalarChecked<HalfElement, true>, ScalarChecked<BFloat16Element, true>,
+                 ScalarChecked<FloatElement, true>, ScalarChecked<DoubleElement, true>}};
 
 #if defined(FLS_HAVE_X86_SIMD)
 bool MxcsrFlushesSubnormals() { return (_mm_getcsr() & kMxcsrFtzDaz) == kMxcsrFtzDaz; }
@@ -195,10 +196,10 @@ void ScaleAndCheckWith(const simd::CheckedLoops& loops, const TensorSpan& span, 
   }
 }
 
-// The checked loops of `path` (LoopsFor), with or without the sum of squares.
+// The checked loops of `path` for the calling thread (LoopsFor).
 const simd::CheckedLoops& CheckedLoopsFor(CpuPath path, bool with_sum_of_squares) {
-  static_cast<void>(path);  // The vector loops do not check yet.
-  return with_sum_of_squares ? simd::kScalarCheckedSquaresLoops : simd::kScalarCheckedLoops;
+  const PathLoops& loops = LoopsFor(path);
+  return with_sum_of_squares ? loops.checked_with_squares : loops.checked;
 }
 
 // Smallest element index of a span whose first byte is at or after `byte`.

@@ -29,6 +29,40 @@ struct Ops {
   FLS_SIMD_INLINE static void StoreU(double* p, __m256d v) { _mm256_storeu_pd(p, v); }
   FLS_SIMD_INLINE static __m256 Mul(__m256 a, __m256 b) { return _mm256_mul_ps(a, b); }
   FLS_SIMD_INLINE static __m256d Mul(__m256d a, __m256d b) { return _mm256_mul_pd(a, b); }
+  // The fused check (NOTE [fused check] in scale_loop.h): a register's bits,
+  // their top 16-bit lanes' magnitudes maximised into `acc`, and the final
+  // test; the squares (NOTE [sum of squares]) added with FMA, summed in float64.
+  FLS_SIMD_INLINE static __m256i Bits(__m256 v) { return _mm256_castps_si256(v); }
+  FLS_SIMD_INLINE static __m256i Bits(__m256d v) { return _mm256_castpd_si256(v); }
+  FLS_SIMD_INLINE static __m128i MaxTop16(__m128i acc, __m128i bits, int64_t mask) {
+    return _mm_max_epi16(acc, _mm_and_si128(bits, _mm_set1_epi64x(mask)));
+  }
+  FLS_SIMD_INLINE static __m256i MaxTop16(__m256i acc, __m256i bits, int64_t mask) {
+    return _mm256_max_epi16(acc, _mm256_and_si256(bits, _mm256_set1_epi64x(mask)));
+  }
+  FLS_SIMD_INLINE static bool AnyTop16AtLeast(__m128i acc, int16_t limit) {
+    const __m128i below = _mm_set1_epi16(static_cast<int16_t>(limit - 1));
+    return _mm_movemask_epi8(_mm_cmpgt_epi16(acc, below)) != 0;
+  }
+  FLS_SIMD_INLINE static bool AnyTop16AtLeast(__m256i acc, int16_t limit) {
+    const __m256i below = _mm256_set1_epi16(static_cast<int16_t>(limit - 1));
+    return _mm256_movemask_epi8(_mm256_cmpgt_epi16(acc, below)) != 0;
+  }
+  FLS_SIMD_INLINE static __m256 MulAdd(__m256 a, __m256 b, __m256 c) {
+    return _mm256_fmadd_ps(a, b, c);
+  }
+  FLS_SIMD_INLINE static __m256d MulAdd(__m256d a, __m256d b, __m256d c) {
+    return _mm256_fmadd_pd(a, b, c);
+  }
+  FLS_SIMD_INLINE static double SumAsDouble(__m256d v) {
+    const __m128d pair = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(pair, _mm_unpackhi_pd(pair, pair)));
+  }
+  FLS_SIMD_INLINE static double SumAsDouble(__m256 v) {
+    const __m256d low = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+    const __m256d high = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+    return SumAsDouble(_mm256_add_pd(low, high));
+  }
   // Half: 8 in a 128-bit register, as 8 floats.
   static constexpr int kHalfLanes = 8;
   FLS_SIMD_INLINE static __m256 FloatsFromHalves(__m128i h) { return _mm256_cvtph_ps(h); }
@@ -77,9 +111,9 @@ struct Ops {
 
 }  // namespace
 
-extern const PathLoops kAvx2Loops = {ScaleLoop<HalfTraits<Ops>>, ScaleLoop<BFloat16Traits<Ops>>,
-                                     ScaleLoop<MultiplyTraits<float, Ops>>,
-                                     ScaleLoop<MultiplyTraits<double, Ops>>};
+extern const PathLoops kAvx2Loops =
+    PathLoopsOf<HalfTraits<Ops>, BFloat16Traits<Ops>, MultiplyTraits<float, Ops>,
+                MultiplyTraits<double, Ops>>();
 
 }  // namespace simd
 }  // namespace fixed_loss_scale

@@ -25,12 +25,23 @@
 namespace fixed_loss_scale {
 namespace simd {
 
-extern const PathLoops kAvx512Loops = {ScaleLoop<HalfTraits<Ops>>, ScaleLoop<BFloat16Traits<Ops>>,
-                                       ScaleLoop<MultiplyTraits<float, Ops>>,
-                                       ScaleLoop<MultiplyTraits<double, Ops>>};
-extern const PathLoops kAvx512Bf16Loops = {ScaleLoop<HalfTraits<Ops>>, ScaleBFloat16ConvertLoop,
-                                           ScaleLoop<MultiplyTraits<float, Ops>>,
-                                           ScaleLoop<MultiplyTraits<double, Ops>>};
+namespace {
+
+constexpr PathLoops kLoops = PathLoopsOf<HalfTraits<Ops>, BFloat16Traits<Ops>,
+                                         MultiplyTraits<float, Ops>, MultiplyTraits<double, Ops>>();
+
+// kLoops with the bfloat16 loops of simd_avx512_bf16.cc.
+constexpr PathLoops WithConvertLoops(PathLoops loops) {
+  loops.bfloat16 = ScaleBFloat16ConvertLoop;
+  loops.checked.bfloat16 = ScaleAndCheckBFloat16ConvertLoop;
+  loops.checked_with_squares.bfloat16 = ScaleAndCheckBFloat16ConvertLoopWithSquares;
+  return loops;
+}
+
+}  // namespace
+
+extern const PathLoops kAvx512Loops = kLoops;
+extern const PathLoops kAvx512Bf16Loops = WithConvertLoops(kLoops);
 
 }  // namespace simd
 }  // namespace fixed_loss_scale

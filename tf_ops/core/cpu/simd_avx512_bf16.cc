@@ -47,6 +47,17 @@ FLS_SIMD_TARGET void ScaleBFloat16ConvertLoop(const uint16_t* src, uint16_t* dst
   ScaleLoop<BFloat16ConvertTraits>(src, dst, n, f);
 }
 
+FLS_SIMD_TARGET void ScaleAndCheckBFloat16ConvertLoop(const uint16_t* src, uint16_t* dst,
+                                                      int64_t n, float f, ScaleCheck* check) {
+  ScaleAndCheckLoop<BFloat16ConvertTraits, false>(src, dst, n, f, check);
+}
+
+FLS_SIMD_TARGET void ScaleAndCheckBFloat16ConvertLoopWithSquares(const uint16_t* src,
+                                                                 uint16_t* dst, int64_t n,
+                                                                 float f, ScaleCheck* check) {
+  ScaleAndCheckLoop<BFloat16ConvertTraits, true>(src, dst, n, f, check);
+}
+
 bool CpuHasAvx512Bf16() {
   static const bool has = __builtin_cpu_supports("avx512bf16");
   return has;

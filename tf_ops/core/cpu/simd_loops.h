@@ -52,19 +52,8 @@
 namespace fixed_loss_scale {
 namespace simd {
 
-// One loop per storage type, over elements [0, n) of src/dst.
-struct PathLoops {
-  void (*half)(const uint16_t* src, uint16_t* dst, int64_t n, float f);
-  void (*bfloat16)(const uint16_t* src, uint16_t* dst, int64_t n, float f);
-  void (*float32)(const float* src, float* dst, int64_t n, float f);
-  void (*float64)(const double* src, double* dst, int64_t n, double f);
-};
-
-// The portable loops (multi_tensor_scale_cpu.cc).
-extern const PathLoops kScalarLoops;
-
-// One checked loop per storage type (ScaleAndCheckByteRange): the loop of
-// PathLoops, which also folds its outputs into *check.
+// One checked loop per storage type (ScaleAndCheckByteRange): the unchecked
+// loop's outputs, folded into *check (NOTE [fused check] in scale_loop.h).
 struct CheckedLoops {
   void (*half)(const uint16_t* src, uint16_t* dst, int64_t n, float f, ScaleCheck* check);
   void (*bfloat16)(const uint16_t* src, uint16_t* dst, int64_t n, float f, ScaleCheck* check);
@@ -72,9 +61,19 @@ struct CheckedLoops {
   void (*float64)(const double* src, double* dst, int64_t n, double f, ScaleCheck* check);
 };
 
-// The portable checked loops, without and with the sum of squares.
-extern const CheckedLoops kScalarCheckedLoops;
-extern const CheckedLoops kScalarCheckedSquaresLoops;
+// One loop per storage type, over elements [0, n) of src/dst, and the checked
+// loops: the finite test alone, and with the sum of squares.
+struct PathLoops {
+  void (*half)(const uint16_t* src, uint16_t* dst, int64_t n, float f);
+  void (*bfloat16)(const uint16_t* src, uint16_t* dst, int64_t n, float f);
+  void (*float32)(const float* src, float* dst, int64_t n, float f);
+  void (*float64)(const double* src, double* dst, int64_t n, double f);
+  CheckedLoops checked;
+  CheckedLoops checked_with_squares;
+};
+
+// The portable loops (multi_tensor_scale_cpu.cc).
+extern const PathLoops kScalarLoops;
 
 // See NOTE [16-bit prefetch].
 constexpr int kPrefetchBytes16 = 2048;
@@ -91,6 +90,10 @@ extern const PathLoops kAvx512Loops;      // simd_avx512.cc
 // for threads whose MXCSR has FTZ and DAZ on: NOTE [bfloat16 convert].
 extern const PathLoops kAvx512Bf16Loops;
 void ScaleBFloat16ConvertLoop(const uint16_t* src, uint16_t* dst, int64_t n, float f);
+void ScaleAndCheckBFloat16ConvertLoop(const uint16_t* src, uint16_t* dst, int64_t n, float f,
+                                      ScaleCheck* check);
+void ScaleAndCheckBFloat16ConvertLoopWithSquares(const uint16_t* src, uint16_t* dst, int64_t n,
+                                                 float f, ScaleCheck* check);
 
 // Whether this CPU has AVX512_BF16.
 bool CpuHasAvx512Bf16();
