@@ -27,6 +27,7 @@ from conftest import assert_bitwise_equal
 from conftest import graph_op_types
 from conftest import random_values
 from conftest import reference_unscale
+from fixed_loss_scale import finite
 from fixed_loss_scale import scaling
 from fixed_loss_scale.keras import FixedLossScaleOptimizer
 
@@ -113,8 +114,9 @@ def test_bad_tensor_scales_are_refused_naming_the_argument():
 
 
 def test_update_reuses_the_flag_of_unscaled_gradients_and_checks_others():
-  """One IsFinite per gradient when update() gets unscale_gradients' output; a
-  gradient changed after unscaling (here clipped) is checked again."""
+  """In a graph the unscaling is one FixedUnscaleGradsAndCheck and update()
+  takes its flag: no IsFinite at all. A gradient changed after unscaling (here
+  clipped) is checked again: one IsFinite for it alone."""
   loss_scale = fls.FixedLossScale(8, skip_non_finite=True)
 
   @tf.function
@@ -127,15 +129,52 @@ def test_update_reuses_the_flag_of_unscaled_gradients_and_checks_others():
     return loss_scale.update([tf.clip_by_value(grads[0], -1, 1), grads[1]])[1]
 
   args = (tf.constant([8.0, 16.0]), tf.constant([1.0], tf.float16))
-  assert graph_op_types(reused.get_concrete_function(*args)).count("IsFinite") == 2
-  assert graph_op_types(rechecked.get_concrete_function(*args)).count("IsFinite") == 3
+  reused_ops = graph_op_types(reused.get_concrete_function(*args))
+  assert reused_ops.count("IsFinite") == 0 and reused_ops.count("FixedUnscaleGradsAndCheck") == 1
+  assert graph_op_types(rechecked.get_concrete_function(*args)).count("IsFinite") == 1
   assert reused(*args).numpy() and rechecked(*args).numpy()
   assert not reused(tf.constant([8.0, np.inf]), args[1]).numpy()
   assert not rechecked(args[0], tf.constant([np.nan], tf.float16)).numpy()
-  # Eagerly too: the flag of an eager unscale is found, a new tensor is checked.
+  # Eagerly (the arithmetic and TF's check): the flag of an eager unscale is
+  # found in the registry, a new tensor is checked.
   grads = loss_scale.unscale_gradients([tf.constant([np.inf])])
   assert not loss_scale.update(grads)[1].numpy()
   assert loss_scale.update([tf.constant([1.0])])[1].numpy()
+
+
+@pytest.mark.parametrize("scale", ["fixed", "dynamic"])
+def test_flag_of_the_fused_op_adds_no_is_finite(scale):
+  """update() and finite.all_finite on the op's outputs add no IsFinite (nor
+  any other read of the gradients) to the graph: the flag is the op's output
+  (NOTE [flag of the op]), also for gradients that never went through
+  unscale_and_check and so were never remembered."""
+  make_loss_scale = ((lambda: fls.FixedLossScale(8, skip_non_finite=True)) if scale == "fixed"
+                     else (lambda: fls.DynamicLossScale(8.0)))
+
+  def new_ops(check):
+    """The op types `check(unscaled gradients, loss scale)` adds to a graph,
+    and the flag it returns."""
+    graph = tf.Graph()
+    with graph.as_default():
+      grads = [tf.constant([8.0, 16.0]), tf.constant([1.0], tf.float16)]
+      unscaled, _, _ = fls.ops.fixed_unscale_grads_and_check(grads, 8.0)
+      unscaled = [tf.IndexedSlices(unscaled[0], tf.constant([0, 1])), None, unscaled[1]]
+      loss_scale = make_loss_scale()  # its variables are not part of the check
+      before = {op.name for op in graph.get_operations()}
+      flag = check(unscaled, loss_scale)
+      added = [op.type for op in graph.get_operations() if op.name not in before]
+      with tf.compat.v1.Session() as session:
+        session.run(tf.compat.v1.global_variables_initializer())
+        return added, session.run(flag)
+
+  assert new_ops(lambda unscaled, _: finite.all_finite(unscaled)) == ([], True)  # the op's flag itself
+  added, value = new_ops(lambda unscaled, loss_scale: loss_scale.update(unscaled)[1])
+  assert value and "IsFinite" not in added and "FixedUnscaleGradsAndCheck" not in added
+  # Its flag is the op's, not a new check.
+  with tf.Graph().as_default():
+    unscaled, flag, _ = fls.ops.fixed_unscale_grads_and_check([tf.constant([1.0])], 2.0)
+    assert finite.all_finite(unscaled) is flag
+    assert finite.all_finite([unscaled[0] * 1]) is not flag  # another op's output
 
 
 def test_skip_option_contract_and_default_unchanged():

@@ -1,9 +1,12 @@
 """The "all gradients finite" flag: computed, remembered, found again, agreed on.
 
 `scaling.unscale_and_check` computes a flag together with the unscaled
-gradients and `remember`s it against them; `LossScale.update(grads)` later asks
-`all_finite(grads)`, which finds that flag instead of reading every gradient a
-second time, and checks only the gradients it has no flag for
+gradients; `LossScale.update(grads)` later asks `all_finite(grads)`, which
+finds that flag instead of reading every gradient a second time, and checks
+only the gradients it has no flag for. In a graph the flag is an output of the
+FixedUnscaleGradsAndCheck op that produced the gradients, found from the
+gradients themselves (NOTE [flag of the op]); eagerly and under XLA, where the
+seam computes it with TF ops, it is `remember`ed against the gradients
 (NOTE [flag registry]). `all_finite_in_sync` makes the flag the same on every
 replica under tf.distribute, as TF's `DynamicLossScale` and Keras 3's
 `LossScaleOptimizer` must.
@@ -77,8 +80,38 @@ def _usable_here(flag):
   return False
 
 
+# NOTE [flag of the op]: a graph tensor that is one of the unscaled_grads
+# outputs of a FixedUnscaleGradsAndCheck op has that op's all_finite output as
+# its flag: the op checked exactly the values it wrote. Read from the graph
+# itself, this needs no registry, survives a SavedModel round trip and finds
+# the flag of an op built by `ops.fixed_unscale_grads_and_check` directly. Only
+# the op's own outputs qualify: a tensor computed from them (clipped, cast,
+# added) is a different op's output and is checked again.
+_CHECK_OP = "FixedUnscaleGradsAndCheck"
+
+
+def _flag_of_op(tensor):
+  """The all_finite output of the FixedUnscaleGradsAndCheck op that wrote
+  `tensor`, if it is one of its unscaled grads, else None."""
+  op = getattr(tensor, "op", None)  # eager tensors have no op (AttributeError)
+  if op is None or getattr(op, "type", None) != _CHECK_OP:
+    return None
+  num_grads = len(op.outputs) - 2  # the unscaled grads, all_finite, sum_of_squares
+  if tensor.value_index >= num_grads:
+    return None
+  return op.outputs[num_grads]
+
+
 def recorded_flag(tensor):
-  """The flag remembered for `tensor` (dense part) if usable here, else None."""
+  """The flag of `tensor` (dense part) if usable here, else None: the flag
+  output of the op that wrote it (NOTE [flag of the op]) or the one remembered
+  for it (NOTE [flag registry])."""
+  try:
+    flag = _flag_of_op(tensor)
+  except AttributeError:
+    flag = None
+  if flag is not None and _usable_here(flag):
+    return flag
   with _lock:
     entry = _flags.get(id(tensor))
   if entry is None or entry[0]() is not tensor or not _usable_here(entry[1]):

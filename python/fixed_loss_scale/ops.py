@@ -1,8 +1,11 @@
-"""Python wrappers for the FixedScaleLoss and FixedUnscaleGrads ops, and their gradients.
+"""Python wrappers for the FixedScaleLoss, FixedUnscaleGrads and
+FixedUnscaleGradsAndCheck ops, and their gradients.
 
 The wrappers validate their arguments with messages that name the op, the
 argument and the offending dtype or value, then emit the raw op. They work in
-graph mode and eagerly. Both ops are linear, so each is its own gradient.
+graph mode and eagerly. FixedScaleLoss and FixedUnscaleGrads are linear, so
+each is its own gradient; FixedUnscaleGradsAndCheck's unscaled outputs are
+linear in its grads too, and its sum of squares is quadratic in them.
 """
 
 import math
@@ -85,6 +88,56 @@ def fixed_unscale_grads(grads, loss_scale, name=None):
   return list(_raw_ops.fixed_unscale_grads(grads, loss_scale=loss_scale, name=name))
 
 
+CHECK_OP = "FixedUnscaleGradsAndCheck"
+
+
+def loss_scale_tensor(loss_scale, op_name=CHECK_OP):
+  """The loss_scale input of FixedUnscaleGradsAndCheck: a Python or numpy
+  number, validated (validate_loss_scale) and made a float32 constant, or a
+  float32 scalar tensor or variable, taken as it is (its value is checked by
+  the op when it runs). TypeError or ValueError naming `op_name` and the
+  argument otherwise."""
+  what = f"{op_name}: loss_scale"
+  if isinstance(loss_scale, tf.Variable) or tf.is_tensor(loss_scale):
+    if loss_scale.dtype.base_dtype != tf.float32:
+      raise TypeError(f"{what} must be a Python or numpy number or a float32 scalar tensor, "
+                      f"got a {loss_scale.dtype.base_dtype.name} tensor: {loss_scale!r}")
+    if loss_scale.shape.rank is not None and loss_scale.shape.rank != 0:
+      raise ValueError(f"{what} must be a scalar, got a tensor of shape {loss_scale.shape}: "
+                       f"{loss_scale!r}")
+    return loss_scale
+  return tf.constant(np.float32(validate_loss_scale(loss_scale, what)), tf.float32)
+
+
+def fixed_unscale_grads_and_check(grads, loss_scale, sum_of_squares=False, name=None):
+  """Unscales `grads` and checks them in one read: one FixedUnscaleGradsAndCheck op.
+
+  Args:
+    grads: a list of tensors of half, bfloat16, float32 or float64, any mix.
+    loss_scale: a Python or numpy number (validated as a fixed scale) or a
+      float32 scalar tensor or variable (a dynamic scale; the op checks its
+      value, finite, >= 1 and <= 2**126, when it runs and raises
+      InvalidArgumentError otherwise).
+    sum_of_squares: whether to compute the third output (a Python bool).
+    name: the op's name.
+
+  Returns:
+    `(unscaled, all_finite, sum_of_squares)`: the list of `g * (1 / loss_scale)`
+    bit for bit as `fixed_unscale_grads` gives them; a bool scalar, True iff
+    every unscaled value is finite (True for an empty list); a float32 scalar,
+    the sum of the squares of every unscaled value (NOTE [sum of squares] in
+    scaling.py) or, without `sum_of_squares`, a quiet NaN.
+  """
+  if not isinstance(sum_of_squares, (bool, np.bool_)):
+    raise TypeError(f"{CHECK_OP}: sum_of_squares must be True or False, got "
+                    f"{type(sum_of_squares).__name__}: {sum_of_squares!r}")
+  loss_scale = loss_scale_tensor(loss_scale)
+  grads = [as_float_tensor(g, CHECK_OP, f"grads[{i}]") for i, g in enumerate(grads)]
+  unscaled, all_finite, squares = _raw_ops.fixed_unscale_grads_and_check(
+      grads, loss_scale, with_sum_of_squares=bool(sum_of_squares), name=name)
+  return list(unscaled), all_finite, squares
+
+
 def _register_gradient(op_type):
   """tf.RegisterGradient that tolerates this module being imported again
   (importlib.reload, notebook autoreload): the first registration stays."""
@@ -110,3 +163,35 @@ def _fixed_unscale_grads_grad(op, *grads):
   if not grads:
     return []
   return list(_raw_ops.fixed_unscale_grads(grads, loss_scale=op.get_attr("loss_scale")))
+
+
+@_register_gradient(CHECK_OP)
+def _fixed_unscale_grads_and_check_grad(op, *upstream):
+  """d unscaled_i / d grads_i = 1/s; with `with_sum_of_squares`,
+  d sum_of_squares / d grads_i = 2 * unscaled_i * (1/s).
+
+  Both are applied to the upstream gradients of the grads' outputs at once:
+  unscaled_i's upstream plus `2 * upstream(sum_of_squares) * unscaled_i` (in
+  float32, float64 for float64, rounded once to the gradient's dtype) is
+  unscaled by the same op with the same loss_scale input. No gradient flows to
+  loss_scale (None: a loss scale is not trained) nor from all_finite (a bool).
+  Without `with_sum_of_squares` the third output is a constant NaN, not a
+  function of the grads, and its upstream gradient is ignored.
+  """
+  num_grads = len(op.inputs) - 1
+  loss_scale = op.inputs[num_grads]
+  if num_grads == 0:
+    return [None]
+  squares_upstream = upstream[num_grads + 1]
+  total = []
+  for i in range(num_grads):
+    grad, unscaled = upstream[i], op.outputs[i]
+    if squares_upstream is not None and op.get_attr("with_sum_of_squares"):
+      grad = None if grad is None else tf.convert_to_tensor(grad)
+      wide = tf.float64 if unscaled.dtype == tf.float64 else tf.float32
+      from_squares = (tf.cast(2 * squares_upstream, wide) * tf.cast(unscaled, wide))
+      grad = from_squares if grad is None else tf.cast(grad, wide) + from_squares
+      grad = tf.cast(grad, unscaled.dtype)
+    total.append(tf.zeros_like(op.inputs[i]) if grad is None else grad)
+  unscaled_upstream = _raw_ops.fixed_unscale_grads_and_check(total, loss_scale)[0]
+  return list(unscaled_upstream) + [None]

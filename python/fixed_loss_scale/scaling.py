@@ -9,10 +9,11 @@ kernel), they compute the same numbers with TensorFlow arithmetic: half and
 bfloat16 in float32 rounded once, float32 with the float32 reciprocal, float64
 with the float64 reciprocal of the float32 scale.
 
-A loss scale that is a float32 scalar tensor (a variable: a dynamic scale) has
-no op yet: its unscaling is that same arithmetic, in graphs too.
-`unscale_and_check` is where the fused unscale-and-check op will go
-(NOTE [fused check seam]).
+`unscale_and_check` unscales and checks in one read: in graphs one
+FixedUnscaleGradsAndCheck per group, for a number and for a loss scale that is
+a float32 scalar tensor (a variable: a dynamic scale) alike (NOTE [fused check
+seam]). `unscale_gradients` with a tensor scale computes the arithmetic above,
+in graphs too.
 """
 
 import numpy as np
@@ -217,6 +218,61 @@ def _sum_of_squares(unscaled):
   return tf.cast(total, tf.float32)
 
 
+def _unscale_and_check_fused(dense, loss_scale, sum_of_squares):
+  """(unscaled `dense`, flag, sum of squares or None) from one
+  FixedUnscaleGradsAndCheck per group of unscale_groups (NOTE [CPU groups]);
+  `loss_scale` is a validated Python float or a float32 scalar tensor."""
+  if not tf.is_tensor(loss_scale):
+    loss_scale = ops.loss_scale_tensor(loss_scale)  # one Const for every group
+  groups = unscale_groups(dense, unplaced_device_type()) or [[]]
+  unscaled = [None] * len(dense)
+  flags, squares = [], []
+  for group in groups:
+    outputs, flag, group_squares = ops.fixed_unscale_grads_and_check(
+        [dense[i] for i in group], loss_scale, sum_of_squares=sum_of_squares)
+    for position, u in zip(group, outputs):
+      unscaled[position] = u
+    flags.append(flag)
+    squares.append(group_squares)
+  if len(groups) == 1:
+    return unscaled, flags[0], squares[0] if sum_of_squares else None
+  flag = tf.reduce_all(tf.stack(flags))
+  if not sum_of_squares:
+    return unscaled, flag, None
+  # NOTE [sum of squares]: each group's float32 sum is added in float64 and the
+  # total rounded once.
+  total = tf.add_n([tf.cast(s, tf.float64) for s in squares])
+  return unscaled, flag, tf.cast(total, tf.float32)
+
+
+def _unscale_arithmetic(dense, loss_scale, check, sum_of_squares):
+  """(unscaled `dense`, flag or None, sum of squares or None) with TF ops."""
+  unscaled = _unscale_dense(dense, loss_scale) if dense else []
+  flag = finite.is_all_finite(unscaled) if check else None
+  squares = _sum_of_squares(unscaled) if sum_of_squares else None
+  return unscaled, flag, squares
+
+
+def _unscale_and_check_in_graph(dense, loss_scale, sum_of_squares):
+  """unscale_and_check's body in a graph (NOTE [fused check seam]): the fused
+  op, and for a tensor scale a cond that takes the arithmetic instead when the
+  scale is outside the op's range (NOTE [tensor scale out of range])."""
+  if not tf.is_tensor(loss_scale):
+    return _unscale_and_check_fused(dense, loss_scale, sum_of_squares)
+
+  def pack(unscaled, flag, squares):
+    return (unscaled, flag, squares) if sum_of_squares else (unscaled, flag)
+
+  in_range = tf.logical_and(tf.greater_equal(loss_scale, 1.0),
+                            tf.less_equal(loss_scale, ops.MAX_LOSS_SCALE))
+  result = tf.cond(in_range,
+                   lambda: pack(*_unscale_and_check_fused(dense, loss_scale, sum_of_squares)),
+                   lambda: pack(*_unscale_arithmetic(dense, loss_scale, True, sum_of_squares)))
+  unscaled, flag = list(result[0]), result[1]
+  finite.remember(unscaled, flag)  # cond outputs: the op's own are inside a branch
+  return unscaled, flag, result[2] if sum_of_squares else None
+
+
 def _unscale(grads, loss_scale, check, sum_of_squares=False):
   """(unscaled `grads`, the all-finite flag of the unscaled dense parts, or None
   when not `check`, and their float32 sum of squares, or None when not
@@ -225,18 +281,19 @@ def _unscale(grads, loss_scale, check, sum_of_squares=False):
     loss_scale = _scale_tensor(loss_scale)
   else:
     loss_scale = ops.validate_loss_scale(loss_scale)
+  op_name = ops.CHECK_OP if check else "FixedUnscaleGrads"
   flat = tf.nest.flatten(grads)
   positions = [i for i, g in enumerate(flat) if g is not None]
   dense = [
-      ops.as_float_tensor(_dense_part(flat[i]), "FixedUnscaleGrads", f"grads[{i}]")
+      ops.as_float_tensor(_dense_part(flat[i]), op_name, f"grads[{i}]")
       for i in positions
   ]
-  unscaled = _unscale_dense(dense, loss_scale) if dense else []
-  flag = None
-  if check:
-    flag = finite.is_all_finite(unscaled)
-    finite.remember(unscaled, flag)
-  squares = _sum_of_squares(unscaled) if sum_of_squares else None
+  if check and uses_custom_ops():
+    unscaled, flag, squares = _unscale_and_check_in_graph(dense, loss_scale, sum_of_squares)
+  else:
+    unscaled, flag, squares = _unscale_arithmetic(dense, loss_scale, check, sum_of_squares)
+    if check:
+      finite.remember(unscaled, flag)
   if not dense:
     return grads, flag, squares
   result = list(flat)
@@ -256,7 +313,8 @@ def unscale_gradients(grads, loss_scale):
   parts go through FixedUnscaleGrads: a single op where a GPU is present or
   they total at most CPU_GROUP_BYTES, else one per group of consecutive
   gradients (NOTE [CPU groups]); `ops.fixed_unscale_grads` is always one op.
-  With a tensor, TensorFlow arithmetic with the same numerics.
+  With a tensor, TensorFlow arithmetic with the same numerics (checking too is
+  `unscale_and_check`, which gives a tensor scale to its fused op).
   """
   return _unscale(grads, loss_scale, check=False)[0]
 
@@ -264,18 +322,37 @@ def unscale_gradients(grads, loss_scale):
 # NOTE [fused check seam]: unscale_and_check is the one place where gradients
 # are unscaled *and* checked for inf/NaN; FixedLossScale(skip_non_finite=True),
 # DynamicLossScale and the optimizer wrappers all get their flag from here (or,
-# through finite.all_finite, from the flag remembered here). Today its body is
-# unscale_gradients followed by TF's own check (finite.is_all_finite:
-# reduce_all(is_finite(g)) per unscaled gradient, then reduce_all): a second
-# read of every gradient. A fused op that unscales and checks in one read will
-# replace this body; it must keep the unscaled numbers bit-identical to
-# unscale_gradients' (FixedUnscaleGrads for a number, the same arithmetic for a
-# tensor scale), keep the flag's meaning (False iff an unscaled value is inf or
-# NaN; subnormals and the largest finite values are finite), and keep calling
-# finite.remember on the unscaled tensors so that update() finds the flag.
-# Checking the unscaled gradients is checking the scaled ones: multiplying by
-# 1/scale (at most 1, a normal number) keeps finite values finite and inf/NaN
-# inf/NaN.
+# through finite.all_finite, from the gradients it returned). In a graph that
+# is not an XLA context it emits one FixedUnscaleGradsAndCheck per group of
+# NOTE [CPU groups], with the scale as the op's input (a Const for a number,
+# the tensor or variable itself for a dynamic scale, behind a cond: NOTE
+# [tensor scale out of range]): one read of every gradient for the unscaled
+# values, the flag and the sum of squares. Several groups give reduce_all of
+# their flags and the float64 sum of their sums, rounded once (NOTE [sum of
+# squares]). For a number scale finite.all_finite then finds the flag from the
+# op that wrote each gradient (NOTE [flag of the op] in finite.py), with no
+# registry entry. Eagerly and under XLA (no custom op runs) the body is
+# unscale_gradients' arithmetic followed by TF's own check
+# (finite.is_all_finite), whose flag finite.remember records (NOTE [flag
+# registry]).
+#
+# Either way the unscaled numbers are unscale_gradients' bit for bit (the op is
+# FixedUnscaleGrads with the scale as an input; the arithmetic is the same
+# multiply) and the flag means the same: False iff an unscaled value is inf or
+# NaN; subnormals and the largest finite values are finite. Checking the
+# unscaled gradients is checking the scaled ones: multiplying by 1/scale (at
+# most 1, a normal number) keeps finite values finite and inf/NaN inf/NaN.
+#
+# NOTE [tensor scale out of range]: the op refuses a scale outside [1, 2**126]
+# (NOTE [loss scale range]) when it runs, but a tensor scale is only known
+# then, and TF's dynamic algorithm, which fixed_loss_scale.DynamicLossScale
+# follows bit for bit, lets the scale grow up to float32's largest value. So
+# for a tensor scale the seam emits tf.cond(1 <= scale <= 2**126, the fused
+# op, the arithmetic and TF's check): in range the op (bit-identical to the
+# arithmetic), outside it the arithmetic TF's own wrapper would compute (on
+# CPU, float32 gradients flush to 0 once 1/scale is subnormal), with the flag
+# TF would compute. The unscaled tensors are then cond outputs, so their flag
+# is remembered in finite's registry (NOTE [flag registry]), as eagerly.
 #
 # NOTE [sum of squares]: the squared global norm comes from the same read. Each
 # unscaled value is widened exactly to float32 (float64 stays float64), squared

@@ -1,0 +1,556 @@
+"""FixedUnscaleGradsAndCheck: unscale and check a gradient list in one op.
+
+Independent references: the numpy oracle of conftest.py and FixedUnscaleGrads
+for the unscaled values, numpy's isfinite and TF's reduce_all(is_finite) for
+the flag, a numpy float64 sum for the sum of squares, and the derivative
+written out for the gradient.
+"""
+
+import os
+
+import ml_dtypes
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import fixed_loss_scale as fls
+from conftest import ALL_DTYPES
+from conftest import NP_DTYPES
+from conftest import assert_bitwise_equal
+from conftest import graph_op_types
+from conftest import random_values
+from conftest import reference_unscale
+from fixed_loss_scale import _loader
+from fixed_loss_scale import finite
+from fixed_loss_scale import ops
+from fixed_loss_scale import scaling
+
+RAW = _loader.load_ops()
+OP = "FixedUnscaleGradsAndCheck"
+v1 = tf.compat.v1
+SCALES = [1.0, 2.0, 1000.5, 2.0**15, 12345.678, 2.0**126]
+QUIET_NAN_BITS = 0x7FC00000
+
+# The bound of NOTE [sum of squares] in tf_ops/core/cpu/scale_loop.h, not a
+# guess from a few runs: float32 accumulators of at most B = 256 squares, their
+# partial sums added in float64, the total rounded once, give a relative error
+# of at most (B + 2) * 2**-24 ~= 1.5e-5 (the squares here are far above
+# float32's subnormal range, so the absolute term of that NOTE is 0). Sums whose
+# float32 accumulation is exact are compared exactly below.
+SUM_RTOL = (256 + 2) * 2.0**-24
+
+
+def _fused(grads, scale, sum_of_squares=False):
+  return ops.fixed_unscale_grads_and_check(grads, scale, sum_of_squares=sum_of_squares)
+
+
+def _in_graph(fn, *args):
+  return tf.function(fn)(*args)
+
+
+def _mixed_list(rng, sizes):
+  dtypes = [ALL_DTYPES[i % len(ALL_DTYPES)] for i in range(len(sizes))]
+  return [random_values(rng, (n,), NP_DTYPES[d]) for n, d in zip(sizes, dtypes)]
+
+
+def _numpy_sum_of_squares(arrays):
+  return float(sum(np.sum(np.square(a.astype(np.float64))) for a in arrays))
+
+
+def _assert_sum_close(actual, arrays):
+  """`actual` against the float64 sum of squares of `arrays` rounded to
+  float32: SUM_RTOL, plus 2**-126 per element (a square below float32's normal
+  range is flushed to 0, NOTE [sum of squares])."""
+  count = sum(a.size for a in arrays)
+  expected = np.float32(_numpy_sum_of_squares(arrays))
+  np.testing.assert_allclose(actual, expected, rtol=SUM_RTOL, atol=count * 2.0**-126)
+
+
+def _float_bits(value):
+  return int(np.asarray(value, np.float32).view(np.uint32))
+
+
+# ---- the unscaled values: FixedUnscaleGrads bit for bit --------------------------
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("in_place", [False, True], ids=["allocated", "in_place"])
+def test_unscaled_values_are_fixed_unscale_grads_bit_for_bit(scale, in_place, rng):
+  """Mixed dtypes in one op, inputs read elsewhere (allocated outputs) or
+  made inside the function (sole owners, forwarded)."""
+  values = _mixed_list(rng, [1, 7, 33, 257, 0, 4099, 3, 1000])
+
+  @tf.function
+  def both(grads):
+    if in_place:  # a fresh buffer per gradient, owned by nothing else
+      grads = [tf.gather(g, tf.range(tf.size(g))) for g in grads]
+    reference = RAW.fixed_unscale_grads(list(grads), loss_scale=scale)
+    fused, flag, squares = _fused(grads, scale, sum_of_squares=True)
+    return reference, fused, flag, squares
+
+  reference, fused, flag, _ = both([tf.constant(v) for v in values])
+  assert bool(flag.numpy())
+  for v, r, f in zip(values, reference, fused):
+    assert f.dtype == r.dtype
+    assert_bitwise_equal(f.numpy(), r.numpy())
+    assert_bitwise_equal(f.numpy(), reference_unscale(v, scale))
+
+
+def test_eager_op_and_tensor_scale(rng):
+  values = _mixed_list(rng, [5, 64, 9, 300])
+  for scale in (3.0, tf.constant(3.0), tf.Variable(3.0)):
+    out, flag, squares = _fused([tf.constant(v) for v in values], scale)
+    assert flag.dtype == tf.bool and flag.shape == () and bool(flag.numpy())
+    assert squares.dtype == tf.float32 and squares.shape == ()
+    for v, o in zip(values, out):
+      assert_bitwise_equal(o.numpy(), reference_unscale(v, 3.0))
+
+
+def test_two_thousand_small_tensors_in_one_op(rng):
+  values = _mixed_list(rng, [int(n) for n in rng.integers(0, 40, size=2000)])
+
+  @tf.function
+  def run(grads):
+    return _fused(grads, 1024.0, sum_of_squares=True)
+
+  grads = [tf.constant(v) for v in values]
+  out, flag, squares = run(grads)
+  assert graph_op_types(run.get_concrete_function(grads)).count(OP) == 1
+  unscaled = [reference_unscale(v, 1024.0) for v in values]
+  for u, o in zip(unscaled, out):
+    assert_bitwise_equal(o.numpy(), u)
+  assert bool(flag.numpy())
+  _assert_sum_close(squares.numpy(), unscaled)
+  last = max(i for i, v in enumerate(values) if v.size)
+  values[last][-1] = np.nan
+  assert not run([tf.constant(v) for v in values])[1].numpy()
+
+
+def test_large_tensors_split_across_threads(rng):
+  """Well above the sharding threshold (fls_min_sharded_bytes): the byte space
+  is split into shards that end inside tensors, and every shard's check counts."""
+  min_sharded = int(_loader.c_api().fls_min_sharded_bytes())
+  sizes = [min_sharded // 2 + 3, 3 * min_sharded + 1, min_sharded // 4 + 7, 2 * min_sharded + 5]
+  values = [random_values(rng, (n,), NP_DTYPES[d])
+            for n, d in zip(sizes, [tf.float32, tf.float16, tf.float64, tf.bfloat16])]
+  unscaled_reference = [reference_unscale(v, 2.0**15) for v in values]
+  run = tf.function(lambda gs: _fused(gs, 2.0**15, sum_of_squares=True))
+  out, flag, squares = run([tf.constant(v) for v in values])
+  assert bool(flag.numpy())
+  for o, r in zip(out, unscaled_reference):
+    assert_bitwise_equal(o.numpy(), r)
+  _assert_sum_close(squares.numpy(), unscaled_reference)
+  # Deterministic: the same shards, combined in the same order.
+  again = run([tf.constant(v) for v in values])[2]
+  assert _float_bits(again.numpy()) == _float_bits(squares.numpy())
+  # A single inf in the last shard, in the middle, in the first.
+  for tensor, index in [(1, sizes[1] - 1), (3, sizes[3] // 2), (0, 0)]:
+    poisoned = [v.copy() for v in values]
+    poisoned[tensor][index] = np.inf
+    _, flag, squares = run([tf.constant(v) for v in poisoned])
+    assert not flag.numpy(), (tensor, index)
+    assert np.isinf(squares.numpy())
+
+
+# ---- the flag ---------------------------------------------------------------------
+
+
+def _special_finite_values(np_dtype):
+  info = ml_dtypes.finfo(np_dtype)
+  values = [info.smallest_subnormal, info.tiny, info.max]
+  return [np_dtype(v) for v in values] + [np_dtype(-v) for v in values]
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: d.name)
+@pytest.mark.parametrize("poison", [None, np.inf, -np.inf, np.nan])
+def test_flag_flips_on_inf_or_nan_at_random_positions(dtype, poison, rng):
+  np_dtype = NP_DTYPES[dtype]
+  run = tf.function(lambda gs, s: _fused(gs, s), reduce_retracing=True)
+  tf_check = tf.function(lambda gs: finite.is_all_finite(gs), reduce_retracing=True)
+  for size in [1, 8, 17, 33, 257, 4099, 70000]:
+    values = [random_values(rng, (size,), np_dtype), random_values(rng, (13,), np.float32)]
+    for special in _special_finite_values(np_dtype):  # they must not flip the flag
+      values[0][rng.integers(size)] = special
+    if poison is not None:
+      values[0][rng.integers(size)] = poison
+    grads = [tf.constant(v) for v in values]
+    for scale in (1.0, 2.0**126):
+      _, flag = run(grads, tf.constant(scale))[:2]
+      expected = poison is None
+      assert bool(flag.numpy()) is expected, (size, scale)
+      assert bool(tf_check(grads).numpy()) is expected
+
+
+def test_extreme_finite_values_stay_finite_at_every_scale():
+  values = [np.array(_special_finite_values(NP_DTYPES[d])) for d in ALL_DTYPES]
+  for scale in SCALES:
+    out, flag, _ = _in_graph(lambda gs: _fused(gs, scale), [tf.constant(v) for v in values])
+    assert bool(flag.numpy()), scale
+    for v, o in zip(values, out):
+      assert_bitwise_equal(o.numpy(), reference_unscale(v, scale))
+
+
+# ---- the sum of squares -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scale", [1.0, 1000.5, 2.0**15])
+def test_sum_of_squares_against_numpy(scale, rng):
+  values = _mixed_list(rng, [1, 31, 4099, 100003, 7, 20000])
+  out, flag, squares = _in_graph(lambda gs: _fused(gs, scale, sum_of_squares=True),
+                                 [tf.constant(v) for v in values])
+  assert bool(flag.numpy())
+  unscaled = [o.numpy() for o in out]
+  _assert_sum_close(squares.numpy(), unscaled)
+  # TF's own squared global norm (float32 inputs only: TF's needs one dtype).
+  float32s = [tf.constant(u) for u in unscaled if u.dtype == np.float32]
+  tf_norm = tf.linalg.global_norm(float32s).numpy() ** 2
+  only32 = _in_graph(lambda gs: _fused(gs, 1.0, sum_of_squares=True), float32s)[2]
+  np.testing.assert_allclose(only32.numpy(), tf_norm, rtol=SUM_RTOL)
+
+
+def test_sum_of_squares_is_exact_when_every_partial_sum_is():
+  """0.25**2 = 2**-4: float32 accumulators of a few thousand such terms, and
+  every sum of them, are exact, so the result is exact whatever the blocks."""
+  values = [np.full(1_000_003, 0.25, np.float32), np.full(4097, -0.25, np.float16),
+            np.full(3, 0.25, np.float64), np.full(65, 0.25, ml_dtypes.bfloat16)]
+  _, _, squares = _in_graph(lambda gs: _fused(gs, 1.0, sum_of_squares=True),
+                            [tf.constant(v) for v in values])
+  assert squares.numpy() == np.float32(sum(v.size for v in values) / 16)
+
+
+def test_sum_of_squares_overflow_and_non_finite_values():
+  big = np.full(4, 1e30, np.float32)  # finite values whose squares overflow float32
+  _, flag, squares = _in_graph(lambda gs: _fused(gs, 1.0, sum_of_squares=True), [tf.constant(big)])
+  assert bool(flag.numpy()) and np.isinf(squares.numpy())
+  # float64 values square in float64: 1e30**2 is a float64, summed and rounded to inf.
+  _, flag, squares = _fused([tf.constant(big.astype(np.float64))], 1.0, sum_of_squares=True)
+  assert bool(flag.numpy()) and np.isinf(squares.numpy())
+  for bad in (np.inf, np.nan):
+    _, flag, squares = _fused([tf.constant([1.0, bad], tf.float16)], 2.0, sum_of_squares=True)
+    assert not flag.numpy() and not np.isfinite(squares.numpy())
+
+
+def test_sum_of_squares_not_requested_is_quiet_nan(rng):
+  values = _mixed_list(rng, [3, 70000])
+  for fn in (lambda gs: _fused(gs, 8.0), tf.function(lambda gs: _fused(gs, 8.0))):
+    _, flag, squares = fn([tf.constant(v) for v in values])
+    assert bool(flag.numpy()) and _float_bits(squares.numpy()) == QUIET_NAN_BITS
+  _, _, squares = _fused([], 8.0)
+  assert _float_bits(squares.numpy()) == QUIET_NAN_BITS
+
+
+@pytest.mark.parametrize("mode", ["eager", "graph"])
+def test_empty_list_and_empty_tensors(mode):
+  run = (lambda *a, **k: _fused(*a, **k)) if mode == "eager" else (
+      lambda gs, s, **k: tf.function(lambda g: _fused(g, s, **k))(gs))
+  out, flag, squares = run([], 8.0, sum_of_squares=True)
+  assert out == [] and bool(flag.numpy()) and squares.numpy() == 0.0
+  empties = [tf.zeros([0], d) for d in ALL_DTYPES] + [tf.zeros([3, 0, 2], tf.float16)]
+  out, flag, squares = run(empties, 8.0, sum_of_squares=True)
+  assert bool(flag.numpy()) and squares.numpy() == 0.0
+  assert [o.shape.as_list() for o in out] == [[0]] * 4 + [[3, 0, 2]]
+  assert [o.dtype for o in out] == [e.dtype for e in empties]
+
+
+# ---- the scale as a tensor -------------------------------------------------------------
+
+
+def test_variable_scale_changes_between_calls_of_one_function(rng):
+  values = _mixed_list(rng, [9, 300, 5, 70])
+  scale = tf.Variable(2.0)
+
+  @tf.function
+  def run(grads):
+    return _fused(grads, scale, sum_of_squares=True)
+
+  grads = [tf.constant(v) for v in values]
+  for value in [2.0, 1000.5, 1.0, 2.0**126, 3.0]:
+    scale.assign(value)
+    out, flag, squares = run(grads)
+    assert bool(flag.numpy())
+    unscaled = [reference_unscale(v, value) for v in values]
+    for o, u in zip(out, unscaled):
+      assert_bitwise_equal(o.numpy(), u)
+    _assert_sum_close(squares.numpy(), unscaled)
+  assert run.experimental_get_tracing_count() == 1
+
+
+def test_shape_function():
+  @tf.function(input_signature=[tf.TensorSpec(None, tf.float16),
+                                tf.TensorSpec([None, 3], tf.float32)])
+  def shapes(a, b):
+    out, flag, squares = _fused([a, b], 8.0)
+    assert out[0].shape.rank is None and out[1].shape.as_list() == [None, 3]
+    assert flag.shape.as_list() == [] and squares.shape.as_list() == []
+    assert flag.dtype == tf.bool and squares.dtype == tf.float32
+    return flag
+
+  assert shapes(tf.ones([2, 2], tf.float16), tf.ones([4, 3])).numpy()
+
+
+# ---- bad inputs ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [0.5, np.nan, 2.0**127, np.inf, -1.0, 0.0])
+def test_bad_scale_values(bad):
+  x = [tf.ones([3])]
+  message = f"{OP}: loss_scale must be"
+  with pytest.raises(ValueError, match=message):  # a number, in the wrapper
+    _fused(x, bad)
+  # A tensor's value: the kernel, eagerly and in a function (InvalidArgument).
+  variable = tf.Variable(bad, dtype=tf.float32)
+  for run in (lambda: _fused(x, variable), tf.function(lambda: _fused(x, variable))):
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=f"{OP}: loss_scale must be finite, >= 1 and <= 2\\^126, got"):
+      run()
+  # A constant in a graph: the shape function, when the graph is built.
+  with tf.Graph().as_default():
+    with pytest.raises(ValueError) as info:
+      RAW.fixed_unscale_grads_and_check([tf.ones([3])], tf.constant(bad, tf.float32))
+    assert f"{OP}: loss_scale must be finite, >= 1 and <= 2^126" in str(info.value)
+    assert f"= {OP}[" in str(info.value)  # the node that was rejected
+
+
+def test_bad_scale_value_names_it():
+  with pytest.raises(tf.errors.InvalidArgumentError, match="got 0.5"):
+    RAW.fixed_unscale_grads_and_check([tf.ones([2])], tf.constant(0.5))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="got 1.70141e\\+38"):
+    RAW.fixed_unscale_grads_and_check([tf.ones([2])], tf.constant(2.0**127))
+
+
+def test_non_scalar_scale():
+  x = [tf.ones([3])]
+  with pytest.raises(ValueError, match=f"{OP}: loss_scale must be a scalar, got a tensor of "
+                                       "shape \\(2,\\)"):
+    _fused(x, tf.constant([2.0, 2.0]))
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=f"{OP}: loss_scale must be a scalar, got shape \\[2\\]"):
+    RAW.fixed_unscale_grads_and_check(x, tf.constant([2.0, 2.0]))
+  with tf.Graph().as_default():
+    with pytest.raises(ValueError, match=f"{OP}: loss_scale must be a scalar, got shape \\[2\\]"):
+      RAW.fixed_unscale_grads_and_check([tf.ones([3])], tf.constant([2.0, 2.0]))
+    # Unknown when built: the kernel refuses it when it runs.
+    scale = v1.placeholder(tf.float32, None)
+    out = RAW.fixed_unscale_grads_and_check([tf.ones([3])], scale)
+    with v1.Session() as session:
+      with pytest.raises(tf.errors.InvalidArgumentError,
+                         match=f"{OP}: loss_scale must be a scalar, got shape \\[1\\]"):
+        session.run(out.all_finite, {scale: [2.0]})
+      assert session.run(out.all_finite, {scale: 2.0})
+
+
+def test_bad_dtypes():
+  with pytest.raises(TypeError, match=f"{OP}: loss_scale must be .*float32 scalar tensor, got a "
+                                      "float64 tensor"):
+    _fused([tf.ones([2])], tf.constant(2.0, tf.float64))
+  with pytest.raises(TypeError, match=f"{OP}: loss_scale must be .* got a int32 tensor"):
+    _fused([tf.ones([2])], tf.constant(2))
+  with pytest.raises(TypeError, match=f"{OP}: loss_scale must be a Python or numpy int or float, "
+                                      "got str"):
+    _fused([tf.ones([2])], "2")
+  with pytest.raises(TypeError, match=f"{OP}: grads\\[1\\] has dtype int32"):
+    _fused([tf.ones([2]), tf.constant([1, 2])], 2.0)
+  with pytest.raises(TypeError, match=f"{OP}: sum_of_squares must be True or False, got str"):
+    _fused([tf.ones([2])], 2.0, sum_of_squares="yes")
+
+
+# ---- gradients -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("with_squares", [False, True])
+@pytest.mark.parametrize("scale_kind", ["number", "variable"])
+def test_gradient_tape_matches_the_formula(with_squares, scale_kind, rng):
+  """loss = sum_i sum(w_i * unscaled_i) + c * sum_of_squares: d loss / d x_i =
+  w_i / s + 2 c unscaled_i / s. s is a power of two and the values are exact
+  in every dtype, so float32/float64 give the formula exactly and half and
+  bfloat16 within their rounding."""
+  scale = 64.0
+  loss_scale = scale if scale_kind == "number" else tf.Variable(scale)
+  dtypes = [tf.float32, tf.float64, tf.float16, tf.bfloat16]
+  xs = [tf.Variable(rng.integers(-64, 64, size=(5,)).astype(NP_DTYPES[d])) for d in dtypes]
+  ws = [rng.integers(-4, 5, size=(5,)).astype(np.float64) for _ in dtypes]
+  c = 0.5
+
+  @tf.function
+  def grads():
+    with tf.GradientTape() as tape:
+      out, _, squares = _fused(list(xs), loss_scale, sum_of_squares=with_squares)
+      loss = tf.add_n([tf.reduce_sum(tf.cast(o, tf.float64) * w) for o, w in zip(out, ws)])
+      if with_squares:
+        loss += c * tf.cast(squares, tf.float64)
+    return tape.gradient(loss, xs + ([loss_scale] if scale_kind == "variable" else []))
+
+  got = grads()
+  for x, w, g in zip(xs, ws, got):
+    unscaled = x.numpy().astype(np.float64) / scale
+    expected = w / scale + (2 * c * unscaled / scale if with_squares else 0)
+    assert g.dtype == x.dtype
+    if x.dtype in (tf.float32, tf.float64):
+      np.testing.assert_array_equal(g.numpy().astype(np.float64), expected)
+    else:  # w + 2 c unscaled rounded once to half (11 bits) or bfloat16 (8 bits)
+      np.testing.assert_allclose(g.numpy().astype(np.float64), expected, rtol=2.0**-8)
+  if scale_kind == "variable":
+    assert got[-1] is None  # no gradient for the loss scale
+  graph = grads.get_concrete_function().graph
+  assert [op.type for op in graph.get_operations()].count(OP) == 2  # forward and backward
+
+
+def test_gradient_of_unused_outputs_is_zero():
+  x = tf.Variable([1.0, 2.0])
+  with tf.GradientTape() as tape:
+    _, flag, _ = _fused([x], 4.0)
+    loss = tf.cast(flag, tf.float32)
+  assert tape.gradient(loss, x) is None  # all_finite is a bool: no gradient through it
+  with tf.GradientTape() as tape:
+    out, _, squares = _fused([x], 4.0)  # sum_of_squares not computed: a constant NaN
+    loss = tf.reduce_sum(out[0]) + tf.where(tf.math.is_nan(squares), 0.0, squares)
+  np.testing.assert_array_equal(tape.gradient(loss, x).numpy(), [0.25, 0.25])
+
+
+# ---- graphs that outlive Python: SavedModel, TF1 Session ---------------------------------
+
+
+class _Module(tf.Module):
+
+  def __init__(self):
+    super().__init__()
+    self.scale = tf.Variable(1024.0)
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.float16),
+                                tf.TensorSpec([None, 2], tf.float32)])
+  def unscale(self, a, b):
+    out, flag, squares = ops.fixed_unscale_grads_and_check([a, b], self.scale,
+                                                           sum_of_squares=True)
+    return {"a": out[0], "b": out[1], "flag": flag, "squares": squares,
+            "found": finite.all_finite(out)}
+
+
+def test_saved_model_round_trip(tmp_path, rng):
+  module = _Module()
+  path = os.path.join(str(tmp_path), "saved")
+  tf.saved_model.save(module, path)
+  loaded = tf.saved_model.load(path)
+  assert OP in graph_op_types(loaded.unscale.get_concrete_function())
+  a = random_values(rng, (33,), np.float16)
+  b = random_values(rng, (4, 2), np.float32)
+  for scale in (1024.0, 3.0):
+    loaded.scale.assign(scale)
+    result = loaded.unscale(tf.constant(a), tf.constant(b))
+    assert_bitwise_equal(result["a"].numpy(), reference_unscale(a, scale))
+    assert_bitwise_equal(result["b"].numpy(), reference_unscale(b, scale))
+    assert bool(result["flag"].numpy()) and bool(result["found"].numpy())
+  a[5] = np.inf
+  assert not loaded.unscale(tf.constant(a), tf.constant(b))["flag"].numpy()
+  # The flag was found from the op itself: no IsFinite in the saved function.
+  assert "IsFinite" not in graph_op_types(loaded.unscale.get_concrete_function())
+
+
+def test_tf1_session_graph(rng):
+  a = random_values(rng, (3, 5), np.float32)
+  b = random_values(rng, (300,), ml_dtypes.bfloat16)
+  with tf.Graph().as_default():
+    pa = v1.placeholder(tf.float32, [None, 5])
+    pb = v1.placeholder(tf.bfloat16, None)
+    scale = v1.placeholder(tf.float32, [])
+    out, flag, squares = ops.fixed_unscale_grads_and_check([pa, pb], scale, sum_of_squares=True)
+    with v1.Session() as session:
+      for value in (8.0, 1000.5):
+        got_a, got_b, got_flag, got_squares = session.run(out + [flag, squares],
+                                                          {pa: a, pb: b, scale: value})
+        assert_bitwise_equal(got_a, reference_unscale(a, value))
+        assert_bitwise_equal(got_b, reference_unscale(b, value))
+        assert got_flag
+        _assert_sum_close(got_squares, [got_a, got_b])
+      a[1, 1] = np.nan
+      assert not session.run(flag, {pa: a, pb: b, scale: 8.0})
+
+
+# ---- the seam: scaling.unscale_and_check ---------------------------------------------------
+
+
+@pytest.mark.parametrize("scale_kind", ["number", "tensor"])
+def test_seam_emits_one_op_and_no_second_read(scale_kind, rng):
+  values = _mixed_list(rng, [17, 300, 5])
+  scale = 1000.5 if scale_kind == "number" else tf.Variable(1000.5)
+
+  @tf.function
+  def step(grads):
+    unscaled, flag, squares = scaling.unscale_and_check(grads, scale, sum_of_squares=True)
+    return unscaled, flag, squares, finite.all_finite(unscaled)
+
+  grads = [tf.constant(v) for v in values]
+  unscaled, flag, squares, found = step(grads)
+  function = step.get_concrete_function(grads)
+  types = graph_op_types(function)  # nested functions (cond branches) included
+  assert types.count(OP) == 1 and "FixedUnscaleGrads" not in types
+  assert "IsFinite" not in [op.type for op in function.graph.get_operations()]
+  if scale_kind == "number":
+    assert "IsFinite" not in types
+  # else TF's check sits in the out-of-range branch (NOTE [tensor scale out of range])
+  assert bool(flag.numpy()) and bool(found.numpy())
+  eager = scaling.unscale_and_check(grads, scale, sum_of_squares=True)  # the arithmetic
+  for u, e, v in zip(unscaled, eager[0], values):
+    assert_bitwise_equal(u.numpy(), e.numpy())
+    assert_bitwise_equal(u.numpy(), reference_unscale(v, 1000.5))
+  np.testing.assert_allclose(squares.numpy(), eager[2].numpy(), rtol=SUM_RTOL)
+
+
+@pytest.mark.parametrize("value", [2.0**127, float(np.finfo(np.float32).max), 0.5])
+def test_seam_tensor_scale_out_of_range_takes_the_arithmetic(value, rng):
+  """A dynamic scale may leave the op's range (TF's algorithm grows it up to
+  float32 max): the seam then computes what the arithmetic computes, eagerly,
+  flag included, instead of failing (NOTE [tensor scale out of range])."""
+  values = _mixed_list(rng, [17, 300, 5, 9])
+  scale = tf.Variable(value)
+  step = tf.function(lambda gs: scaling.unscale_and_check(gs, scale, sum_of_squares=True))
+  for poison in (False, True):
+    if poison:
+      values[1][3] = np.inf
+    grads = [tf.constant(v) for v in values]
+    unscaled, flag, squares = step(grads)
+    eager = scaling.unscale_and_check(grads, scale, sum_of_squares=True)
+    for u, e in zip(unscaled, eager[0]):
+      assert_bitwise_equal(u.numpy(), e.numpy())
+    assert bool(flag.numpy()) is bool(eager[1].numpy()) is (not poison)
+    assert_bitwise_equal(squares.numpy(), eager[2].numpy())
+  scale.assign(4.0)  # back in range: the op, in the same function
+  unscaled, flag, _ = step([tf.constant(v) for v in values])
+  assert not flag.numpy()
+  for u, v in zip(unscaled, values):
+    assert_bitwise_equal(u.numpy(), reference_unscale(v, 4.0))
+
+
+@pytest.mark.skipif(bool(tf.config.list_logical_devices("GPU")),
+                    reason="a GPU's gradients are one group")
+def test_seam_cpu_groups_reduce_their_flags_and_sums(rng):
+  """Several CPU groups (NOTE [CPU groups]): one op each, their flags reduced
+  and their sums of squares added in float64."""
+  n = scaling.CPU_GROUP_BYTES // 4
+  values = [random_values(rng, (n,), np.float32) for _ in range(3)]
+
+  @tf.function
+  def step(grads):
+    return scaling.unscale_and_check(grads, 4.0, sum_of_squares=True)
+
+  grads = [tf.constant(v) for v in values]
+  unscaled, flag, squares = step(grads)
+  assert graph_op_types(step.get_concrete_function(grads)).count(OP) == 3
+  assert bool(flag.numpy())
+  per_group = [_fused([g], 4.0, sum_of_squares=True)[2].numpy() for g in grads]
+  assert squares.numpy() == np.float32(sum(float(s) for s in per_group))
+  values[2][-1] = np.nan
+  assert not step([tf.constant(v) for v in values])[1].numpy()
+
+
+def test_fixed_loss_scale_skips_with_the_fused_flag():
+  loss_scale = fls.FixedLossScale(8, skip_non_finite=True)
+
+  @tf.function
+  def step(a, b):
+    return loss_scale.update(loss_scale.unscale_gradients([a, b]))[1]
+
+  args = (tf.constant([8.0, 16.0]), tf.constant([1.0], tf.float16))
+  types = graph_op_types(step.get_concrete_function(*args))
+  assert OP in types and "IsFinite" not in types
+  assert step(*args).numpy()
+  assert not step(tf.constant([8.0, np.inf]), args[1]).numpy()
