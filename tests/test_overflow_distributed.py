@@ -3,14 +3,15 @@
 - MultiWorkerMirroredStrategy, two worker processes on loopback (one CPU replica
   each): the loss of one worker is multiplied by inf on chosen steps (mostly
   worker 1's, once worker 0's, once both). With the Keras wrapper in a custom
-  loop (FixedLossScaleOptimizer(skip_non_finite=True): the flag is all-reduced
-  in the replica, MWMS needing no merge_call) and the TF1 wrapper with a fixed
-  scale that skips and with fixed_loss_scale.DynamicLossScale (update in the
-  cross-replica context): both workers skip the same steps, their weights stay
-  finite and bit-identical after every step, and they equal a single-process
-  run of the same code (the default strategy, whose one replica overflows on
-  every step on which any worker did). The dynamic scale halves on both
-  workers, to the values TF's algorithm gives by hand.
+  loop (FixedLossScaleOptimizer(skip_non_finite=True); on CPUs MWMS uses
+  merge_call, so the flags are summed across workers in the cross-replica
+  context) and the TF1 wrapper with a fixed scale that skips and with
+  fixed_loss_scale.DynamicLossScale (update in the cross-replica context, the
+  flags summed by strategy.reduce): both workers skip the same steps, their
+  weights stay finite and bit-identical after every step, and they equal a
+  single-process run of the same code (the default strategy, whose one
+  replica overflows on every step on which any worker did). The dynamic scale
+  halves on both workers, to the values TF's algorithm gives by hand.
 - MirroredStrategy on two logical CPUs, Keras `fit`: batches with an inf in a
   row that replica 1 gets are skipped on both replicas, and the weights equal
   those of the inner SGD fitted on the clean batches alone, bit for bit.
