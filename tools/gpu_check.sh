@@ -17,20 +17,28 @@
 #
 # Checks (each time-boxed; the whole run is meant to take well under 8 min):
 #   check         every kernel case against the CPU reference (CUDA 12 build:
-#                 all cases; nvcc build: --quick)
+#                 all cases; nvcc build: --quick); then the checked launch
+#                 (FixedUnscaleGradsAndCheck) of those cases plus the poison
+#                 cases and checked lists: flag exact, sum of squares against
+#                 a double reference, and (full check only) both bit for bit
+#                 against the host emulation
 #   tf-stream     lists of 991, 992 and 2,000 tensors on a driver-API stream
-#                 with cuMemHostAlloc'ed table scratch, as TensorFlow launches
+#                 with cuMemHostAlloc'ed table scratch, as TensorFlow launches,
+#                 unchecked and checked
 #   edges         all float16/bfloat16 bit patterns, FLT_MIN/DBL_MIN and
 #                 subnormal edges, NaNs
-#   huge          one float16 tensor of 2^31 + 17 elements at a 2-byte offset
+#   huge          one float16 tensor of 2^31 + 17 elements at a 2-byte offset,
+#                 then a checked launch with the sum over it
 #   PTX JIT       check --quick, tf-stream and edges with CUDA_FORCE_PTX_JIT=1
 #                 (the path a GPU newer than every cubin takes)
 #   4K params     check --quick and tf-stream through the 4 KB-parameter path
 #                 (lists > 16 tensors in a buffer table), as on a Pascal GPU
 #   memcheck      compute-sanitizer --tool memcheck on check --quick + tf-stream
-#   SASS          128-bit global loads and stores (LDG.E.128 / STG.E.128) in
-#                 the sm_XX code of both builds, registers, no local memory
-#   bench         launcher_driver bench (vs a device-to-device copy) and
+#   SASS          per kernel (unchecked and checked), in the sm_XX code of
+#                 both builds: 128-bit global loads and stores (LDG.E.128 /
+#                 STG.E.128), no local memory (LDL/STL); registers
+#   bench         launcher_driver bench (vs a device-to-device copy, and the
+#                 checked launch without and with the sum of squares) and
 #                 benchmarks/gpu_torch.py (torch._foreach_mul_), same sets
 #
 # Exit status: 0 all passed, 1 a check failed (or the CUDA 12 bundle is
@@ -158,20 +166,40 @@ SANITIZER=$(command -v compute-sanitizer || echo "$CUDA_BIN/compute-sanitizer")
 run "memcheck check" 240 "$SANITIZER" --tool memcheck --error-exitcode 9 "$d" check --quick
 run "memcheck tf-stream" 60 "$SANITIZER" --tool memcheck --error-exitcode 9 "$d" tf-stream
 
-step "SASS ($SM): 128-bit global accesses, registers, local memory"
+step "SASS ($SM): 128-bit global accesses, registers, local memory, per kernel"
 CUOBJDUMP=$(command -v cuobjdump || echo "$CUDA_BIN/cuobjdump")
+# Every kernel, unchecked (Scale*TableKernel) and checked (ScaleAndCheck*),
+# must load and store in 128-bit packs and touch no local memory. Prints one
+# line per kernel: LDG.128, STG.128 and LDL/STL counts, then registers.
+sass_per_kernel() {
+  awk '
+    /Function : / { name = $3; kernels[++n] = name }
+    name != "" && /LDG\.E(\.[A-Z0-9_]+)*\.128/ { loads[name]++ }
+    name != "" && /STG\.E(\.[A-Z0-9_]+)*\.128/ { stores[name]++ }
+    name != "" && /[^A-Z](LDL|STL)[ .]/ { locals[name]++ }
+    END {
+      bad = 0
+      for (i = 1; i <= n; i++) {
+        k = kernels[i]; short = k
+        sub(/^_ZN16fixed_loss_scale3gpu[0-9]*_GLOBAL__N__?[0-9a-f_]*(multi_tensor_scale_cu_[0-9a-f]*)?/, "", short)
+        ok = loads[k] > 0 && stores[k] > 0 && locals[k] == 0
+        if (!ok) bad = 1
+        printf "  %-72s %3d LDG.128 %3d STG.128 %d LDL/STL%s\n", substr(short, 1, 72), loads[k], stores[k], locals[k], ok ? "" : "  <- FAILED"
+      }
+      if (n == 0) { print "  no kernels found"; bad = 1 }
+      exit bad
+    }'
+}
 for object in "$WORK/multi_tensor_scale.nvcc.o" "$BUNDLE/multi_tensor_scale.cuda12.o"; do
   [[ -f "$object" ]] || continue
-  sass=$("$CUOBJDUMP" -sass -arch "$SM" "$object" 2>&1)
-  loads=$(grep -cE 'LDG\.E(\.[A-Z0-9_]+)*\.128' <<<"$sass")
-  stores=$(grep -cE 'STG\.E(\.[A-Z0-9_]+)*\.128' <<<"$sass")
-  local_accesses=$(grep -cE '\b(LDL|STL)\b' <<<"$sass")
-  echo "$object: $loads LDG.E.128, $stores STG.E.128, $local_accesses LDL/STL"
-  "$CUOBJDUMP" -res-usage -arch "$SM" "$object" 2>&1 | grep -E 'Function|REG' | sed 's/^/  /' | head -16
-  if (( loads == 0 || stores == 0 || local_accesses != 0 )); then
-    echo "--- SASS $object: FAILED"; failures+=("SASS $(basename "$object")")
-  else
+  echo "$object:"
+  if "$CUOBJDUMP" -sass -arch "$SM" "$object" 2>&1 | sass_per_kernel; then sass_ok=1; else sass_ok=0; fi
+  "$CUOBJDUMP" -res-usage -arch "$SM" "$object" 2>&1 | grep -E 'Function|REG' |
+      sed -E 's/_ZN16fixed_loss_scale3gpu[0-9]*_GLOBAL__N__?[0-9a-f_]*(multi_tensor_scale_cu_[0-9a-f]*)?//; s/^/  /' | head -32
+  if (( sass_ok )); then
     echo "--- SASS $(basename "$object"): ok"
+  else
+    echo "--- SASS $object: FAILED"; failures+=("SASS $(basename "$object")")
   fi
 done
 

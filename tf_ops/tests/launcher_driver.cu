@@ -5,21 +5,31 @@
 //   launcher_driver check [--quick]   the cases of tf_ops/tests/gpu_kernel_cases.h
 //                                     (those the host emulation runs) on the GPU,
 //                                     against the CPU kernels' element math on the
-//                                     host; --quick keeps sizes <= 4096 and the
-//                                     lists (for compute-sanitizer)
+//                                     host; then the checked launch
+//                                     (FixedUnscaleGradsAndCheck) of the same cases,
+//                                     the poison cases and the checked lists, its
+//                                     flag and sum of squares against a double
+//                                     reference and, unless --quick, bit for bit
+//                                     against the host emulation; --quick keeps
+//                                     sizes <= 4096 and the lists (for
+//                                     compute-sanitizer)
 //   launcher_driver tf-stream         lists of 991, 992 and 2,000 tensors launched
 //                                     as TensorFlow launches: on a stream made with
 //                                     the driver API in the primary context, with
-//                                     cuMemHostAlloc'ed pinned table scratch
+//                                     cuMemHostAlloc'ed pinned table scratch,
+//                                     unchecked and checked
 //   launcher_driver edges             every float16/bfloat16 bit pattern, float and
 //                                     double inputs and products around FLT_MIN /
 //                                     DBL_MIN, subnormals and NaNs, several scales
 //   launcher_driver huge              one float16 tensor of 2^31 + 17 elements at
-//                                     a 2-byte offset, in place (4 GiB)
+//                                     a 2-byte offset, in place (4 GiB), then the
+//                                     checked launch with the sum over it
 //   launcher_driver bench [FILE]      one launch for the whole list vs one launch
 //                                     per tensor vs a device-to-device copy of
-//                                     the same bytes, on the "full" gradient sets
-//                                     of FILE (benchmarks/gradient_sets.txt)
+//                                     the same bytes vs the checked launch without
+//                                     and with the sum of squares, on the "full"
+//                                     gradient sets of FILE
+//                                     (benchmarks/gradient_sets.txt)
 //
 // Exit status: 0 passed, 1 failed (any CUDA error included), 2 usage, 3 no GPU:
 // no NVIDIA driver installed (no libcuda.so.1) or cudaErrorNoDevice. Tests
@@ -174,6 +184,103 @@ bool RunCase(const testing::ListCase& list, uint64_t seed, Buffer& arena, Scratc
                  bytes > 0 ? scratch.device.Reserve(bytes) : nullptr, stream);
 }
 
+// The device buffers of a checked launch: its scratch and its two outputs
+// (all_finite at byte 0, sum_of_squares at byte 4).
+struct CheckedBuffers {
+  Buffer device_scratch{false};
+  Buffer outputs{false};
+};
+
+// A 64-byte aligned host copy of an arena (as cudaMalloc aligns), for the
+// host emulation of a launch.
+struct HostArena {
+  explicit HostArena(const std::vector<uint8_t>& bytes)
+      : storage(bytes.size() + 64), data(reinterpret_cast<uint8_t*>(testing::RoundUp(
+                                        reinterpret_cast<uintptr_t>(storage.data()), 64))) {
+    std::memcpy(data, bytes.data(), bytes.size());
+  }
+  std::vector<uint8_t> storage;
+  uint8_t* data;
+};
+
+bool SameFloatBits(float a, float b) {
+  return (std::isnan(a) && std::isnan(b)) || std::memcmp(&a, &b, sizeof(float)) == 0;
+}
+
+// The checked launch (LaunchMultiTensorScaleAndCheck) of one case: the arena
+// as for the unchecked launch, the flag exactly and the sum of squares within
+// kSumOfSquaresRtol of the double reference (or the not-computed NaN); with
+// `emulate`, also the flag and the sum bit for bit against the host emulation
+// of the same launch (the same grid and reduction order; NaNs compare equal
+// whatever their payload). The outputs start as 0xff bytes, so a launch that
+// does not write them fails.
+bool RunCheckedCase(const testing::ListCase& list, uint64_t seed, Buffer& arena,
+                    void* host_scratch, CheckedBuffers& buffers, bool emulate,
+                    cudaStream_t stream) {
+  const testing::ArenaPlan plan = testing::PlanArena(list);
+  const std::vector<uint8_t> initial = testing::InitialArena(list, plan, seed);
+  const std::vector<uint8_t> expected = testing::ExpectedArena(list, plan, initial);
+  const testing::ReferenceCheck reference = testing::ComputeReferenceCheck(list, plan, expected);
+  uint8_t* device = static_cast<uint8_t*>(arena.Reserve(initial.size()));
+  Check(cudaMemcpyAsync(device, initial.data(), initial.size(), cudaMemcpyHostToDevice, stream),
+        "upload");
+  const std::vector<TensorSpan> tensors = testing::TensorsAt(list, plan, device);
+  const int64_t count = static_cast<int64_t>(tensors.size());
+  void* scratch =
+      buffers.device_scratch.Reserve(MultiTensorScaleAndCheckScratchBytes(tensors.data(), count));
+  uint8_t* outputs = static_cast<uint8_t*>(buffers.outputs.Reserve(8));
+  Check(cudaMemsetAsync(outputs, 0xff, 8, stream), "cudaMemsetAsync");
+  Check(LaunchMultiTensorScaleAndCheck(tensors.data(), count, testing::FactorOf(list),
+                                       list.sum_of_squares, host_scratch, scratch,
+                                       reinterpret_cast<bool*>(outputs),
+                                       reinterpret_cast<float*>(outputs + 4), stream),
+        list.name.c_str());
+  std::vector<uint8_t> actual(initial.size());
+  uint8_t result[8];
+  Check(cudaMemcpyAsync(actual.data(), device, actual.size(), cudaMemcpyDeviceToHost, stream),
+        "download");
+  Check(cudaMemcpyAsync(result, outputs, 8, cudaMemcpyDeviceToHost, stream), "download");
+  Check(cudaStreamSynchronize(stream), list.name.c_str());
+  bool ok = testing::CompareArenas(list, plan, expected, actual) == 0;
+  float sum;
+  std::memcpy(&sum, result + 4, 4);
+  if (result[0] > 1) {
+    std::printf("  %s (checked): all_finite byte is 0x%02x, not written\n", list.name.c_str(),
+                result[0]);
+    return false;
+  }
+  const bool all_finite = result[0] == 1;
+  const std::string error = testing::CheckOutputsError(list, reference, all_finite, sum);
+  if (!error.empty()) {
+    std::printf("  %s (checked): %s\n", list.name.c_str(), error.c_str());
+    ok = false;
+  }
+  if (emulate) {
+    HostArena host(initial);
+    const std::vector<TensorSpan> host_tensors = testing::TensorsAt(list, plan, host.data);
+    std::vector<uint64_t> host_scratch_copy(testing::CheckedScratchBytes(host_tensors, true) / 8);
+    bool emulated_finite = false;
+    float emulated_sum = 0;
+    testing::EmulateCheckedLaunch(host_tensors, testing::FactorOf(list), list.sum_of_squares,
+                                  true, reinterpret_cast<uint8_t*>(host_scratch_copy.data()),
+                                  &emulated_finite, &emulated_sum, 0, gpu::DirectMemory());
+    if (emulated_finite != all_finite || !SameFloatBits(emulated_sum, sum)) {
+      std::printf("  %s (checked): GPU gives %d / %a, the host emulation %d / %a\n",
+                  list.name.c_str(), all_finite, sum, emulated_finite, emulated_sum);
+      ok = false;
+    }
+  }
+  return ok;
+}
+
+bool RunCheckedCase(const testing::ListCase& list, uint64_t seed, Buffer& arena,
+                    Scratch& scratch, CheckedBuffers& buffers, bool emulate,
+                    cudaStream_t stream) {
+  const size_t bytes = MultiTensorScaleScratchBytes(static_cast<int64_t>(list.tensors.size()));
+  return RunCheckedCase(list, seed, arena, bytes > 0 ? scratch.host.Reserve(bytes) : nullptr,
+                        buffers, emulate, stream);
+}
+
 int RunCheck(bool quick) {
   if (const int status = DeviceExitStatus()) return status;
   cudaStream_t stream;
@@ -197,11 +304,36 @@ int RunCheck(bool quick) {
     if (!RunCase(list, seed++, arena, scratch, stream)) ++failed;
     elements += testing::TotalElements(list);
   }
-  Check(cudaStreamDestroy(stream), "cudaStreamDestroy");
   std::printf("GPU check: %zu cases, %lld elements, %lld failed; reference: %s\n", cases.size(),
               static_cast<long long>(elements), static_cast<long long>(failed),
               testing::kHardwareFlushReference ? "CPU element math under x86 FTZ/DAZ"
                                                : "software FTZ/DAZ reference");
+
+  // The checked launch: the same cases (with and without the sum by turns),
+  // the poison cases and the checked lists; against the host emulation bit
+  // for bit unless --quick.
+  CheckedBuffers buffers;
+  for (testing::ListCase& list : cases) list.sum_of_squares = seed++ % 2 == 0;
+  for (const std::vector<testing::ListCase>& more :
+       {testing::PoisonCases(), testing::CheckedListCases()}) {
+    cases.insert(cases.end(), more.begin(), more.end());
+  }
+  int64_t checked_failed = 0;
+  int64_t checked_elements = 0;
+  int64_t not_finite = 0;
+  for (const testing::ListCase& list : cases) {
+    if (!RunCheckedCase(list, seed++, arena, scratch, buffers, !quick, stream)) ++checked_failed;
+    checked_elements += testing::TotalElements(list);
+    not_finite += !list.poisons.empty();
+  }
+  Check(cudaStreamDestroy(stream), "cudaStreamDestroy");
+  std::printf("GPU check, checked launch: %zu cases (%lld poisoned), %lld elements, %lld failed; "
+              "sum rtol %g%s\n",
+              cases.size(), static_cast<long long>(not_finite),
+              static_cast<long long>(checked_elements), static_cast<long long>(checked_failed),
+              testing::kSumOfSquaresRtol,
+              quick ? "" : ", flag and sum bit-identical to the host emulation");
+  failed += checked_failed;
   std::printf("GPU check: %s\n", failed == 0 ? "PASSED" : "FAILED");
   return failed == 0 ? 0 : kExitFailed;
 }
@@ -268,6 +400,7 @@ int RunTfStream() {
   CheckDriver(api.stream_create(&stream, kStreamNonBlocking), "cuStreamCreate");
   Buffer arena(false);
   Buffer device_scratch(false);
+  CheckedBuffers checked;
   int64_t failed = 0;
   uint64_t seed = 4242;
   for (int64_t count : {gpu::kLargeInlineTensors, gpu::kLargeInlineTensors + 1, int64_t{2000}}) {
@@ -288,13 +421,18 @@ int RunTfStream() {
     const size_t bytes = MultiTensorScaleScratchBytes(count);
     void* pinned = nullptr;
     if (bytes > 0) CheckDriver(api.mem_host_alloc(&pinned, bytes, kMemHostAllocPortable), "cuMemHostAlloc");
-    const bool ok = RunCase(list, seed++, arena, pinned,
+    const bool ok = RunCase(list, seed, arena, pinned,
                             bytes > 0 ? device_scratch.Reserve(bytes) : nullptr,
                             static_cast<cudaStream_t>(stream));
+    // The checked launch of the same list, with the same pinned table scratch.
+    list.sum_of_squares = count % 2 == 0;
+    const bool checked_ok = RunCheckedCase(list, seed++, arena, pinned, checked, false,
+                                           static_cast<cudaStream_t>(stream));
     if (pinned != nullptr) CheckDriver(api.mem_free_host(pinned), "cuMemFreeHost");
-    std::printf("%s (%s table): %s\n", list.name.c_str(), bytes > 0 ? "buffer" : "inline",
-                ok ? "ok" : "FAILED");
-    failed += !ok;
+    std::printf("%s (%s table): %s; checked%s: %s\n", list.name.c_str(),
+                bytes > 0 ? "buffer" : "inline", ok ? "ok" : "FAILED",
+                list.sum_of_squares ? " + sum of squares" : "", checked_ok ? "ok" : "FAILED");
+    failed += !ok + !checked_ok;
   }
   std::printf("tf-stream: %s\n", failed == 0 ? "PASSED" : "FAILED");
   return failed == 0 ? 0 : kExitFailed;
@@ -413,9 +551,42 @@ int RunHuge() {
   Check(LaunchMultiTensorScale(&span, 1, factor, nullptr, nullptr, stream), "huge launch");
   std::vector<uint16_t> out(static_cast<size_t>(n));
   Check(cudaMemcpyAsync(out.data(), data, bytes, cudaMemcpyDeviceToHost, stream), "download");
+  // Then the checked launch with the sum of squares and factor 1 over the
+  // result (65,537 blocks' partials), in place.
+  const TensorSpan again{data, data, n, DType::kHalf};
+  void* scratch = nullptr;
+  uint8_t* outputs = nullptr;
+  Check(cudaMalloc(&scratch, MultiTensorScaleAndCheckScratchBytes(&again, 1)), "cudaMalloc");
+  Check(cudaMalloc(reinterpret_cast<void**>(&outputs), 8), "cudaMalloc");
+  Check(LaunchMultiTensorScaleAndCheck(&again, 1, ScaleFactorFor(1.0f), true, nullptr, scratch,
+                                       reinterpret_cast<bool*>(outputs),
+                                       reinterpret_cast<float*>(outputs + 4), stream),
+        "huge checked launch");
+  uint8_t result[8];
+  Check(cudaMemcpyAsync(result, outputs, 8, cudaMemcpyDeviceToHost, stream), "download");
   Check(cudaStreamSynchronize(stream), "huge");
+  Check(cudaFree(scratch), "cudaFree");
+  Check(cudaFree(outputs), "cudaFree");
   Check(cudaFree(base), "cudaFree");
   Check(cudaStreamDestroy(stream), "cudaStreamDestroy");
+  // The reference from a histogram of the output's bit patterns.
+  std::vector<int64_t> histogram(65536, 0);
+  for (int64_t i = 0; i < n; ++i) ++histogram[out[i]];
+  testing::ReferenceCheck reference;
+  for (int bits = 0; bits < 65536; ++bits) {
+    if (histogram[bits] == 0) continue;
+    const double x = HalfBitsToFloat(static_cast<uint16_t>(bits));
+    reference.all_finite = reference.all_finite && std::isfinite(x);
+    reference.sum_of_squares += static_cast<double>(histogram[bits]) * x * x;
+  }
+  testing::ListCase huge_case;
+  huge_case.name = "huge checked";
+  float sum;
+  std::memcpy(&sum, result + 4, 4);
+  const std::string error = testing::CheckOutputsError(huge_case, reference, result[0] == 1, sum);
+  std::printf("huge: checked launch over the result: all_finite %d, sum of squares %.9g "
+              "(reference %.12g): %s\n",
+              result[0], sum, reference.sum_of_squares, error.empty() ? "ok" : error.c_str());
   int64_t wrong = 0, compared = 0;
   // Every element of the first and last 2^20 (the head, the tail and the
   // chunks past 2^31 elements), and every 4093rd between.
@@ -424,10 +595,11 @@ int RunHuge() {
     if (out[i] == ScaleHalfBitsFlushed(host[i], factor.f)) continue;
     if (++wrong <= 3) std::printf("  huge: element %lld differs\n", static_cast<long long>(i));
   }
+  const bool passed = wrong == 0 && error.empty();
   std::printf("huge: float16 x %lld elements at offset 2 bytes, %lld checked, %lld differ: %s\n",
               static_cast<long long>(n), static_cast<long long>(compared),
-              static_cast<long long>(wrong), wrong == 0 ? "PASSED" : "FAILED");
-  return wrong == 0 ? 0 : kExitFailed;
+              static_cast<long long>(wrong), passed ? "PASSED" : "FAILED");
+  return passed ? 0 : kExitFailed;
 }
 
 // ---- bench ---------------------------------------------------------------------
@@ -516,9 +688,12 @@ double TimeMicros(cudaStream_t stream, int iterations, Body body) {
 
 void PrintArm(const char* arm, double micros, double bytes_moved, double copy_gbps) {
   const double gbps = bytes_moved / (micros * 1e3);
-  std::printf("    %-22s %10.1f us %8.1f GB/s %7.1f%% of copy\n", arm, micros, gbps,
+  std::printf("    %-30s %10.1f us %8.1f GB/s %7.1f%% of copy\n", arm, micros, gbps,
               copy_gbps > 0 ? 100.0 * gbps / copy_gbps : 100.0);
 }
+
+// Set when a checked launch of the benchmark gives a wrong check.
+bool bench_failed = false;
 
 void BenchSet(const GradientSet& set, DType dtype, cudaStream_t stream) {
   const int64_t element_bytes = DTypeSize(dtype);
@@ -574,6 +749,33 @@ void BenchSet(const GradientSet& set, DType dtype, cudaStream_t stream) {
             "per-tensor launch");
     }
   });
+  // FixedUnscaleGradsAndCheck's launch (its counter memset included), without
+  // and with the sum of squares.
+  const int64_t count = static_cast<int64_t>(tensors.size());
+  CheckedBuffers checked;
+  void* check_scratch =
+      checked.device_scratch.Reserve(MultiTensorScaleAndCheckScratchBytes(tensors.data(), count));
+  uint8_t* outputs = static_cast<uint8_t*>(checked.outputs.Reserve(8));
+  double checked_us[2];
+  for (int with_sum = 0; with_sum < 2; ++with_sum) {
+    checked_us[with_sum] = TimeMicros(stream, iterations, [&] {
+      Check(LaunchMultiTensorScaleAndCheck(tensors.data(), count, factor, with_sum == 1, nullptr,
+                                           check_scratch, reinterpret_cast<bool*>(outputs),
+                                           reinterpret_cast<float*>(outputs + 4), stream),
+            "checked launch");
+    });
+  }
+  // The values stay 1.0, so the check of the last launch is known.
+  uint8_t result[8];
+  Check(cudaMemcpyAsync(result, outputs, 8, cudaMemcpyDeviceToHost, stream), "download");
+  Check(cudaStreamSynchronize(stream), "download");
+  float sum;
+  std::memcpy(&sum, result + 4, 4);
+  if (result[0] != 1 || sum != static_cast<float>(total_elements)) {
+    std::printf("  %s: checked launch gives all_finite %d, sum of squares %.9g; expected 1, "
+                "%lld\n", set.name.c_str(), result[0], sum, static_cast<long long>(total_elements));
+    bench_failed = true;
+  }
   std::printf("  %-10s %-7s %4zu tensors %11lld elements %9.1f MB moved\n", set.name.c_str(),
               DTypeName(dtype), set.sizes.size(), static_cast<long long>(total_elements),
               bytes_moved / 1e6);
@@ -581,6 +783,8 @@ void BenchSet(const GradientSet& set, DType dtype, cudaStream_t stream) {
   PrintArm("device-to-device copy", copy_us, bytes_moved, copy_gbps);
   PrintArm("ours (one launch)", ours_us, bytes_moved, copy_gbps);
   PrintArm("one launch per tensor", per_tensor_us, bytes_moved, copy_gbps);
+  PrintArm("ours checked (one launch)", checked_us[0], bytes_moved, copy_gbps);
+  PrintArm("ours checked + sum of squares", checked_us[1], bytes_moved, copy_gbps);
   Check(cudaFree(data), "cudaFree");
   Check(cudaFree(copy_target), "cudaFree");
 }
@@ -595,7 +799,7 @@ int RunBench(const char* sets_path) {
     for (DType dtype : {DType::kFloat, DType::kHalf}) BenchSet(set, dtype, stream);
   }
   Check(cudaStreamDestroy(stream), "cudaStreamDestroy");
-  return 0;
+  return bench_failed ? kExitFailed : 0;
 }
 
 }  // namespace
