@@ -21,6 +21,7 @@ from conftest import reference_scale
 from conftest import reference_unscale
 from fixed_loss_scale import _loader
 from fixed_loss_scale import ops
+from fixed_loss_scale import scaling
 
 RAW = _loader.load_ops()
 
@@ -82,6 +83,14 @@ def _wrapper_unscale(bad):
   return ops.fixed_unscale_grads([tf.ones([3]), bad], 8.0)
 
 
+def _wrapper_unscale_and_check(bad):
+  return ops.fixed_unscale_grads_and_check([tf.ones([3]), bad], 8.0)
+
+
+def _seam_unscale_and_check(bad):
+  return scaling.unscale_and_check([tf.ones([3]), bad], 8.0)
+
+
 def _api_scale(bad):
   return fls.scale_loss(bad, 8.0)
 
@@ -97,6 +106,9 @@ CALLERS = {
     "ops.fixed_unscale_grads": (_wrapper_unscale, "FixedUnscaleGrads", "grads[1]"),
     "scale_loss": (_api_scale, "FixedScaleLoss", "loss"),
     "unscale_gradients": (_api_unscale, "FixedUnscaleGrads", "grads[1]"),
+    "ops.fixed_unscale_grads_and_check": (_wrapper_unscale_and_check,
+                                          "FixedUnscaleGradsAndCheck", "grads[1]"),
+    "unscale_and_check": (_seam_unscale_and_check, "FixedUnscaleGradsAndCheck", "grads[1]"),
 }
 
 
@@ -139,14 +151,18 @@ def cpp_float_string(value):
 
 
 @pytest.mark.parametrize("bad", BAD_SCALES)
-@pytest.mark.parametrize("op", ["FixedScaleLoss", "FixedUnscaleGrads"])
+@pytest.mark.parametrize("op", ["FixedScaleLoss", "FixedUnscaleGrads",
+                                "FixedUnscaleGradsAndCheck"])
 def test_raw_op_eager_rejects_bad_loss_scale_with_invalid_argument(op, bad):
   x = tf.ones([3])
   with pytest.raises(tf.errors.InvalidArgumentError) as info:
     if op == "FixedScaleLoss":
       RAW.fixed_scale_loss(x, loss_scale=bad)
-    else:
+    elif op == "FixedUnscaleGrads":
       RAW.fixed_unscale_grads([x], loss_scale=bad)
+    else:  # the scale is an input: the kernel checks its value (a numpy
+      # value: eager tf.constant caches Python scalars, and -0.0 == 0.0)
+      RAW.fixed_unscale_grads_and_check([x], tf.constant(np.array(bad, np.float32)))
   message = str(info.value)
   assert f"{op}: loss_scale must be" in message, message
   assert f"got {cpp_float_string(bad)}" in message, message
@@ -154,14 +170,19 @@ def test_raw_op_eager_rejects_bad_loss_scale_with_invalid_argument(op, bad):
 
 @pytest.mark.parametrize("bad", BAD_SCALES)
 @pytest.mark.parametrize("mode", ["tf.function", "tf1_graph"])
-@pytest.mark.parametrize("op", ["FixedScaleLoss", "FixedUnscaleGrads"])
+@pytest.mark.parametrize("op", ["FixedScaleLoss", "FixedUnscaleGrads",
+                                "FixedUnscaleGradsAndCheck"])
 def test_raw_op_rejects_bad_loss_scale_when_the_graph_is_built(op, mode, bad):
-  """The shape function returns InvalidArgument; TF raises it as ValueError while building."""
+  """The shape function returns InvalidArgument; TF raises it as ValueError while building
+  (FixedUnscaleGradsAndCheck: for a constant scale input)."""
   def build():
     x = tf.ones([3])
     if op == "FixedScaleLoss":
       return RAW.fixed_scale_loss(x, loss_scale=bad)
-    return RAW.fixed_unscale_grads([x], loss_scale=bad)
+    if op == "FixedUnscaleGrads":
+      return RAW.fixed_unscale_grads([x], loss_scale=bad)
+    scale = tf.constant(np.array(bad, np.float32))
+    return RAW.fixed_unscale_grads_and_check([x], scale).all_finite
 
   with pytest.raises((ValueError, tf.errors.InvalidArgumentError)) as info:
     MODES[mode](build)
@@ -174,12 +195,16 @@ def test_raw_op_rejects_bad_loss_scale_when_the_graph_is_built(op, mode, bad):
 @pytest.mark.parametrize("bad", BAD_SCALES + [1e39, -1e39])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("caller", ["ops.fixed_scale_loss", "ops.fixed_unscale_grads",
-                                    "scale_loss", "unscale_gradients"])
+                                    "scale_loss", "unscale_gradients",
+                                    "ops.fixed_unscale_grads_and_check", "unscale_and_check"])
 def test_wrappers_reject_bad_loss_scale_naming_the_value(caller, mode, bad):
   fn = {"ops.fixed_scale_loss": lambda: ops.fixed_scale_loss(tf.ones([2]), bad),
         "ops.fixed_unscale_grads": lambda: ops.fixed_unscale_grads([tf.ones([2])], bad),
         "scale_loss": lambda: fls.scale_loss(tf.ones([2]), bad),
-        "unscale_gradients": lambda: fls.unscale_gradients([tf.ones([2])], bad)}[caller]
+        "unscale_gradients": lambda: fls.unscale_gradients([tf.ones([2])], bad),
+        "ops.fixed_unscale_grads_and_check":
+            lambda: ops.fixed_unscale_grads_and_check([tf.ones([2])], bad)[1],
+        "unscale_and_check": lambda: scaling.unscale_and_check([tf.ones([2])], bad)[1]}[caller]
   with pytest.raises(ValueError) as info:
     MODES[mode](fn)
   assert f"got {float(bad)}" in str(info.value), str(info.value)
@@ -207,20 +232,27 @@ def test_empty_list_returns_empty_list(mode):
   assert MODES[mode](lambda: ops.fixed_unscale_grads([], 8.0)) == []
   assert MODES[mode](lambda: fls.unscale_gradients([], 8.0)) == []
   assert MODES[mode](lambda: fls.FixedLossScale(8).unscale_gradients([])) == []
+  assert MODES[mode](lambda: ops.fixed_unscale_grads_and_check([], 8.0)[0]) == []
+  assert MODES[mode](lambda: scaling.unscale_and_check([], 8.0)[0]) == []
+  assert as_numpy(MODES[mode](lambda: ops.fixed_unscale_grads_and_check([], 8.0)[1]))
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("api", ["raw", "ops", "scaling"])
+@pytest.mark.parametrize("api", ["raw", "ops", "scaling", "fused", "seam"])
 def test_rank0_and_zero_sized_inputs(api, mode, rng):
   shapes = [(), (0,), (3, 0, 2), (0, 0), (), (1,), (5, 0)]
   values = [random_values(rng, shape, NP_DTYPES[dtype])
             for shape, dtype in zip(shapes * 4, [d for d in ALL_DTYPES for _ in shapes])]
   unscale = {"raw": lambda gs: RAW.fixed_unscale_grads(gs, loss_scale=3.0),
              "ops": lambda gs: ops.fixed_unscale_grads(gs, 3.0),
-             "scaling": lambda gs: fls.unscale_gradients(gs, 3.0)}[api]
+             "scaling": lambda gs: fls.unscale_gradients(gs, 3.0),
+             "fused": lambda gs: ops.fixed_unscale_grads_and_check(gs, 3.0)[0],
+             "seam": lambda gs: scaling.unscale_and_check(gs, 3.0)[0]}[api]
   scale = {"raw": lambda x: RAW.fixed_scale_loss(x, loss_scale=3.0),
            "ops": lambda x: ops.fixed_scale_loss(x, 3.0),
-           "scaling": lambda x: fls.scale_loss(x, 3.0)}[api]
+           "scaling": lambda x: fls.scale_loss(x, 3.0),
+           "fused": lambda x: ops.fixed_scale_loss(x, 3.0),
+           "seam": lambda x: fls.scale_loss(x, 3.0)}[api]
 
   out = MODES[mode](lambda: list(unscale([tf.constant(v) for v in values])))
   assert len(out) == len(values)

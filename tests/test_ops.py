@@ -164,3 +164,56 @@ def test_flush_to_zero_boundary(np_dtype, scale, rng):
   assert_bitwise_equal(ops.fixed_unscale_grads([tf.constant(values)], scale)[0].numpy(), expected)
   in_graph = run_in_graph(lambda g: ops.fixed_unscale_grads([g], scale), tf.constant(values))
   assert_bitwise_equal(in_graph[0].numpy(), expected)
+
+
+# ---- FixedUnscaleGradsAndCheck: the same numbers as FixedUnscaleGrads --------------
+
+
+def _fused(grads, scale):
+  return ops.fixed_unscale_grads_and_check(grads, scale)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: d.name)
+@pytest.mark.parametrize("scale", SCALES)
+def test_fused_unscale_matches_numpy_bit_for_bit(dtype, scale, rng):
+  values = [random_values(rng, shape, NP_DTYPES[dtype]) for shape in [(7,), (3, 5), (), (1000,)]]
+  for as_tensor in (False, True):
+    loss_scale = tf.constant(scale, tf.float32) if as_tensor else scale
+    out, flag, _ = run_in_graph(lambda gs: _fused(gs, loss_scale), [tf.constant(v) for v in values])
+    assert bool(flag.numpy())
+    for v, o in zip(values, out):
+      assert o.dtype == dtype
+      assert_bitwise_equal(o.numpy(), reference_unscale(v, scale))
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: d.name)
+def test_fused_nan_and_inf_pass_through_and_clear_the_flag(dtype):
+  np_dtype = NP_DTYPES[dtype]
+  v = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0], np_dtype)
+  out, flag, _ = _fused([tf.constant(v)], 8.0)
+  assert_bitwise_equal(out[0].numpy(), reference_unscale(v, 8.0))
+  assert not flag.numpy()
+
+
+def test_fused_all_float16_and_bfloat16_bit_patterns():
+  bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+  for np_dtype in (np.float16, NP_DTYPES[tf.bfloat16]):
+    x = bits.view(np_dtype)
+    finite = x[np.isfinite(x.astype(np.float32))]
+    for scale in (3.0, 2.0**15, 1.5):
+      out, flag, _ = _fused([tf.constant(x)], scale)
+      assert_bitwise_equal(out[0].numpy(), reference_unscale(x, scale))
+      assert not flag.numpy()
+      out, flag, _ = _fused([tf.constant(finite)], scale)
+      assert_bitwise_equal(out[0].numpy(), reference_unscale(finite, scale))
+      assert flag.numpy()
+
+
+@pytest.mark.parametrize("np_dtype", [np.float32, np.float64])
+def test_fused_flush_to_zero_boundary(np_dtype, rng):
+  tiny = np.finfo(np_dtype).tiny
+  values = (tiny * np.exp2(rng.uniform(0, 16, 4000)) * rng.choice([-1, 1], 4000)).astype(np_dtype)
+  for scale in (3.0, 32768.0):
+    out, flag, _ = run_in_graph(lambda g: _fused([g], scale), tf.constant(values))
+    assert_bitwise_equal(out[0].numpy(), reference_unscale(values, scale))
+    assert flag.numpy()

@@ -167,7 +167,8 @@ def test_flag_of_the_fused_op_adds_no_is_finite(scale):
         session.run(tf.compat.v1.global_variables_initializer())
         return added, session.run(flag)
 
-  assert new_ops(lambda unscaled, _: finite.all_finite(unscaled)) == ([], True)  # the op's flag itself
+  # all_finite returns the op's flag itself: no new op at all.
+  assert new_ops(lambda unscaled, _: finite.all_finite(unscaled)) == ([], True)
   added, value = new_ops(lambda unscaled, loss_scale: loss_scale.update(unscaled)[1])
   assert value and "IsFinite" not in added and "FixedUnscaleGradsAndCheck" not in added
   # Its flag is the op's, not a new check.
