@@ -12,7 +12,7 @@ of the outputs, numpy's float64 sum of the outputs' squares.
   every position of buffers of 0..300 elements around the vector widths, unroll
   steps and 64-byte heads, at several misalignments, and at the edges of byte
   ranges (ScaleAndCheckByteRange, the kernel's shards); zeros, subnormals and
-  the largest finite values never flip it.
+  the largest finite values never flip it, nor do NaNs just outside the range.
 - The sum of squares is exact where every partial sum is (small integers), 0
   for zeros, within the bound of NOTE [sum of squares] (tf_ops/core/cpu/
   scale_loop.h) otherwise, Inf or NaN with a non-finite output, +Inf when a
@@ -238,6 +238,25 @@ def test_outputs_are_the_unchecked_loops_bits(lib, variant, dtype):
       actual = np.full(200, sentinel, storage)
       checked(lib, path, dtype, src, factor, ftz, True, first, last, out=actual)
       np.testing.assert_array_equal(actual, expected, err_msg=f"[{first}, {last})")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_only_the_range_is_checked(lib, variant, dtype):
+  """NaNs and Infs just before `first` and from `last` on (where a vector
+  head, tail or masked tail could read them) leave the flag true and the sum
+  that of [first, last)."""
+  path, ftz = variant
+  _, exponent, quiet, _ = LAYOUT[dtype]
+  factor = factors(1.0)
+  for n in range(0, 70):
+    for first in (0, 1, 5, 17):
+      src = np.full(first + n + 70, exponent | quiet, STORAGE[dtype])
+      src[first + n + 1::2] = exponent
+      src[first:first + n] = (np.arange(n) % 7 + 1).astype(NP_DTYPE[dtype]).view(STORAGE[dtype])
+      out, flag, total = checked(lib, path, dtype, src, factor, ftz, True, first, first + n)
+      assert flag, f"[{first}, {first + n}) flagged by its neighbours"
+      assert total == float(np.sum((np.arange(n) % 7 + 1.0) ** 2)), (first, n, total)
+      np.testing.assert_array_equal(out[first:first + n], src[first:first + n])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -15,7 +15,12 @@
 // bfloat16 bit pattern; random float/double bit patterns (NaN, Inf, subnormal,
 // +-0); 10,000 tensors in one call; random partitions of the byte space through
 // ScaleByteRange, checking every element is written exactly once and that a
-// range writes exactly the elements whose first byte it holds.
+// range writes exactly the elements whose first byte it holds. The checked
+// loops (ScaleAndCheckByteRange, ScaleAndCheckElementsWithPath): the same
+// outputs, the flag against the reference outputs' finiteness (one Inf or NaN
+// among finite values of every class, NaNs just outside the range), the sum
+// of squares against an exact long double sum within NOTE [sum of squares]'s
+// bound, shards combined in order, empty lists, a flag already false.
 //
 // Usage: cpu_core_sanitizer_test [seed]   (exit 0 and "PASSED" on success)
 #include <cmath>
@@ -77,6 +82,21 @@ void CoreScaleElements(const fls::TensorSpan& span, int64_t first, int64_t last,
                        fls::ScaleFactor factor) {
   ScopedCoreEnvironment environment;
   fls::ScaleElements(span, first, last, factor);
+}
+
+void CoreScaleAndCheckByteRange(const std::vector<fls::TensorSpan>& spans,
+                                const std::vector<int64_t>& offsets, int64_t begin, int64_t end,
+                                fls::ScaleFactor factor, bool with_squares,
+                                fls::ScaleCheck* check) {
+  ScopedCoreEnvironment environment;
+  fls::ScaleAndCheckByteRange(spans, offsets, begin, end, factor, with_squares, check);
+}
+void CoreScaleAndCheckElements(const fls::TensorSpan& span, int64_t first, int64_t last,
+                               fls::ScaleFactor factor, bool with_squares,
+                               fls::ScaleCheck* check) {
+  ScopedCoreEnvironment environment;
+  fls::ScaleAndCheckElementsWithPath(fls::ActiveCpuPath(), span, first, last, factor,
+                                     with_squares, check);
 }
 
 // ---- failure reporting ------------------------------------------------------
@@ -221,6 +241,67 @@ bool Matches(DType d, uint64_t in_bits, uint64_t out_bits, float f, double df) {
   return out_bits == expected;
 }
 
+// The value of an element's bits, exactly, as a long double (x86: 64-bit
+// significand, 15-bit exponent: every square and sum below is exact or nearly).
+long double RefValue(DType d, uint64_t bits) {
+  switch (d) {
+    case DType::kHalf: return HalfToDouble(bits);
+    case DType::kBFloat16: return BFloat16ToDouble(bits);
+    case DType::kFloat: {
+      float x;
+      const uint32_t b = static_cast<uint32_t>(bits);
+      std::memcpy(&x, &b, 4);
+      return x;
+    }
+    case DType::kDouble: {
+      double x;
+      std::memcpy(&x, &bits, 8);
+      return x;
+    }
+  }
+  return 0;
+}
+
+bool RefFinite(DType d, uint64_t bits) { return std::isfinite(RefValue(d, bits)); }
+
+// NOTE [sum of squares] (scale_loop.h): relative error <= (256 + 2) * 2^-24
+// (float64 elements: (256 + 1) * 2^-53), plus 2^-126 per element.
+long double SquaresTolerance(DType d, long double exact, int64_t n) {
+  const long double relative = d == DType::kDouble ? 257.0L * 0x1p-53L : 258.0L * 0x1p-24L;
+  return relative * exact + static_cast<long double>(n) * 0x1p-126L;
+}
+
+// Checks a ScaleCheck against the expected outputs' finiteness and the exact
+// sum of their squares (`exact`, over `n` elements; `initial` is what the sum
+// held before the call).
+void CheckScaleCheck(const fls::ScaleCheck& check, bool finite, long double exact, int64_t n,
+                     DType d, bool with_squares, double initial, const std::string& what) {
+  EXPECT(check.all_finite == finite, "%s: all_finite %d, expected %d", what.c_str(),
+         check.all_finite, finite);
+  if (!with_squares) {
+    EXPECT(check.sum_of_squares == initial, "%s: sum_of_squares changed without the attr: %a",
+           what.c_str(), check.sum_of_squares);
+    return;
+  }
+  const long double got = static_cast<long double>(check.sum_of_squares) - initial;
+  if (!finite) {
+    EXPECT(!std::isfinite(check.sum_of_squares), "%s: non-finite output, sum %a", what.c_str(),
+           check.sum_of_squares);
+    return;
+  }
+  // A float32 square or lane may overflow to Inf only where the exact sum is
+  // at float32's limit (float64 elements: float64's).
+  const long double limit = d == DType::kDouble ? 1.7976931348623157e308L : 3.40282347e38L;
+  if (std::isinf(got)) {
+    EXPECT(exact >= limit - SquaresTolerance(d, exact, n), "%s: sum Inf, exact %La",
+           what.c_str(), exact);
+    return;
+  }
+  EXPECT(std::fabs(got - exact) <= SquaresTolerance(d, exact, n),
+         "%s %s n=%lld: sum of squares %La, exact %La", what.c_str(), fls::DTypeName(d),
+         (long long)n, got, exact);
+}
+
 // ---- buffers ------------------------------------------------------------------
 constexpr int kGuard = 64;
 constexpr uint8_t kGuardByte = 0xA5;
@@ -355,6 +436,25 @@ void CheckCase(const Case& c, fls::ScaleFactor factor, const std::string& what) 
   }
   EXPECT(c.in->GuardsIntact(), "%s %s n=%lld: input guard bytes overwritten", what.c_str(),
          fls::DTypeName(c.dtype), (long long)c.n);
+}
+
+// The expected finiteness and exact sum of squares of elements [first, last)
+// of a case's reference outputs.
+void ExpectedCheck(const Case& c, fls::ScaleFactor factor, int64_t first, int64_t last,
+                   bool* finite, long double* exact) {
+  *finite = true;
+  *exact = 0;
+  for (int64_t i = first; i < last; ++i) {
+    const uint64_t out = RefIsNaN(c.dtype, c.input[i])
+                             ? c.input[i]
+                             : Reference(c.dtype, c.input[i], factor.f, factor.d);
+    if (!RefFinite(c.dtype, out)) {
+      *finite = false;
+      continue;
+    }
+    const long double v = RefValue(c.dtype, out);
+    *exact += v * v;
+  }
 }
 
 void RunWhole(std::vector<std::unique_ptr<Case>>& cases, fls::ScaleFactor factor) {
@@ -582,6 +682,211 @@ void TestDegenerate(std::mt19937_64& rng) {
   CheckCase(*cases[0], Unscale(2.0f), "empty spans around a tensor");
 }
 
+// ---- the checked loops (FixedUnscaleGradsAndCheck) ----------------------------
+
+// Finite values of every class (ordinary, +-0, subnormal, the largest binade)
+// with, in most cases, one Inf or NaN at a random position.
+void FillForCheck(Case& c, std::mt19937_64& rng) {
+  for (int64_t i = 0; i < c.n; ++i) {
+    uint64_t v = (rng() % 3 == 0) ? RandomBits(rng, c.dtype) : OrdinaryBits(rng, c.dtype);
+    while (!RefFinite(c.dtype, v)) v = RandomBits(rng, c.dtype);
+    c.input[i] = v;
+  }
+  if (c.n > 0 && rng() % 3 != 0) {
+    uint64_t v = RandomBits(rng, c.dtype);
+    while (RefFinite(c.dtype, v)) v = RandomBits(rng, c.dtype);
+    c.input[rng() % c.n] = v;
+  }
+  for (int64_t i = 0; i < c.n; ++i) StoreBits(c.in->data(), c.dtype, i, c.input[i]);
+}
+
+// One tensor: the outputs are the unchecked loops' (the reference), the flag
+// and the sum match the reference outputs', through ScaleAndCheckByteRange and
+// ScaleAndCheckElementsWithPath (sub-ranges too), in place and not.
+void TestCheckedSizesAndAlignments(std::mt19937_64& rng) {
+  std::vector<int64_t> sizes;
+  for (int64_t n = 0; n <= 40; ++n) sizes.push_back(n);
+  for (int64_t p : {63, 64, 65, 127, 128, 129, 255, 256, 257, 1023, 1025, 4097, 16411, 65537}) {
+    sizes.push_back(p);
+  }
+  const float scales[] = {1.0f, 3.0f, 1000.0f, 65504.0f, 16777216.0f};
+  long runs = 0;
+  for (DType d : kDTypes) {
+    for (int64_t n : sizes) {
+      for (int misalign = 0; misalign < 8; misalign += (n > 300 ? 3 : 1)) {
+        for (int variant = 0; variant < 4; ++variant) {
+          const bool in_place = variant & 1;
+          const bool with_squares = variant & 2;
+          const float s = scales[rng() % (sizeof(scales) / sizeof(scales[0]))];
+          const fls::ScaleFactor factor = (rng() % 4) ? Unscale(s) : fls::ScaleFactor{s, double(s)};
+          auto c = MakeCase(d, n, misalign, (misalign * 5 + 3) % 8, in_place, rng);
+          FillForCheck(*c, rng);
+          bool finite;
+          long double exact;
+          ExpectedCheck(*c, factor, 0, n, &finite, &exact);
+          std::vector<fls::TensorSpan> spans{c->span};
+          const std::vector<int64_t> offsets = fls::ByteOffsets(spans);
+          // Without the sum, a value the call must leave as it is.
+          const double initial = with_squares ? 0.0 : 0.25;
+          fls::ScaleCheck check;
+          check.sum_of_squares = initial;
+          CoreScaleAndCheckByteRange(spans, offsets, 0, offsets.back(), factor, with_squares,
+                                     &check);
+          CheckCase(*c, factor, "ScaleAndCheckByteRange");
+          CheckScaleCheck(check, finite, exact, n, d, with_squares, initial,
+                          "ScaleAndCheckByteRange");
+          // A sub-range [first, last) of a fresh copy: only its elements count.
+          auto sub = MakeCase(d, n, (misalign + 3) % 8, misalign, in_place, rng);
+          sub->input = c->input;
+          for (int64_t i = 0; i < n; ++i) StoreBits(sub->in->data(), d, i, c->input[i]);
+          const int64_t first = n == 0 ? 0 : rng() % (n + 1);
+          const int64_t last = n == 0 ? 0 : first + rng() % (n - first + 1);
+          ExpectedCheck(*sub, factor, first, last, &finite, &exact);
+          fls::ScaleCheck sub_check;
+          CoreScaleAndCheckElements(sub->span, first, last, factor, with_squares, &sub_check);
+          CheckScaleCheck(sub_check, finite, exact, last - first, d, with_squares, 0.0,
+                          "ScaleAndCheckElementsWithPath [" + std::to_string(first) + ", " +
+                              std::to_string(last) + ")");
+          runs += 2;
+        }
+      }
+    }
+  }
+  std::printf("  checked sizes/alignments: %ld calls\n", runs);
+}
+
+// Non-finite values just outside [first, last) (before the head, after the
+// tail, in the lanes a masked tail loads as zeros) never reach the flag.
+void TestCheckedIgnoresNeighbours(std::mt19937_64& rng) {
+  for (DType d : kDTypes) {
+    const uint64_t nan = d == DType::kHalf ? 0x7e00 : d == DType::kBFloat16 ? 0x7fc0
+                       : d == DType::kFloat ? 0x7fc00000u : 0x7ff8000000000000ull;
+    for (int64_t n = 0; n <= 140; ++n) {
+      for (int64_t first = 0; first <= 9; first += 3) {
+        auto c = MakeCase(d, n + first + 40, 0, 0, /*in_place=*/false, rng, /*ordinary=*/true);
+        for (int64_t i = 0; i < first; ++i) c->input[i] = nan;
+        for (int64_t i = first + n; i < c->n; ++i) c->input[i] = (i & 1) ? nan : nan ^ 0x1;
+        for (int64_t i = 0; i < c->n; ++i) StoreBits(c->in->data(), d, i, c->input[i]);
+        for (bool with_squares : {false, true}) {
+          fls::ScaleCheck check;
+          CoreScaleAndCheckElements(c->span, first, first + n, Unscale(3.0f), with_squares, &check);
+          bool finite;
+          long double exact;
+          ExpectedCheck(*c, Unscale(3.0f), first, first + n, &finite, &exact);
+          CheckScaleCheck(check, finite, exact, n, d, with_squares, 0.0, "NaN neighbours");
+        }
+      }
+    }
+  }
+}
+
+// Random partitions of a list's byte space, each range with its own
+// ScaleCheck, combined in range order as the kernel combines its shards.
+void TestCheckedPartitions(std::mt19937_64& rng) {
+  for (int trial = 0; trial < 300; ++trial) {
+    const bool in_place = trial & 1;
+    const bool with_squares = trial & 2;
+    std::vector<std::unique_ptr<Case>> cases;
+    const int num = 1 + rng() % 40;
+    for (int i = 0; i < num; ++i) {
+      const int64_t n = (rng() % 5 == 0) ? 0 : 1 + rng() % 300;
+      cases.push_back(MakeCase(kDTypes[rng() % 4], n, rng() % 8, rng() % 8, in_place, rng,
+                               /*ordinary=*/true));
+    }
+    // Sometimes one Inf or NaN somewhere in the list.
+    if (trial % 3 == 0) {
+      Case& c = *cases[rng() % num];
+      if (c.n > 0) {
+        uint64_t v = RandomBits(rng, c.dtype);
+        while (RefFinite(c.dtype, v)) v = RandomBits(rng, c.dtype);
+        const int64_t i = rng() % c.n;
+        c.input[i] = v;
+        StoreBits(c.in->data(), c.dtype, i, v);
+      }
+    }
+    const fls::ScaleFactor factor = Unscale((trial % 5 == 0) ? 2.0f : 3.0f);
+    bool finite = true;
+    long double exact = 0;
+    int64_t elements = 0;
+    std::vector<fls::TensorSpan> spans;
+    for (auto& c : cases) {
+      bool f;
+      long double e;
+      ExpectedCheck(*c, factor, 0, c->n, &f, &e);
+      finite &= f;
+      exact += e;
+      elements += c->n;
+      spans.push_back(c->span);
+    }
+    const std::vector<int64_t> offsets = fls::ByteOffsets(spans);
+    const int64_t total = offsets.back();
+    std::vector<int64_t> cuts{0, total};
+    const int num_cuts = rng() % 30;
+    for (int i = 0; i < num_cuts; ++i) cuts.push_back(total == 0 ? 0 : rng() % (total + 1));
+    std::sort(cuts.begin(), cuts.end());
+    fls::ScaleCheck combined;
+    for (size_t i = 0; i + 1 < cuts.size(); ++i) {
+      fls::ScaleCheck check;
+      CoreScaleAndCheckByteRange(spans, offsets, cuts[i], cuts[i + 1], factor, with_squares,
+                                 &check);
+      combined.all_finite &= check.all_finite;
+      combined.sum_of_squares += check.sum_of_squares;
+    }
+    for (auto& c : cases) CheckCase(*c, factor, "checked partition");
+    CheckScaleCheck(combined, finite, exact, elements, DType::kFloat, with_squares, 0.0,
+                    "checked partition");
+  }
+}
+
+// 10,000 tensors in one checked call; empty lists and ranges; what *check held
+// before (a false flag stays false, the sum is added to).
+void TestCheckedManyAndDegenerate(std::mt19937_64& rng) {
+  std::vector<std::unique_ptr<Case>> cases;
+  std::vector<fls::TensorSpan> spans;
+  bool finite = true;
+  long double exact = 0;
+  int64_t elements = 0;
+  for (int i = 0; i < 10000; ++i) {
+    cases.push_back(MakeCase(kDTypes[rng() % 4], rng() % 10, rng() % 8, rng() % 8,
+                             (rng() % 3) == 0, rng, /*ordinary=*/true));
+    bool f;
+    long double e;
+    ExpectedCheck(*cases.back(), Unscale(1024.0f), 0, cases.back()->n, &f, &e);
+    finite &= f;
+    exact += e;
+    elements += cases.back()->n;
+    spans.push_back(cases.back()->span);
+  }
+  const std::vector<int64_t> offsets = fls::ByteOffsets(spans);
+  fls::ScaleCheck check;
+  CoreScaleAndCheckByteRange(spans, offsets, 0, offsets.back(), Unscale(1024.0f), true, &check);
+  for (auto& c : cases) CheckCase(*c, Unscale(1024.0f), "10000 tensors, checked");
+  CheckScaleCheck(check, finite, exact, elements, DType::kFloat, true, 0.0,
+                  "10000 tensors, checked");
+
+  std::vector<fls::TensorSpan> none;
+  fls::ScaleCheck empty;
+  CoreScaleAndCheckByteRange(none, fls::ByteOffsets(none), 0, 0, Unscale(2.0f), true, &empty);
+  EXPECT(empty.all_finite && empty.sum_of_squares == 0.0, "an empty list changed the check");
+  std::vector<fls::TensorSpan> empties{{nullptr, nullptr, 0, DType::kHalf},
+                                       {nullptr, nullptr, 0, DType::kDouble}};
+  CoreScaleAndCheckByteRange(empties, fls::ByteOffsets(empties), 0, 0, Unscale(2.0f), true,
+                             &empty);
+  EXPECT(empty.all_finite && empty.sum_of_squares == 0.0, "empty tensors changed the check");
+  fls::ScaleCheck held{false, 1.5};
+  auto c = MakeCase(DType::kFloat, 33, 1, 2, false, rng, /*ordinary=*/true);
+  CoreScaleAndCheckElements(c->span, 0, 33, Unscale(2.0f), true, &held);
+  bool f;
+  long double e;
+  ExpectedCheck(*c, Unscale(2.0f), 0, 33, &f, &e);
+  EXPECT(!held.all_finite, "a false flag became true");
+  EXPECT(std::fabs(held.sum_of_squares - 1.5 - e) <= SquaresTolerance(DType::kFloat, e, 33),
+         "the sum was not added to the one held: %a", held.sum_of_squares);
+  CoreScaleAndCheckElements(c->span, 5, 5, Unscale(2.0f), true, &empty);
+  CoreScaleAndCheckElements(c->span, 7, 3, Unscale(2.0f), true, &empty);
+  EXPECT(empty.all_finite && empty.sum_of_squares == 0.0, "an empty range changed the check");
+}
+
 // The reference itself, on values worked by hand.
 void TestReference() {
   const float third = 1.0f / 3.0f;
@@ -631,6 +936,10 @@ int main(int argc, char** argv) {
     TestManyTensors(rng);
     TestRandomPartitions(rng);
     TestSingleRangeOwnership(rng);
+    TestCheckedSizesAndAlignments(rng);
+    TestCheckedIgnoresNeighbours(rng);
+    TestCheckedPartitions(rng);
+    TestCheckedManyAndDegenerate(rng);
   }
   std::printf("%ld checks, %ld failures\n", g_checks, g_failures);
   if (g_failures) {
