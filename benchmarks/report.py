@@ -219,7 +219,8 @@ def print_overflow_steps(results, out):
             file=out)
     for name in o["step_s"]:
       if o["checks"].get(name):
-        print(f"  ops in {name}: {o['checks'][name]}", file=out)
+        print(f"  ops in {name}'s executed graph (a cond's branches counted, taken or not): "
+              f"{o['checks'][name]}", file=out)
     for name, ratio in o["overhead_ratios"].items():
       print(f"  overhead {name}: {ratio:.2f} (goal <= 0.25)", file=out)
 
