@@ -33,7 +33,6 @@ import tensorflow as tf
 
 from fixed_loss_scale import clipping
 from fixed_loss_scale import finite
-from fixed_loss_scale import ops
 from fixed_loss_scale import scaling
 
 if keras.backend.backend() != "tensorflow":
@@ -49,59 +48,13 @@ if keras.backend.backend() != "tensorflow":
 # on; the seam rounds the quotient once to the gradient's dtype (the ops'
 # contract), so float16 *variables* may update by a different last bit.
 #
-# The fused op takes a scale in [1, 2**126] (IsValidLossScale). Keras's scale
-# can leave that range: it halves without a floor (after 16 overflowing steps in
-# a row from 2**15 it is below 1) and doubles without a ceiling. Such a step is
-# unscaled and checked as Keras does it -- `g / scale`, the flag from the scaled
-# gradients -- in the other branch of a cond on the scale's range, so the
-# trajectory stays Keras's; a step in range costs that cond, no extra read.
-_MAX_SCALE = ops.MAX_LOSS_SCALE
-
-
-def _divide_as_keras(grads, scale):
-  """Keras's unscaling (g / scale) kept in each gradient's dtype and IndexedSlices."""
-  result = []
-  for g in grads:
-    values = finite.dense_part(g)
-    wide = tf.cast(values, tf.float64) if values.dtype == tf.float64 else tf.cast(values,
-                                                                                  tf.float32)
-    quotient = tf.cast(wide / tf.cast(scale, wide.dtype), values.dtype)
-    result.append(tf.IndexedSlices(quotient, g.indices, g.dense_shape)
-                  if isinstance(g, tf.IndexedSlices) else quotient)
-  return result
-
-
-def _sum_of_squares(grads):
-  """The seam's arithmetic sum of squares (NOTE [sum of squares] in scaling.py)."""
-  total = tf.constant(0.0, tf.float64)
-  for g in grads:
-    values = finite.dense_part(g)
-    wide = values if values.dtype == tf.float64 else tf.cast(values, tf.float32)
-    total += tf.cast(tf.reduce_sum(tf.square(wide)), tf.float64)
-  return tf.cast(total, tf.float32)
-
-
-def unscale_and_check_any_scale(grads, scale, sum_of_squares):
-  """`scaling.unscale_and_check(grads, scale, sum_of_squares)` (always a
-  3-tuple; the third is None without `sum_of_squares`) for a float32 scale
-  tensor that may be outside [1, 2**126], where Keras's arithmetic is used
-  (NOTE [Keras drop-in numerics])."""
-  if not grads:
-    return [], tf.constant(True), (tf.constant(0.0) if sum_of_squares else None)
-
-  def in_range():
-    result = scaling.unscale_and_check(grads, scale, sum_of_squares=sum_of_squares)
-    unscaled, flag = result[0], result[1]
-    return unscaled, flag, (result[2] if sum_of_squares else tf.constant(0.0))
-
-  def out_of_range():
-    unscaled = _divide_as_keras(grads, scale)
-    flag = finite.is_all_finite([finite.dense_part(g) for g in grads])
-    return unscaled, flag, (_sum_of_squares(unscaled) if sum_of_squares else tf.constant(0.0))
-
-  usable = tf.logical_and(scale >= 1.0, scale <= _MAX_SCALE)
-  unscaled, flag, squares = tf.cond(usable, in_range, out_of_range)
-  return list(unscaled), flag, (squares if sum_of_squares else None)
+# Keras's scale can leave the fused op's range [1, 2**126]: it halves without a
+# floor (after 16 overflowing steps in a row from 2**15 it is below 1) and
+# doubles without a ceiling. The seam then takes the arithmetic (NOTE [tensor
+# scale out of range] in scaling.py), so the trajectory stays Keras's; one
+# difference remains there: the flag is the unscaled gradients', so below 1 a
+# finite gradient whose quotient overflows skips the step, where Keras (which
+# checks the scaled gradients) applies an inf.
 
 
 def flag_in_sync(flag):
@@ -126,7 +79,7 @@ class _Step:
     self.clipped = clipped
 
 
-def unscale_check_and_clip(optimizer, grads, variables, scale, any_scale=False):
+def unscale_check_and_clip(optimizer, grads, variables, scale):
   """The unscaling half of a wrapper's `apply` (shared by both Keras wrappers).
 
   Gradients that are None or belong to variables overwritten with their
@@ -143,13 +96,10 @@ def unscale_check_and_clip(optimizer, grads, variables, scale, any_scale=False):
   to_unscale = [g for g, k in zip(grads, keep) if not k]
   clip_norm = clipping.fused_global_clipnorm(inner)
   with_sum = clip_norm is not None and bool(to_unscale)
-  if any_scale:
-    unscaled, flag, squares = unscale_and_check_any_scale(to_unscale, scale, with_sum)
-  else:
-    result = scaling.unscale_and_check(to_unscale, scale, sum_of_squares=with_sum)
-    unscaled, flag, squares = result[0], result[1], (result[2] if with_sum else None)
+  result = scaling.unscale_and_check(to_unscale, scale, sum_of_squares=with_sum)
+  unscaled, flag = result[0], result[1]
   if with_sum:
-    unscaled = clipping.keras_clip_by_global_norm(unscaled, squares, clip_norm)
+    unscaled = clipping.keras_clip_by_global_norm(unscaled, result[2], clip_norm)
   kept = [g for g, k in zip(grads, keep) if k and g is not None]
   if kept:
     flag = tf.logical_and(flag, finite.is_all_finite([finite.dense_part(g) for g in kept]))
@@ -202,8 +152,7 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
       raise ValueError("apply() must be called in a replica context.")  # Keras's words
     grads = list(grads)
     variables = trainable_variables or self._trainable_variables
-    step = unscale_check_and_clip(self, grads, variables, tf.convert_to_tensor(self.dynamic_scale),
-                                  any_scale=True)
+    step = unscale_check_and_clip(self, grads, variables, tf.convert_to_tensor(self.dynamic_scale))
     if tf.__internal__.distribute.strategy_supports_no_merge_call():
       tf.cond(flag_in_sync(step.flag),
               lambda: self._handle_finite_unscaled(step.grads, trainable_variables, step.clipped),
