@@ -146,7 +146,7 @@ def _custom_steps(cls, grads_per_step, traced, initial_scale=4.0, **inner_args):
   def step(g):
     opt.apply([g], [v])
 
-  step = tf.function(step) if traced else step
+  step = tf.function(step, jit_compile=traced == "xla") if traced else step
   history = []
   for g in grads_per_step:
     step(tf.constant(g, tf.float32))
@@ -155,7 +155,7 @@ def _custom_steps(cls, grads_per_step, traced, initial_scale=4.0, **inner_args):
   return history
 
 
-@pytest.mark.parametrize("traced", [False, True])
+@pytest.mark.parametrize("traced", [False, True, "xla"])
 def test_scale_below_one_and_growth_follow_keras(traced):
   # Keras halves without a floor: four overflows from 4 leave 0.25, outside
   # the fused op's range; those steps are unscaled as Keras does.
@@ -245,7 +245,8 @@ def test_checkpoints_move_between_the_classes(tmp_path, direction, form):
   _assert_same_state(target, source)
 
 
-def test_global_clipnorm_from_the_same_pass_close_to_keras(monkeypatch):
+@pytest.mark.parametrize("traced", [True, "xla"])
+def test_global_clipnorm_from_the_same_pass_close_to_keras(monkeypatch, traced):
   calls = []
   original = keras.optimizers.SGD._clip_gradients
 
@@ -257,9 +258,9 @@ def test_global_clipnorm_from_the_same_pass_close_to_keras(monkeypatch):
   grads = [[30.0, -10.0, 5.0, 60.0], [np.inf, 1.0, 1.0, 1.0], [0.5, 0.25, -0.125, 0.0],
            [300.0, 100.0, -50.0, 20.0]]
   scaled = [list(np.float32(4.0) * np.array(g, np.float32)) for g in grads]
-  ours = _custom_steps(LossScaleOptimizer, scaled, True, global_clipnorm=2.0)
+  ours = _custom_steps(LossScaleOptimizer, scaled, traced, global_clipnorm=2.0)
   inner_calls = len(calls)
-  theirs = _custom_steps(KerasLossScaleOptimizer, scaled, True, global_clipnorm=2.0)
+  theirs = _custom_steps(KerasLossScaleOptimizer, scaled, traced, global_clipnorm=2.0)
   # The wrapper's inner optimizer did not clip (the wrapper did, from the
   # unscaling's sum of squares); Keras's class clips in its inner optimizer.
   assert inner_calls == 0 and len(calls) >= 1

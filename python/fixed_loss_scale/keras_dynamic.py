@@ -92,7 +92,6 @@ def unscale_check_and_clip(optimizer, grads, variables, scale):
   inner = optimizer.inner_optimizer
   keep = [g is None or optimizer._overwrite_variable_with_gradient(v)  # pylint: disable=protected-access
           for g, v in zip(grads, variables)]
-  keep += [True] * (len(grads) - len(keep))
   to_unscale = [g for g, k in zip(grads, keep) if not k]
   clip_norm = clipping.fused_global_clipnorm(inner)
   with_sum = clip_norm is not None and bool(to_unscale)
@@ -142,9 +141,6 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
       with keras.name_scope(self.name, caller=self):
         self.build(trainable_variables)
       self.built = True
-    self._tf_apply(grads, trainable_variables)
-
-  def _common_apply(self, grads, trainable_variables=None):
     self._tf_apply(grads, trainable_variables)
 
   def _tf_apply(self, grads, trainable_variables=None):
