@@ -579,6 +579,7 @@ int RunHuge() {
     reference.all_finite = reference.all_finite && std::isfinite(x);
     reference.sum_of_squares += static_cast<double>(histogram[bits]) * x * x;
   }
+  reference.elements = n;
   testing::ListCase huge_case;
   huge_case.name = "huge checked";
   float sum;

@@ -38,13 +38,23 @@ namespace fixed_loss_scale {
 namespace gpu {
 namespace {
 
+// A stated minimum of 1 block per SM for the buffer-table and checked kernels:
+// without one, nvcc 13's ptxas holds them to fewer registers than they need
+// and spills to local memory (the unchecked buffer-table kernel 8 bytes at 64
+// registers since the hardware half conversions of NOTE [device half
+// conversions], the checked inline ones without the sum 8 bytes at 48); with
+// it they take 66 to 78 and spill nothing. The clang route's register counts
+// are the same either way (64 and 64-65). tools/gpu_check.sh's SASS step
+// checks every kernel for local memory.
+constexpr int kMinBlocksPerSM = 1;
+
 template <int64_t kCapacity>
 __global__ void __launch_bounds__(kBlockSize)
     ScaleInlineTableKernel(const FLS_GRID_CONSTANT InlineTable<kCapacity> table) {
   ScaleTableChunk(table, blockIdx.x, threadIdx.x, DirectMemory());
 }
 
-__global__ void __launch_bounds__(kBlockSize)
+__global__ void __launch_bounds__(kBlockSize, kMinBlocksPerSM)
     ScaleBufferTableKernel(const FLS_GRID_CONSTANT BufferTable table) {
   ScaleTableChunk(table, blockIdx.x, threadIdx.x, DirectMemory());
 }
@@ -132,21 +142,15 @@ __device__ __forceinline__ void ScaleAndCheckBlock(const Table& table,
   if (threadIdx.x == 0) WriteCheckOutputs<kSumOfSquares>(targets, total, memory);
 }
 
-// With no minimum, nvcc 13's ptxas holds the checked inline kernels without
-// the sum to 48 registers and spills 8 bytes to local memory; a stated minimum
-// of 1 block per SM lets it take the 72 it needs (78 with the sum), with no
-// spill (tools/gpu_check.sh's SASS step checks that there is none).
-constexpr int kCheckedMinBlocksPerSM = 1;
-
 template <int64_t kCapacity, bool kSumOfSquares>
-__global__ void __launch_bounds__(kBlockSize, kCheckedMinBlocksPerSM)
+__global__ void __launch_bounds__(kBlockSize, kMinBlocksPerSM)
     ScaleAndCheckInlineTableKernel(const FLS_GRID_CONSTANT InlineTable<kCapacity> table,
                                    const FLS_GRID_CONSTANT CheckTargets targets) {
   ScaleAndCheckBlock<kSumOfSquares>(table, targets);
 }
 
 template <bool kSumOfSquares>
-__global__ void __launch_bounds__(kBlockSize, kCheckedMinBlocksPerSM)
+__global__ void __launch_bounds__(kBlockSize, kMinBlocksPerSM)
     ScaleAndCheckBufferTableKernel(const FLS_GRID_CONSTANT BufferTable table,
                                    const FLS_GRID_CONSTANT CheckTargets targets) {
   ScaleAndCheckBlock<kSumOfSquares>(table, targets);
