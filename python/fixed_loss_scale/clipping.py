@@ -21,20 +21,21 @@ from fixed_loss_scale import scaling
 
 
 # NOTE [clipping tolerance]: the sum of squares is not summed in TensorFlow's
-# (or Keras's) order (NOTE [sum of squares] in scaling.py), so the norm, and so
-# every clipped value, differs from `tf.clip_by_global_norm`'s and Keras's
-# `clip_by_global_norm`'s by a relative 1e-5 at most in the tests, and is often
-# bit-identical. The bound: the sum is of non-negative terms, so each of the
-# two sums is within n * 2**-24 (relative) of the exact one for n additions in
-# one float32 accumulator, and both accumulate in float32 blocks of a few
-# thousand elements at most (the op; TF's reduce_sum and Eigen's tree: fewer);
-# the square root halves the relative error, and the clip factor
-# (clip_norm / norm) carries it to each value, plus one float32 rounding. The
-# tests (up to ~10^5 elements per gradient) use rtol=1e-5 on the norm and the
-# clipped values; a norm at exactly the threshold can clip on one side and not
-# on the other, so the tests keep norms away from it. The scale factor is
-# computed from the norm with TensorFlow's (and Keras's) own expression, so
-# given the same norm the clipped values are the same bits.
+# (or Keras's) order (NOTE [sum of squares] in scaling.py), so the global norm,
+# and with it every clipped value (through clip_norm / norm), may differ from
+# `tf.clip_by_global_norm`'s and Keras's `clip_by_global_norm`'s; given the
+# same norm the clipped values are the same bits, since the factor is computed
+# with their own expression. The sums are of non-negative terms, so each is
+# within n * 2**-24 (relative) of the exact sum for n additions into one
+# float32 accumulator: a few thousand at most in the op's blocks (about 1e-4
+# in the worst case), fewer in TensorFlow's reduction tree; for gradients the
+# rounding errors mostly cancel, as a random walk (about sqrt(n) * 2**-24).
+# The square root halves the relative error. The tests compare norms and
+# clipped values with rtol=1e-5: about five times the random-walk estimate for
+# blocks of 4096 (2e-6 on the norm), far more than the float32 ulp or two
+# measured; a norm
+# within that tolerance of `clip_norm` may clip on one side and not on the
+# other, so the tests keep away from it.
 
 
 def _check_sequence(grads):
