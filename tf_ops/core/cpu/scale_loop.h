@@ -25,6 +25,7 @@
 //   FoldNonFinite(acc, y), AnyNonFinite(acc), FiniteOne(y)
 //   Square, SquareSum     float (double for double) and a register of them
 //   kSquaresPerVector     squares one output Vector adds to each SquareSum lane
+//   kSquaresAreFinite     no finite output's square overflows a lane's sum
 //   AddSquares(acc, y), SumAsDouble(acc), SquareOne(y)
 // Its functions are FLS_SIMD_INLINE: the skeleton's target, always inlined.
 //
@@ -71,7 +72,10 @@
 // tests/test_fused_check_cpu.py asserts; typical errors are ~100x smaller.
 // A non-finite output makes its square, and so the sum, Inf or NaN; a finite
 // float32 or bfloat16 output above ~1.8e19 squares to +Inf, the float32 result
-// the sum would round to anyway. The blocks and their order depend only on n
+// the sum would round to anyway. Half is the exception that saves its loop
+// the finite test when it sums squares (kSquaresAreFinite): a lane of at most
+// kSquaresPerFlush squares of at most 65504^2 stays below 2^41, so the
+// registers' float64 total is non-finite iff one of their outputs is. The blocks and their order depend only on n
 // and dst's alignment, so a loop's sum is deterministic; the sum does differ
 // in its last bits between paths (scalar, AVX2, AVX-512), which order the
 // additions differently.
@@ -132,10 +136,17 @@ struct LoopCheck {
   typename Traits::Square scalar_squares = 0;  // the scalar head and tail
   double total = 0.0;
 
+  // Whether the registers' squares alone tell a non-finite output (NOTE
+  // [sum of squares]: half).
+  template <bool kSumOfSquares>
+  static constexpr bool kSquaresTell = kSumOfSquares && Traits::kSquaresAreFinite;
+
   // One output register, into accumulator k.
   template <bool kSumOfSquares>
   FLS_SIMD_INLINE void Fold(int k, typename Traits::Vector y) {
-    non_finite[k] = Traits::FoldNonFinite(non_finite[k], y);
+    if constexpr (!kSquaresTell<kSumOfSquares>) {
+      non_finite[k] = Traits::FoldNonFinite(non_finite[k], y);
+    }
     if constexpr (kSumOfSquares) squares[k] = Traits::AddSquares(squares[k], y);
   }
   // One output element of the scalar head or tail.
@@ -155,11 +166,15 @@ struct LoopCheck {
   template <bool kSumOfSquares>
   FLS_SIMD_INLINE void Finish(ScaleCheck* check) {
     bool finite = scalar_finite;
+    if constexpr (kSumOfSquares) Flush();
+    if constexpr (kSquaresTell<kSumOfSquares>) {
+      finite &= IsFiniteDouble(total);
+    } else {
 #pragma GCC unroll 8
-    for (int k = 0; k < Traits::kUnroll; ++k) finite &= !Traits::AnyNonFinite(non_finite[k]);
+      for (int k = 0; k < Traits::kUnroll; ++k) finite &= !Traits::AnyNonFinite(non_finite[k]);
+    }
     check->all_finite &= finite;
     if constexpr (kSumOfSquares) {
-      Flush();
       check->sum_of_squares += total + static_cast<double>(scalar_squares);
     }
   }
@@ -213,6 +228,8 @@ FLS_SIMD_INLINE void ScaleLoopBody(const typename Traits::Element* src,
     constexpr int64_t kBlockSteps = kSquaresPerFlush / Traits::kSquaresPerVector;
     static_assert(kBlockSteps > 0 && Traits::kUnroll * Traits::kSquaresPerVector <= kSquaresPerFlush,
                   "a block holds the steps, and the remainder fits in one block");
+    static_assert(!Traits::kSquaresAreFinite || kSquaresPerFlush <= (1 << 20),
+                  "kSquaresAreFinite: 65504^2 * kSquaresPerFlush must stay far below FLT_MAX");
     while (i + kStep <= n) {
       const int64_t steps = (n - i) / kStep < kBlockSteps ? (n - i) / kStep : kBlockSteps;
       const int64_t block_end = i + steps * kStep;
@@ -320,6 +337,7 @@ struct MultiplyTraits {
   using Square = T;
   using SquareSum = Vector;
   static constexpr int kSquaresPerVector = 1;
+  static constexpr bool kSquaresAreFinite = false;
   static constexpr int16_t kNonFiniteTop16 = sizeof(T) == 4 ? 0x7f80 : 0x7ff0;
   FLS_SIMD_INLINE static NonFinite FoldNonFinite(NonFinite acc, Vector y) {
     return Ops::MaxTop16(acc, Ops::Bits(y), Top16MagnitudeMask(sizeof(T)));
@@ -381,6 +399,7 @@ struct HalfTraits : Bits16Storage<Ops::kHalfLanes, Ops> {
   }
   static uint16_t ScaleOne(uint16_t x, float f) { return ScaleHalfBits(x, f); }
   static constexpr int kSquaresPerVector = 1;
+  static constexpr bool kSquaresAreFinite = true;  // 65504^2 * kSquaresPerFlush < FLT_MAX
   FLS_SIMD_INLINE static bool AnyNonFinite(Vector acc) { return Ops::AnyTop16AtLeast(acc, 0x7c00); }
   FLS_SIMD_INLINE static Multiplier AddSquares(Multiplier acc, Vector y) {
     const Multiplier x = Ops::FloatsFromHalves(y);
@@ -413,6 +432,7 @@ struct BFloat16Traits : Bits16Storage<Ops::kBFloat16Lanes, Ops> {
   }
   static uint16_t ScaleOne(uint16_t x, float f) { return ScaleBFloat16Bits(x, f); }
   static constexpr int kSquaresPerVector = 2;
+  static constexpr bool kSquaresAreFinite = false;
   FLS_SIMD_INLINE static bool AnyNonFinite(Vector acc) { return Ops::AnyTop16AtLeast(acc, 0x7f80); }
   FLS_SIMD_INLINE static Multiplier AddSquares(Multiplier acc, Vector y) {
     const Multiplier low = Ops::FloatsFromBFloat16Low(y);
