@@ -76,16 +76,20 @@ def _float_bits(value):
 @pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("in_place", [False, True], ids=["allocated", "in_place"])
 def test_unscaled_values_are_fixed_unscale_grads_bit_for_bit(scale, in_place, rng):
-  """Mixed dtypes in one op, inputs read elsewhere (allocated outputs) or
-  made inside the function (sole owners, forwarded)."""
+  """Mixed dtypes in one op; inputs that are the function's arguments (outputs
+  allocated) or fresh buffers made inside it that the op alone reads
+  (forwarded: NOTE [direct forwarding])."""
   values = _mixed_list(rng, [1, 7, 33, 257, 0, 4099, 3, 1000])
+
+  def fresh(grads):  # a new buffer per gradient, owned by nothing else
+    return [tf.gather(g, tf.range(tf.size(g))) for g in grads]
 
   @tf.function
   def both(grads):
-    if in_place:  # a fresh buffer per gradient, owned by nothing else
-      grads = [tf.gather(g, tf.range(tf.size(g))) for g in grads]
-    reference = RAW.fixed_unscale_grads(list(grads), loss_scale=scale)
-    fused, flag, squares = _fused(grads, scale, sum_of_squares=True)
+    reference = RAW.fixed_unscale_grads(fresh(grads) if in_place else list(grads),
+                                        loss_scale=scale)
+    fused, flag, squares = _fused(fresh(grads) if in_place else grads, scale,
+                                  sum_of_squares=True)
     return reference, fused, flag, squares
 
   reference, fused, flag, _ = both([tf.constant(v) for v in values])
@@ -94,6 +98,27 @@ def test_unscaled_values_are_fixed_unscale_grads_bit_for_bit(scale, in_place, rn
     assert f.dtype == r.dtype
     assert_bitwise_equal(f.numpy(), r.numpy())
     assert_bitwise_equal(f.numpy(), reference_unscale(v, scale))
+
+
+def test_inputs_read_elsewhere_are_not_overwritten():
+  """A gradient another op still reads, and a variable's buffer, keep their
+  values: the op allocates their outputs (as test_forwarding.py checks for
+  FixedUnscaleGrads)."""
+  v = tf.Variable(np.arange(1, 9, dtype=np.float32))
+
+  @tf.function
+  def f(x):
+    g = tf.nn.relu(v * x)
+    unscaled, flag, _ = _fused([g, v.read_value(), g], tf.constant(4.0))
+    return unscaled, flag, g + 0.0
+
+  unscaled, flag, g_after = f(tf.constant(2.0))
+  g = np.arange(1, 9, dtype=np.float32) * 2
+  np.testing.assert_array_equal(g_after.numpy(), g)
+  np.testing.assert_array_equal(v.numpy(), np.arange(1, 9, dtype=np.float32))
+  assert_bitwise_equal(unscaled[0].numpy(), g / 4)
+  assert_bitwise_equal(unscaled[2].numpy(), g / 4)
+  assert bool(flag.numpy())
 
 
 def test_eager_op_and_tensor_scale(rng):
