@@ -171,25 +171,13 @@ def unplaced_device_type():
   return "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
 
 
-def _scale_tensor(loss_scale):
-  """A float32 scalar tensor (or variable) loss scale, as a tensor; TypeError
-  or ValueError, naming `loss_scale`, for another dtype or shape."""
-  scale = tf.convert_to_tensor(loss_scale)
-  if scale.dtype != tf.float32:
-    raise TypeError(f"loss_scale must be a Python or numpy number or a float32 scalar "
-                    f"tensor, got a {scale.dtype.name} tensor: {loss_scale!r}")
-  if scale.shape.rank is not None and scale.shape.rank != 0:
-    raise ValueError(f"loss_scale must be a scalar, got a tensor of shape {scale.shape}: "
-                     f"{loss_scale!r}")
-  return scale
-
-
 def _unscale_dense(dense, loss_scale):
   """`dense` (a list of tensors) divided by the scale, a validated Python float
   or a float32 scalar tensor."""
   if tf.is_tensor(loss_scale):
-    # No op takes a tensor scale yet: the ops' arithmetic, the reciprocals as
-    # TF's compat wrapper computes them (1 / scale, a float32 RealDiv).
+    # FixedUnscaleGrads takes its scale as an attr: for a tensor, the ops'
+    # arithmetic, the reciprocals as TF's compat wrapper computes them (1 /
+    # scale, a float32 RealDiv), which are ReciprocalFactorFor's.
     reciprocal32 = tf.constant(1.0, tf.float32) / loss_scale
     reciprocal64 = (tf.constant(1.0, tf.float64) / tf.cast(loss_scale, tf.float64)
                     if any(g.dtype == tf.float64 for g in dense) else None)
@@ -277,11 +265,12 @@ def _unscale(grads, loss_scale, check, sum_of_squares=False):
   """(unscaled `grads`, the all-finite flag of the unscaled dense parts, or None
   when not `check`, and their float32 sum of squares, or None when not
   `sum_of_squares`)."""
+  op_name = ops.CHECK_OP if check else "FixedUnscaleGrads"
   if tf.is_tensor(loss_scale) or isinstance(loss_scale, tf.Variable):
-    loss_scale = _scale_tensor(loss_scale)
+    # A dynamic scale: its dtype and rank checked, its value read once here.
+    loss_scale = tf.convert_to_tensor(ops.loss_scale_tensor(loss_scale, op_name))
   else:
     loss_scale = ops.validate_loss_scale(loss_scale)
-  op_name = ops.CHECK_OP if check else "FixedUnscaleGrads"
   flat = tf.nest.flatten(grads)
   positions = [i for i, g in enumerate(flat) if g is not None]
   dense = [
