@@ -137,6 +137,30 @@ def test_fit_under_xla_and_auto_bit_identical_to_keras(mixed_float16, jit_compil
     assert "FixedUnscaleGradsAndCheck" not in _train_function_op_types(model)
 
 
+@pytest.mark.parametrize("clip", [None, 0.05])
+def test_embedding_indexed_slices_as_keras(mixed_float16, clip):
+  # An Embedding's gradient is tf.IndexedSlices (with repeated indices): the
+  # drop-in unscales its values and keeps the slices, as Keras's division does.
+  rng = np.random.default_rng(8)
+  tokens = rng.integers(0, 20, size=(32, 6))
+  y = rng.standard_normal((32, 1)).astype("float32")
+  runs = []
+  for cls in (LossScaleOptimizer, KerasLossScaleOptimizer):
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((6,), dtype="int32"), keras.layers.Embedding(20, 4),
+                              keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(1)])
+    opt = cls(keras.optimizers.SGD(0.5, momentum=0.5, global_clipnorm=clip),
+              initial_scale=2.0**10, dynamic_growth_steps=3)
+    model.compile(optimizer=opt, loss="mse", jit_compile=False)
+    model.fit(tokens, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    runs.append(_state(model, opt))
+  for a, b in zip(*runs):
+    if clip is None:
+      assert_bitwise_equal(a, b)
+    else:
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
 def _custom_steps(cls, grads_per_step, traced, initial_scale=4.0, **inner_args):
   v = keras.Variable(np.array([1.0, -2.0, 3.0, 0.5], np.float32))
   opt = cls(keras.optimizers.SGD(0.25, momentum=0.5, **inner_args), initial_scale=initial_scale,
