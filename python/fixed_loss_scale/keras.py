@@ -15,9 +15,9 @@ replaced by dynamic scaling unless `auto_scale_loss=False` is passed.
 with `FixedScaleLoss` and unscales all gradients with `FixedUnscaleGrads` (one
 op, or on CPU one per 1 MiB group: scaling.py NOTE [CPU groups]) before the
 inner optimizer clips (`clipnorm`, `global_clipnorm`, `clipvalue`) and applies
-them; with `global_clipnorm` the unscaling also gives the squared global norm
-and the wrapper clips with it, so the gradients are not read again for the norm
-(clipping.py, NOTE [fused global clipping]). Inside XLA (`jit_compile=True`, or Keras's default
+them; with `global_clipnorm`, an `apply` that unscales also gets the squared
+global norm from the unscaling and clips with it, so the gradients are not read
+again for the norm (clipping.py, NOTE [fused global clipping]). Inside XLA (`jit_compile=True`, or Keras's default
 `jit_compile="auto"` where it turns XLA on) and eagerly the same numbers come
 from plain arithmetic. TensorFlow backend only.
 
