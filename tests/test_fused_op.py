@@ -579,3 +579,26 @@ def test_fixed_loss_scale_skips_with_the_fused_flag():
   assert OP in types and "IsFinite" not in types
   assert step(*args).numpy()
   assert not step(tf.constant([8.0, np.inf]), args[1]).numpy()
+
+
+@pytest.mark.parametrize("scale_kind", ["number", "tensor"])
+def test_seam_under_xla_keeps_the_arithmetic(scale_kind, rng):
+  """jit_compile=True: no custom op (XLA has no kernel for it); the same
+  numbers and flag, found again by finite.all_finite from the registry."""
+  values = _mixed_list(rng, [17, 300, 5])
+  scale = 1000.5 if scale_kind == "number" else tf.Variable(1000.5)
+
+  @tf.function(jit_compile=True)
+  def step(grads):
+    unscaled, flag = scaling.unscale_and_check(grads, scale)
+    return unscaled, flag, finite.all_finite(unscaled)
+
+  grads = [tf.constant(v) for v in values]
+  unscaled, flag, found = step(grads)
+  types = graph_op_types(step.get_concrete_function(grads))
+  assert OP not in types and types.count("IsFinite") == len(values)
+  assert bool(flag.numpy()) and bool(found.numpy())
+  for u, v in zip(unscaled, values):
+    assert_bitwise_equal(u.numpy(), reference_unscale(v, 1000.5))
+  values[2][0] = np.nan
+  assert not step([tf.constant(v) for v in values])[1].numpy()
