@@ -1,20 +1,20 @@
 """Keras 3's own LossScaleOptimizer tests, run against this package's wrappers.
 
 The test module ships with Keras (keras/src/optimizers/loss_scale_optimizer_test.py).
-It is imported from the installed package, not copied: the subclass below
-replaces the name `LossScaleOptimizer` in that module, for the duration of each
-test, by an adapter that builds this package's wrapper with the meaning Keras 3
-refuses, `LossScaleOptimizer(opt, dynamic=False, initial_scale=s)`: the scale is
+It is imported from the installed package, not copied: the first subclass
+below replaces the name `LossScaleOptimizer` in that module, for the duration
+of each test, by an adapter that builds FixedLossScaleOptimizer with the
+meaning Keras 3 refuses, `LossScaleOptimizer(opt, dynamic=False, initial_scale=s)`: the scale is
 `initial_scale` (default 2**15, as Keras's), and stays there.
 
 Keras's assertions are unchanged. The tests that need a dynamic scale (one that
 skips non-finite steps, halves and doubles itself, and has a growth schedule in
-its config) are skipped, each with its reason; the `stateless` variants skip
+its config) are skipped there, each with its reason; the `stateless` variants skip
 themselves on the TensorFlow backend, as they do for Keras's own class.
 
-The whole suite also runs against the drop-in `fixed_loss_scale.keras.
-LossScaleOptimizer` (keras_dynamic.py), put in place of Keras's class as it
-is: nothing skipped but the `stateless` variants.
+The second subclass runs the whole suite against the drop-in
+`fixed_loss_scale.keras.LossScaleOptimizer` (keras_dynamic.py), put in place
+of Keras's class as it is: nothing skipped but the `stateless` variants.
 """
 
 import pytest
