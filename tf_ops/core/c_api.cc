@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "tf_ops/core/cpu/multi_tensor_scale_cpu.h"
+#include "tf_ops/core/cpu/simd_loops.h"
 #include "tf_ops/core/tensor_span.h"
 
 namespace fls = fixed_loss_scale;
@@ -40,5 +41,7 @@ float fls_min_loss_scale(void) { return fls::kMinLossScale; }
 float fls_max_loss_scale(void) { return fls::kMaxLossScale; }
 
 int64_t fls_min_sharded_bytes(void) { return fls::kMinShardedBytes; }
+
+int fls_squares_per_flush(void) { return fls::simd::kSquaresPerFlush; }
 
 }  // extern "C"

@@ -34,6 +34,11 @@ float fls_max_loss_scale(void);
 // NOTE [shard plan]: lists of at least this many bytes are split over threads.
 int64_t fls_min_sharded_bytes(void);
 
+// NOTE [sum of squares] (tf_ops/core/cpu/scale_loop.h): the most squares a
+// float32 accumulator lane of the CPU loops takes before its flush to float64,
+// which sets the sum's error bound.
+int fls_squares_per_flush(void);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif

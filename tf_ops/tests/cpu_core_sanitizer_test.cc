@@ -40,6 +40,7 @@
 #endif
 
 #include "tf_ops/core/cpu/multi_tensor_scale_cpu.h"
+#include "tf_ops/core/cpu/simd_loops.h"  // kSquaresPerFlush
 
 namespace fls = fixed_loss_scale;
 using fls::DType;
@@ -264,10 +265,16 @@ long double RefValue(DType d, uint64_t bits) {
 
 bool RefFinite(DType d, uint64_t bits) { return std::isfinite(RefValue(d, bits)); }
 
-// NOTE [sum of squares] (scale_loop.h): relative error <= (256 + 2) * 2^-24
-// (float64 elements: (256 + 1) * 2^-53), plus 2^-126 per element.
+// NOTE [sum of squares] (scale_loop.h), B = kSquaresPerFlush: relative error
+// <= (B + 2) * 2^-24 + (n/B + 8) * 2^-53 (float64 elements: (B + n/B + 10) *
+// 2^-53), plus 2^-126 per element. Partitions add a float64 addition per
+// range: 64 more cover them.
 long double SquaresTolerance(DType d, long double exact, int64_t n) {
-  const long double relative = d == DType::kDouble ? 257.0L * 0x1p-53L : 258.0L * 0x1p-24L;
+  const long double b = fls::simd::kSquaresPerFlush;
+  const long double float64_additions = static_cast<long double>(n) / b + 10 + 64;
+  const long double relative = d == DType::kDouble
+                                   ? (b + float64_additions) * 0x1p-53L
+                                   : (b + 2) * 0x1p-24L + float64_additions * 0x1p-53L;
   return relative * exact + static_cast<long double>(n) * 0x1p-126L;
 }
 

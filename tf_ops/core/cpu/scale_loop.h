@@ -64,21 +64,25 @@
 // result once to float32. Bound: the squares are >= 0, so a block of B =
 // kSquaresPerFlush float32 additions is within gamma_B = B*u/(1-B*u) of its
 // exact sum (u = 2^-24; + u per term on the portable path, where x*x is
-// rounded before the add), the float64 additions add < 2^-30 for any tensor
-// that fits in memory, and the final rounding u: relative error <= (B + 2) *
-// 2^-24 ~= 1.5e-5 for B = 256 (float64 elements: (B + 1) * 2^-53 before that
-// rounding), plus an absolute 2^-126 per element whose square is below
-// float32's normal range (flushed under FTZ). That bound is what
-// tests/test_fused_check_cpu.py asserts; typical errors are ~100x smaller.
+// rounded before the add); an element then passes through at most n/B + 8
+// float64 additions (the flushes, the in-register tree, the loop's and the
+// caller's totals) and the final rounding to float32. For n elements:
+//   relative error <= (B + 2) * 2^-24 + (n/B + 8) * 2^-53
+// ~= 1.5e-5 for B = 256 (the float64 term stays below 2^-24 for n < 2^37);
+// float64 elements, before the final rounding: (B + n/B + 10) * 2^-53. Plus
+// an absolute 2^-126 per element whose square is below float32's normal range
+// (flushed under FTZ). That bound is what tests/test_fused_check_cpu.py and
+// tf_ops/tests/cpu_core_sanitizer_test.cc assert; observed errors on random
+// data are 100x-1000x smaller.
 // A non-finite output makes its square, and so the sum, Inf or NaN; a finite
 // float32 or bfloat16 output above ~1.8e19 squares to +Inf, the float32 result
 // the sum would round to anyway. Half is the exception that saves its loop
 // the finite test when it sums squares (kSquaresAreFinite): a lane of at most
 // kSquaresPerFlush squares of at most 65504^2 stays below 2^41, so the
-// registers' float64 total is non-finite iff one of their outputs is. The blocks and their order depend only on n
-// and dst's alignment, so a loop's sum is deterministic; the sum does differ
-// in its last bits between paths (scalar, AVX2, AVX-512), which order the
-// additions differently.
+// registers' float64 total is non-finite iff one of their outputs is. The
+// blocks and their order depend only on n and dst's alignment, so a loop's sum
+// is deterministic; it does differ in its last bits between paths (scalar,
+// AVX2, AVX-512), which order the additions differently.
 //
 // NOTE [one target per translation unit]: GCC and Clang inline an
 // ISA-specific intrinsic only into a function compiled for that ISA, and a
