@@ -230,18 +230,23 @@ FLS_SIMD_INLINE void ScaleLoopBody(const typename Traits::Element* src,
   if constexpr (kSumOfSquares) {
     // Blocks of steps that add at most kSquaresPerFlush squares to each lane.
     constexpr int64_t kBlockSteps = kSquaresPerFlush / Traits::kSquaresPerVector;
-    static_assert(kBlockSteps > 0 && Traits::kUnroll * Traits::kSquaresPerVector <= kSquaresPerFlush,
+    static_assert(kBlockSteps > 0 &&
+                      Traits::kUnroll * Traits::kSquaresPerVector <= kSquaresPerFlush,
                   "a block holds the steps, and the remainder fits in one block");
     static_assert(!Traits::kSquaresAreFinite || kSquaresPerFlush <= (1 << 20),
                   "kSquaresAreFinite: 65504^2 * kSquaresPerFlush must stay far below FLT_MAX");
     while (i + kStep <= n) {
       const int64_t steps = (n - i) / kStep < kBlockSteps ? (n - i) / kStep : kBlockSteps;
       const int64_t block_end = i + steps * kStep;
-      for (; i < block_end; i += kStep) ScaleStep<Traits, kCheck, kSumOfSquares>(src, dst, i, m, &state);
+      for (; i < block_end; i += kStep) {
+        ScaleStep<Traits, kCheck, kSumOfSquares>(src, dst, i, m, &state);
+      }
       state.Flush();
     }
   } else {
-    for (; i + kStep <= n; i += kStep) ScaleStep<Traits, kCheck, kSumOfSquares>(src, dst, i, m, &state);
+    for (; i + kStep <= n; i += kStep) {
+      ScaleStep<Traits, kCheck, kSumOfSquares>(src, dst, i, m, &state);
+    }
   }
   // At most kUnroll registers remain: they fold into accumulator 0.
   for (; i + kLanes <= n; i += kLanes) {
@@ -404,7 +409,9 @@ struct HalfTraits : Bits16Storage<Ops::kHalfLanes, Ops> {
   static uint16_t ScaleOne(uint16_t x, float f) { return ScaleHalfBits(x, f); }
   static constexpr int kSquaresPerVector = 1;
   static constexpr bool kSquaresAreFinite = true;  // 65504^2 * kSquaresPerFlush < FLT_MAX
-  FLS_SIMD_INLINE static bool AnyNonFinite(Vector acc) { return Ops::AnyTop16AtLeast(acc, 0x7c00); }
+  FLS_SIMD_INLINE static bool AnyNonFinite(Vector acc) {
+    return Ops::AnyTop16AtLeast(acc, 0x7c00);
+  }
   FLS_SIMD_INLINE static Multiplier AddSquares(Multiplier acc, Vector y) {
     const Multiplier x = Ops::FloatsFromHalves(y);
     return Ops::MulAdd(x, x, acc);
@@ -437,7 +444,9 @@ struct BFloat16Traits : Bits16Storage<Ops::kBFloat16Lanes, Ops> {
   static uint16_t ScaleOne(uint16_t x, float f) { return ScaleBFloat16Bits(x, f); }
   static constexpr int kSquaresPerVector = 2;
   static constexpr bool kSquaresAreFinite = false;
-  FLS_SIMD_INLINE static bool AnyNonFinite(Vector acc) { return Ops::AnyTop16AtLeast(acc, 0x7f80); }
+  FLS_SIMD_INLINE static bool AnyNonFinite(Vector acc) {
+    return Ops::AnyTop16AtLeast(acc, 0x7f80);
+  }
   FLS_SIMD_INLINE static Multiplier AddSquares(Multiplier acc, Vector y) {
     const Multiplier low = Ops::FloatsFromBFloat16Low(y);
     const Multiplier high = Ops::FloatsFromBFloat16High(y);
