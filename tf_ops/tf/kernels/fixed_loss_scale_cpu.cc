@@ -61,8 +61,12 @@ void RunShards(ShardedCall& call) {
     if (call.checks.empty()) {
       ScaleByteRange(*call.spans, *call.offsets, begin, end, call.factor);
     } else {
+      // Folded locally and stored once: neighbouring shards' ScaleChecks share
+      // a cache line.
+      ScaleCheck check;
       ScaleAndCheckByteRange(*call.spans, *call.offsets, begin, end, call.factor,
-                             call.with_sum_of_squares, &call.checks[shard]);
+                             call.with_sum_of_squares, &check);
+      call.checks[shard] = check;
     }
     if (call.shards_done.fetch_add(1, std::memory_order_acq_rel) + 1 == call.num_shards) {
       tensorflow::mutex_lock lock(call.mu);
