@@ -165,6 +165,7 @@ def run_overflow_scenario(name, shapes, dtypes, args):
 
 
 def _run_overflow_scenario(name, shapes, dtypes, args):
+  began = time.perf_counter()
   num_tensors = len(shapes)
   total = nbytes(shapes, dtypes)
   repeats = repeats_for(total, num_tensors, args.quick)
@@ -229,5 +230,6 @@ def _run_overflow_scenario(name, shapes, dtypes, args):
   ratios = [f"{k} {v['median']:.2f}" for k, v in result["ratios"].items() if "median" in v]
   if ratios:
     log("  " + "  ".join(ratios))
+  log(f"  {time.perf_counter() - began:.0f} s, {result['rounds']} rounds")
   del variables, fns, timed
   return result

@@ -9,6 +9,8 @@ ops each step ran (read from the executed graph), and the overheads over the
 inner optimizer, with ours against Keras's (OVERFLOW_STEP_RATIOS).
 """
 
+import time
+
 import numpy as np
 import tensorflow as tf
 
@@ -96,6 +98,7 @@ def overflow_optimizer_steps(args):
   shapes = set_shapes("bert_like", args.quick)
   results = []
   for kind in ("sgd", "adam"):
+    began = time.perf_counter()
     variables = [tf.Variable(np.random.default_rng(5).standard_normal(s, dtype=np.float32) + 0.5)
                  for s in shapes]
     x = tf.constant(1e-3)
@@ -145,8 +148,8 @@ def overflow_optimizer_steps(args):
         if entry["overhead_s"][theirs] > 0:
           entry["overhead_ratios"][f"{ours}/{theirs}"] = (entry["overhead_s"][ours] /
                                                           entry["overhead_s"][theirs])
-    log(f"[overflow optimizer {kind}] " + ", ".join(f"{k} {v * 1e3:.1f} ms"
-                                                    for k, v in entry["step_s"].items()))
+    log(f"[overflow optimizer {kind}] {time.perf_counter() - began:.0f} s: " +
+        ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in entry["step_s"].items()))
     results.append(entry)
     del variables, optimizers, fns
   return results
