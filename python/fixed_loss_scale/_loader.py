@@ -86,7 +86,9 @@ def _name_op_in_type_errors(module):
   ("Value passed to parameter 'grads' has DataType int32 ...") but not the op.
   """
   for function_name, op_type in (("fixed_scale_loss", "FixedScaleLoss"),
-                                 ("fixed_unscale_grads", "FixedUnscaleGrads")):
+                                 ("fixed_unscale_grads", "FixedUnscaleGrads"),
+                                 ("fixed_unscale_grads_and_check",
+                                  "FixedUnscaleGradsAndCheck")):
     generated = getattr(module, function_name)
 
     @functools.wraps(generated)

@@ -48,10 +48,11 @@ if keras.backend.backend() != "tensorflow":
 # on; the seam rounds the quotient once to the gradient's dtype (the ops'
 # contract), so float16 *variables* may update by a different last bit.
 #
-# Keras's scale can leave the fused op's range [1, 2**126]: it halves without a
-# floor (after 16 overflowing steps in a row from 2**15 it is below 1) and
-# doubles without a ceiling. The seam then takes the arithmetic (NOTE [tensor
-# scale out of range] in scaling.py), so the trajectory stays Keras's; one
+# Keras's scale can leave the fixed scales' range [1, 2**126]: it halves
+# without a floor (after 16 overflowing steps in a row from 2**15 it is below 1)
+# and doubles without a ceiling. The fused op takes any positive normal float32
+# scale and computes TensorFlow's arithmetic there (NOTE [tensor loss scale
+# range] in tf_ops/core/tensor_span.h), so the trajectory stays Keras's; one
 # difference remains there: the flag is the unscaled gradients', so below 1 a
 # finite gradient whose quotient overflows skips the step, where Keras (which
 # checks the scaled gradients) applies an inf.

@@ -114,9 +114,11 @@ def fixed_unscale_grads_and_check(grads, loss_scale, sum_of_squares=False, name=
 
   Args:
     grads: a list of tensors of half, bfloat16, float32 or float64, any mix.
-    loss_scale: a Python or numpy number (validated as a fixed scale) or a
-      float32 scalar tensor or variable (a dynamic scale; the op checks its
-      value, finite, >= 1 and <= 2**126, when it runs and raises
+    loss_scale: a Python or numpy number (validated as a fixed scale: at
+      least 1, at most 2**126) or a float32 scalar tensor or variable (a
+      dynamic scale; the op checks its value when it runs: any positive,
+      finite, normal float32, outside [1, 2**126] with TensorFlow's CPU
+      arithmetic, NOTE [tensor loss scale range] in tf_ops/core/tensor_span.h;
       InvalidArgumentError otherwise).
     sum_of_squares: whether to compute the third output (a Python bool).
     name: the op's name.

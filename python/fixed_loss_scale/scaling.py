@@ -241,26 +241,6 @@ def _unscale_arithmetic(dense, loss_scale, check, sum_of_squares):
   return unscaled, flag, squares
 
 
-def _unscale_and_check_in_graph(dense, loss_scale, sum_of_squares):
-  """unscale_and_check's body in a graph (NOTE [fused check seam]): the fused
-  op, and for a tensor scale a cond that takes the arithmetic instead when the
-  scale is outside the op's range (NOTE [tensor scale out of range])."""
-  if not tf.is_tensor(loss_scale):
-    return _unscale_and_check_fused(dense, loss_scale, sum_of_squares)
-
-  def pack(unscaled, flag, squares):
-    return (unscaled, flag, squares) if sum_of_squares else (unscaled, flag)
-
-  in_range = tf.logical_and(tf.greater_equal(loss_scale, 1.0),
-                            tf.less_equal(loss_scale, ops.MAX_LOSS_SCALE))
-  result = tf.cond(in_range,
-                   lambda: pack(*_unscale_and_check_fused(dense, loss_scale, sum_of_squares)),
-                   lambda: pack(*_unscale_arithmetic(dense, loss_scale, True, sum_of_squares)))
-  unscaled, flag = list(result[0]), result[1]
-  finite.remember(unscaled, flag)  # cond outputs: the op's own are inside a branch
-  return unscaled, flag, result[2] if sum_of_squares else None
-
-
 def _unscale(grads, loss_scale, check, sum_of_squares=False):
   """(unscaled `grads`, the all-finite flag of the unscaled dense parts, or None
   when not `check`, and their float32 sum of squares, or None when not
@@ -278,7 +258,7 @@ def _unscale(grads, loss_scale, check, sum_of_squares=False):
       for i in positions
   ]
   if check and uses_custom_ops():
-    unscaled, flag, squares = _unscale_and_check_in_graph(dense, loss_scale, sum_of_squares)
+    unscaled, flag, squares = _unscale_and_check_fused(dense, loss_scale, sum_of_squares)
   else:
     unscaled, flag, squares = _unscale_arithmetic(dense, loss_scale, check, sum_of_squares)
     if check:
@@ -314,13 +294,12 @@ def unscale_gradients(grads, loss_scale):
 # through finite.all_finite, from the gradients it returned). In a graph that
 # is not an XLA context it emits one FixedUnscaleGradsAndCheck per group of
 # NOTE [CPU groups], with the scale as the op's input (a Const for a number,
-# the tensor or variable itself for a dynamic scale, behind a cond: NOTE
-# [tensor scale out of range]): one read of every gradient for the unscaled
-# values, the flag and the sum of squares. Several groups give reduce_all of
-# their flags and the float64 sum of their sums, rounded once (NOTE [sum of
-# squares]). For a number scale finite.all_finite then finds the flag from the
-# op that wrote each gradient (NOTE [flag of the op] in finite.py), with no
-# registry entry. Eagerly and under XLA (no custom op runs) the body is
+# the tensor or variable itself for a dynamic scale): one read of every
+# gradient for the unscaled values, the flag and the sum of squares. Several
+# groups give reduce_all of their flags and the float64 sum of their sums,
+# rounded once (NOTE [sum of squares]). finite.all_finite then finds the flag
+# from the op that wrote each gradient (NOTE [flag of the op] in finite.py),
+# with no registry entry. Eagerly and under XLA (no custom op runs) the body is
 # unscale_gradients' arithmetic followed by TF's own check
 # (finite.is_all_finite), whose flag finite.remember records (NOTE [flag
 # registry]).
@@ -328,20 +307,17 @@ def unscale_gradients(grads, loss_scale):
 # Either way the unscaled numbers are unscale_gradients' bit for bit (the op is
 # FixedUnscaleGrads with the scale as an input; the arithmetic is the same
 # multiply) and the flag means the same: False iff an unscaled value is inf or
-# NaN; subnormals and the largest finite values are finite. Checking the
-# unscaled gradients is checking the scaled ones: multiplying by 1/scale (at
-# most 1, a normal number) keeps finite values finite and inf/NaN inf/NaN.
+# NaN; subnormals and the largest finite values are finite. The check reads
+# the unscaled values, not the scaled ones: they differ where a dynamic scale
+# is below 1 (Keras 3's has no floor), where a finite gradient can overflow
+# when unscaled.
 #
-# NOTE [tensor scale out of range]: the op refuses a scale outside [1, 2**126]
-# (NOTE [loss scale range]) when it runs, but a tensor scale is only known
-# then, and TF's dynamic algorithm, which fixed_loss_scale.DynamicLossScale
-# follows bit for bit, lets the scale grow up to float32's largest value. So
-# for a tensor scale the seam emits tf.cond(1 <= scale <= 2**126, the fused
-# op, the arithmetic and TF's check): in range the op (bit-identical to the
-# arithmetic), outside it the arithmetic TF's own wrapper would compute (on
-# CPU, float32 gradients flush to 0 once 1/scale is subnormal), with the flag
-# TF would compute. The unscaled tensors are then cond outputs, so their flag
-# is remembered in finite's registry (NOTE [flag registry]), as eagerly.
+# A tensor scale outside the fixed scales' range [1, 2**126] (TF's dynamic
+# algorithm doubles up to float32's largest value, Keras's halves without a
+# floor) goes to the op as well: the op accepts any positive, finite, normal
+# float32 and computes TensorFlow's CPU arithmetic there (NOTE [tensor loss
+# scale range] in tf_ops/core/tensor_span.h), so no cond and no barrier comes
+# between the gradients and the groups' ops (NOTE [CPU groups]).
 #
 # NOTE [sum of squares]: the squared global norm comes from the same read. Each
 # unscaled value is widened exactly to float32 (float64 stays float64), squared

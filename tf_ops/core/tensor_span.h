@@ -82,6 +82,33 @@ inline bool IsValidLossScale(float loss_scale) {
   return loss_scale >= kMinLossScale && loss_scale <= kMaxLossScale;
 }
 
+// NOTE [tensor loss scale range]: FixedUnscaleGradsAndCheck takes its scale
+// as a tensor, so that a dynamic scale drives it, and a dynamic scale leaves
+// [1, 2^126]: TF's DynamicLossScale doubles up to float32's largest value,
+// Keras 3's halves without a floor. The op therefore accepts any positive,
+// finite, normal float32 and computes what TensorFlow's own arithmetic
+// (`g * (1 / scale)`) computes on the CPU: below 1 the factor exceeds 1 (an
+// unscaled value may overflow, and the check, which reads the outputs, says
+// so); above 2^126 the float32 factor is subnormal, which TensorFlow's CPU
+// threads flush to zero, and so does TensorReciprocalFactorFor on every
+// device. Zero, negative, subnormal, Inf and NaN scales are refused: their
+// reciprocals would depend on the thread's floating-point mode, and no
+// algorithm produces them but after ~140 overflowing steps in a row.
+inline bool IsValidTensorLossScale(float loss_scale) {
+  // NaN fails the first comparison; +Inf the second.
+  return loss_scale >= 0x1p-126f && loss_scale <= 0x1.fffffep127f;
+}
+
+// The factors of a tensor scale (NOTE [tensor loss scale range]): those of
+// ReciprocalFactorFor, the float32 one flushed to zero when subnormal, as
+// under x86 FTZ (tininess after rounding: 1/scale is flushed iff the float32
+// quotient is below 2^-126), whatever the calling thread's mode.
+inline ScaleFactor TensorReciprocalFactorFor(float loss_scale) {
+  ScaleFactor factor = ReciprocalFactorFor(loss_scale);
+  if (factor.f < 0x1p-126f) factor.f = 0.0f;
+  return factor;
+}
+
 // The x86 MXCSR bits TensorFlow sets in its CPU threads: flush-to-zero (bit 15)
 // and denormals-are-zero (bit 6). See NOTE [flush to zero in software] in
 // scale_math.h for what they do to the element math.

@@ -175,10 +175,11 @@ class FixedUnscaleGradsAndCheckOp : public ScaleOpBase {
                     type_string(), ": loss_scale must be a scalar, got shape ",
                     loss_scale.shape().DebugString()));
     const float value = loss_scale.scalar<float>()();
-    // NOTE [loss scale range] (tf_ops/core/tensor_span.h).
-    OP_REQUIRES(context, IsValidLossScale(value),
+    // NOTE [tensor loss scale range] (tf_ops/core/tensor_span.h).
+    OP_REQUIRES(context, IsValidTensorLossScale(value),
                 tensorflow::errors::InvalidArgument(
-                    type_string(), ": loss_scale must be finite, >= 1 and <= 2^126, got ",
+                    type_string(),
+                    ": loss_scale must be a positive, finite, normal float32 (>= 2^-126), got ",
                     value));
     Tensor* all_finite = nullptr;
     Tensor* sum_of_squares = nullptr;
@@ -189,7 +190,8 @@ class FixedUnscaleGradsAndCheckOp : public ScaleOpBase {
     std::vector<TensorSpan> spans;
     OP_REQUIRES_OK(context, PrepareSpans(context, &spans));
     OP_REQUIRES_OK(context, MultiTensorScaleAndCheck<Device>()(
-                                context, spans, ReciprocalFactorFor(value), with_sum_of_squares_,
+                                context, spans, TensorReciprocalFactorFor(value),
+                                with_sum_of_squares_,
                                 all_finite->scalar<bool>().data(),
                                 sum_of_squares->scalar<float>().data()));
   }

@@ -39,7 +39,7 @@ absl::Status UnscaleGradsShape(InferenceContext* c) {
 
 // The unscaled grads have the inputs' shapes; all_finite and sum_of_squares are
 // scalars. The loss_scale input must be a scalar, and a constant one (a Python
-// number the wrapper made into a Const) must be a valid scale: both are
+// number the wrapper made into a Const) must be a valid tensor scale: both are
 // rejected when the op is added to a graph, as the attr of the ops above is.
 // The kernels check the value again when they run (a variable's value is only
 // known then).
@@ -57,10 +57,11 @@ absl::Status UnscaleGradsAndCheckShape(InferenceContext* c) {
   if (loss_scale != nullptr && loss_scale->dtype() == tensorflow::DT_FLOAT &&
       loss_scale->NumElements() == 1) {
     const float value = loss_scale->flat<float>()(0);
-    // See NOTE [loss scale range] in tf_ops/core/tensor_span.h.
-    if (!IsValidLossScale(value)) {
+    // See NOTE [tensor loss scale range] in tf_ops/core/tensor_span.h.
+    if (!IsValidTensorLossScale(value)) {
       return tensorflow::errors::InvalidArgument(
-          "FixedUnscaleGradsAndCheck: loss_scale must be finite, >= 1 and <= 2^126, got ",
+          "FixedUnscaleGradsAndCheck: loss_scale must be a positive, finite, normal float32 "
+          "(>= 2^-126), got ",
           value);
     }
   }
@@ -115,8 +116,11 @@ REGISTER_OP("FixedUnscaleGradsAndCheck")
 FixedUnscaleGrads with the scale as a tensor, and a check in the same read.
 
 `unscaled_grads` is bit for bit FixedUnscaleGrads' output with attr loss_scale
-equal to the value of `loss_scale`, a float32 scalar (finite, >= 1, <= 2^126,
-checked when the kernel runs), so a variable (a dynamic scale) can drive it.
+equal to the value of `loss_scale`, a float32 scalar, so a variable (a dynamic
+scale) can drive it. Any positive, finite, normal float32 is accepted (checked
+when the kernel runs): outside [1, 2^126], where FixedUnscaleGrads refuses the
+attr, the result is TensorFlow's CPU arithmetic `g * (1 / loss_scale)`, the
+float32 reciprocal flushed to zero when subnormal.
 
 all_finite: true iff every unscaled value is finite (no Inf or NaN; subnormals
   and the largest finite values are finite); true for an empty list.
