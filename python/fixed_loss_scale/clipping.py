@@ -21,7 +21,7 @@ from fixed_loss_scale import scaling
 
 
 # NOTE [clipping tolerance]: the sum of squares is not summed in TensorFlow's
-# (or Keras's) order (NOTE [sum of squares] in scaling.py), so the global norm,
+# (or Keras's) order (NOTE [sum of squares] in tf_ops/core/cpu/scale_loop.h), so the global norm,
 # and with it every clipped value (through clip_norm / norm), may differ from
 # `tf.clip_by_global_norm`'s and Keras's `clip_by_global_norm`'s; given the
 # same norm the clipped values are the same bits, since the factor is computed

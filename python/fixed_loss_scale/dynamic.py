@@ -9,8 +9,10 @@ between the two classes. What differs:
 
 - the finite check comes from `scaling.unscale_and_check` (NOTE [fused check
   seam]): `unscale_gradients` unscales and checks, and `update` reuses that
-  flag instead of reading the gradients again (finite.py, NOTE [flag
-  registry]); gradients from elsewhere are checked as TF's class does;
+  flag instead of reading the gradients again (in graphs the fused
+  FixedUnscaleGradsAndCheck op, whose flag update finds from the op, finite.py
+  NOTE [flag of the op]; eagerly and under XLA, NOTE [flag registry]);
+  gradients from elsewhere are checked as TF's class does;
 - `unscale_gradients` handles float16, bfloat16 and float64 gradients (TF's
   compat wrapper's float32 reciprocal cannot multiply them), bit-identical to
   TF's wrapper on float32;
@@ -125,7 +127,7 @@ class DynamicLossScale(tf_loss_scale.DynamicLossScale):
   def unscale_gradients(self, grads):
     """The nested `grads` divided by the current scale (scaling.unscale_and_check:
     float32 reciprocal, half and bfloat16 in float32, float64 with the float64
-    reciprocal); the flag is remembered for `update`."""
+    reciprocal; the fused op in graphs); `update` finds their flag."""
     return scaling.unscale_and_check(grads, self())[0]
 
   def update(self, grads):

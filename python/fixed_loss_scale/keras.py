@@ -17,9 +17,11 @@ op, or on CPU one per 1 MiB group: scaling.py NOTE [CPU groups]) before the
 inner optimizer clips (`clipnorm`, `global_clipnorm`, `clipvalue`) and applies
 them; with `global_clipnorm`, an `apply` that unscales also gets the squared
 global norm from the unscaling and clips with it, so the gradients are not read
-again for the norm (clipping.py, NOTE [fused global clipping]). Inside XLA (`jit_compile=True`, or Keras's default
-`jit_compile="auto"` where it turns XLA on) and eagerly the same numbers come
-from plain arithmetic. TensorFlow backend only.
+again for the norm (clipping.py, NOTE [fused global clipping]). Inside XLA
+(`jit_compile=True`, or Keras's default `jit_compile="auto"` where it turns XLA
+on) and eagerly the same numbers come from plain arithmetic. TensorFlow backend
+only. For dynamic scaling: `LossScaleOptimizer` (keras_dynamic.py), Keras 3's
+class on the fused unscale-and-check (docs/OVERFLOW.md).
 
 Whether `apply`/`apply_gradients` unscale is fixed when the wrapper is built, by
 its `unscale_in_apply` argument (saved in its config), and never inferred from
@@ -287,7 +289,7 @@ class FixedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     every replica. `flag` is this replica's, from the unscaling in `apply`;
     None (gradients unscaled before `apply_gradients`) finds it with
     finite.all_finite, which reuses the flag `get_unscaled_gradients`
-    remembered (finite.py, NOTE [flag registry]). As Keras 3's
+    computed (finite.py, NOTE [flag of the op], NOTE [flag registry]). As Keras 3's
     LossScaleOptimizer does on TensorFlow: where the strategy needs merge_call
     (MirroredStrategy), the flag and the cond go to the cross-replica context,
     since a cond in a replica context cannot hold the inner optimizer's

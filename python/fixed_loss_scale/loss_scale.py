@@ -73,8 +73,9 @@ class FixedLossScale(LossScale):
     `should_apply` is the Python bool True unless `skip_non_finite`; with it, a
     scalar bool tensor, True iff every gradient in the nested `grads` is finite
     on every replica. Gradients that came out of `unscale_gradients` are not
-    read again: their flag was computed there (finite.py, NOTE [flag
-    registry]); other gradients are checked here. Callable in a cross-replica
+    read again: their flag was computed there, by the fused op in graphs
+    (finite.py, NOTE [flag of the op], NOTE [flag registry]); other gradients
+    are checked here. Callable in a cross-replica
     context (TF's compat wrapper, with per-replica gradients), in a replica
     context (the flag is all-reduced) and without a strategy.
     """

@@ -128,7 +128,7 @@ def fixed_unscale_grads_and_check(grads, loss_scale, sum_of_squares=False, name=
     bit for bit as `fixed_unscale_grads` gives them; a bool scalar, True iff
     every unscaled value is finite (True for an empty list); a float32 scalar,
     the sum of the squares of every unscaled value (NOTE [sum of squares] in
-    scaling.py) or, without `sum_of_squares`, a quiet NaN.
+    tf_ops/core/cpu/scale_loop.h) or, without `sum_of_squares`, a quiet NaN.
   """
   if not isinstance(sum_of_squares, (bool, np.bool_)):
     raise TypeError(f"{CHECK_OP}: sum_of_squares must be True or False, got "

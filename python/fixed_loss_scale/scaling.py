@@ -198,7 +198,8 @@ def _unscale_dense(dense, loss_scale):
 def _sum_of_squares(unscaled):
   """float32 sum of the squares of every element of `unscaled` (a list of
   tensors): each tensor's in float32 (float64 for float64), added in float64,
-  rounded once to float32 (NOTE [sum of squares])."""
+  rounded once to float32 (the arithmetic counterpart of the op's NOTE [sum of
+  squares] in tf_ops/core/cpu/scale_loop.h)."""
   total = tf.constant(0.0, tf.float64)
   for u in unscaled:
     wide = u if u.dtype == tf.float64 else tf.cast(u, tf.float32)
@@ -227,8 +228,8 @@ def _unscale_and_check_fused(dense, loss_scale, sum_of_squares):
   flag = tf.reduce_all(tf.stack(flags))
   if not sum_of_squares:
     return unscaled, flag, None
-  # NOTE [sum of squares]: each group's float32 sum is added in float64 and the
-  # total rounded once.
+  # As the op's shards (NOTE [sum of squares], scale_loop.h): each group's
+  # float32 sum is added in float64 and the total rounded once.
   total = tf.add_n([tf.cast(s, tf.float64) for s in squares])
   return unscaled, flag, tf.cast(total, tf.float32)
 
@@ -297,7 +298,7 @@ def unscale_gradients(grads, loss_scale):
 # the tensor or variable itself for a dynamic scale): one read of every
 # gradient for the unscaled values, the flag and the sum of squares. Several
 # groups give reduce_all of their flags and the float64 sum of their sums,
-# rounded once (NOTE [sum of squares]). finite.all_finite then finds the flag
+# rounded once (NOTE [sum of squares], scale_loop.h). finite.all_finite then finds the flag
 # from the op that wrote each gradient (NOTE [flag of the op] in finite.py),
 # with no registry entry. Eagerly and under XLA (no custom op runs) the body is
 # unscale_gradients' arithmetic followed by TF's own check
@@ -319,14 +320,13 @@ def unscale_gradients(grads, loss_scale):
 # scale range] in tf_ops/core/tensor_span.h), so no cond and no barrier comes
 # between the gradients and the groups' ops (NOTE [CPU groups]).
 #
-# NOTE [sum of squares]: the squared global norm comes from the same read. Each
-# unscaled value is widened exactly to float32 (float64 stays float64), squared
-# and summed; partial sums are added in float64 and the total is rounded once
-# to float32. The order of the additions is not TensorFlow's (its reduce_sum
-# has its own tree), so the result equals `tf.linalg.global_norm(g)**2` to
-# float32 rounding of a sum, not bit for bit: relative differences of a few
-# float32 ulps per partial sum (docs/OVERFLOW.md states the tolerance tests
-# use).
+# The squared global norm comes from the same read: the op's sum is NOTE [sum
+# of squares] in tf_ops/core/cpu/scale_loop.h (float32 blocks of at most 256
+# squares per lane, added in float64, rounded once; the GPU alike). Eagerly and
+# under XLA, _sum_of_squares: each tensor's reduce_sum in float32 (float64 for
+# float64), added in float64, rounded once. Neither adds in TensorFlow's order,
+# so both equal `tf.linalg.global_norm(g)**2` to float32 rounding of a sum, not
+# bit for bit: docs/OVERFLOW.md, "Tolerance of the norm".
 @tf.autograph.experimental.do_not_convert
 def unscale_and_check(grads, loss_scale, sum_of_squares=False):
   """Returns `(unscaled grads, all_finite)`: `unscale_gradients(grads,
@@ -339,7 +339,7 @@ def unscale_and_check(grads, loss_scale, sum_of_squares=False):
   sum_of_squares)`: the third is a float32 scalar tensor, the sum of the
   squares of every unscaled value (the squared global norm of
   `tf.clip_by_global_norm`; 0 for no gradients; Inf or NaN when a value is not
-  finite), see NOTE [sum of squares]."""
+  finite), see docs/OVERFLOW.md, "Tolerance of the norm"."""
   unscaled, flag, squares = _unscale(grads, loss_scale, check=True,
                                      sum_of_squares=sum_of_squares)
   return (unscaled, flag, squares) if sum_of_squares else (unscaled, flag)
