@@ -9,8 +9,10 @@ float32/float64 subnormal inputs count as zero and tiny results become zero;
 """
 
 import os
+import queue
 import subprocess
 import sys
+import threading
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -123,6 +125,67 @@ def run_worker(script, out_dir, timeout=300):
       [sys.executable, os.path.join(workers_dir, script), str(out_dir)],
       capture_output=True, text=True, timeout=timeout, env=env, check=False)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+
+class StreamedWorker:
+  """A `python tests/workers/<script> ARGS...` process whose stdout lines a
+  thread reads into a queue, for tests that act on a worker while it runs
+  (kill it after a given step): wait_for_line, finish, output. Stderr goes to
+  a file in `log_dir`. Every wait is bounded."""
+
+  def __init__(self, script, log_dir, *args, timeout=300):
+    workers_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workers")
+    self.timeout = timeout
+    self.log_path = os.path.join(log_dir, f"stderr-{len(os.listdir(log_dir))}.txt")
+    self.log = open(self.log_path, "w")  # pylint: disable=consider-using-with
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    self.process = subprocess.Popen(  # pylint: disable=consider-using-with
+        [sys.executable, os.path.join(workers_dir, script), *args], stdout=subprocess.PIPE,
+        stderr=self.log, text=True, env=env)
+    self.lines = []
+    self._queue = queue.Queue()
+    threading.Thread(target=self._read, daemon=True).start()
+
+  def _read(self):
+    for line in self.process.stdout:
+      self._queue.put(line.strip())
+    self._queue.put(None)
+
+  def wait_for_line(self, matches, what):
+    """Reads lines until `matches(line)` is truthy and returns its value;
+    fails, naming `what`, if the worker ends first."""
+    while True:
+      line = self._queue.get(timeout=self.timeout)
+      if line is None:
+        raise AssertionError(f"worker ended before {what}: {self.output()}")
+      self.lines.append(line)
+      found = matches(line)
+      if found:
+        return found
+
+  def finish(self, timeout=None):
+    """Waits for the process (killing it after `timeout`), collects the rest
+    of its lines and returns its exit status."""
+    try:
+      self.process.wait(self.timeout if timeout is None else timeout)
+    finally:
+      if self.process.poll() is None:
+        self.process.kill()
+        self.process.wait(30)
+    while True:
+      try:
+        line = self._queue.get(timeout=30)
+      except queue.Empty:
+        break
+      if line is None:
+        break
+      self.lines.append(line)
+    self.log.close()
+    return self.process.returncode
+
+  def output(self):
+    with open(self.log_path) as f:
+      return "\n".join(self.lines) + "\n--- stderr ---\n" + f.read()[-3000:]
 
 
 def train_custom_loop(model, x, y, batch, scale_loss, apply, jit_compile=None):

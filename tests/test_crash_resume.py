@@ -11,18 +11,14 @@ Every wait is bounded.
 """
 
 import os
-import queue
 import re
 import signal
-import subprocess
-import sys
-import threading
 
 import numpy as np
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-WORKER = os.path.join(HERE, "workers", "crash_resume.py")
+from conftest import StreamedWorker
+
 TIMEOUT = 300
 # Steps per checkpoint (BackupAndRestore saves at the end of each 6-step epoch).
 CHECKPOINT_EVERY = {"custom": 5, "tf1": 5, "keras": 6}
@@ -31,58 +27,20 @@ KILL_AFTER = 19
 TOTAL_STEPS = 30
 
 
-class Run:
-  """A worker process whose stdout lines are read by a thread into a queue."""
+class Run(StreamedWorker):
+  """tests/workers/crash_resume.py FLAVOR DIRECTORY FLAGS..."""
 
   def __init__(self, flavor, directory, *flags):
-    self.log_path = os.path.join(directory, f"stderr-{len(os.listdir(directory))}.txt")
-    self.log = open(self.log_path, "w")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    self.process = subprocess.Popen([sys.executable, WORKER, flavor, directory, *flags],
-                                    stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
-    self.lines = []
-    self._queue = queue.Queue()
-    threading.Thread(target=self._read, daemon=True).start()
+    super().__init__("crash_resume.py", directory, flavor, directory, *flags, timeout=TIMEOUT)
 
-  def _read(self):
-    for line in self.process.stdout:
-      self._queue.put(line.strip())
-    self._queue.put(None)
-
-  def wait_for_progress(self, at_least, timeout=TIMEOUT):
-    while True:
-      line = self._queue.get(timeout=timeout)
-      if line is None:
-        raise AssertionError(f"worker ended before step {at_least}: {self.output()}")
-      self.lines.append(line)
+  def wait_for_progress(self, at_least):
+    def reached(line):
       match = re.fullmatch(r"progress (\d+)", line)
-      if match and int(match.group(1)) >= at_least:
-        return int(match.group(1))
-
-  def finish(self, timeout=TIMEOUT):
-    try:
-      self.process.wait(timeout)
-    finally:
-      if self.process.poll() is None:
-        self.process.kill()
-        self.process.wait(30)
-    while True:
-      try:
-        line = self._queue.get(timeout=30)
-      except queue.Empty:
-        break
-      if line is None:
-        break
-      self.lines.append(line)
-    self.log.close()
-    return self.process.returncode
+      return match is not None and int(match.group(1)) >= at_least and int(match.group(1))
+    return self.wait_for_line(reached, f"step {at_least}")
 
   def resumed(self):
     return int(next(line for line in self.lines if line.startswith("resumed")).split()[1])
-
-  def output(self):
-    with open(self.log_path) as f:
-      return "\n".join(self.lines) + "\n--- stderr ---\n" + f.read()[-3000:]
 
 
 def load(directory):

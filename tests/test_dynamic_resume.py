@@ -12,71 +12,33 @@ run's, bit for bit. Every wait is bounded.
 """
 
 import os
-import queue
 import re
 import signal
-import subprocess
-import sys
-import threading
 
 import numpy as np
 import pytest
 
+from conftest import StreamedWorker
+
 from workers import dynamic_resume
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-WORKER = os.path.join(HERE, "workers", "dynamic_resume.py")
 TIMEOUT = 300
 KILL_AFTER = 13
 LINE = re.compile(r"(resumed|progress) (\d+) scale (\S+) good (\d+)(.*)")
 
 
-class Run:
-  """A worker process whose stdout lines a thread reads into a queue."""
+class Run(StreamedWorker):
+  """tests/workers/dynamic_resume.py DIRECTORY FLAGS..."""
 
   def __init__(self, directory, *flags):
-    self.log_path = os.path.join(directory, f"stderr-{len(os.listdir(directory))}.txt")
-    self.log = open(self.log_path, "w")  # pylint: disable=consider-using-with
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    self.process = subprocess.Popen(  # pylint: disable=consider-using-with
-        [sys.executable, WORKER, directory, *flags], stdout=subprocess.PIPE, stderr=self.log,
-        text=True, env=env)
-    self.lines = []
-    self._queue = queue.Queue()
-    threading.Thread(target=self._read, daemon=True).start()
-
-  def _read(self):
-    for line in self.process.stdout:
-      self._queue.put(line.strip())
-    self._queue.put(None)
+    super().__init__("dynamic_resume.py", directory, directory, *flags, timeout=TIMEOUT)
 
   def wait_for_progress(self, at_least):
-    while True:
-      line = self._queue.get(timeout=TIMEOUT)
-      if line is None:
-        raise AssertionError(f"worker ended before step {at_least}: {self.output()}")
-      self.lines.append(line)
+    def reached(line):
       match = LINE.fullmatch(line)
-      if match and match.group(1) == "progress" and int(match.group(2)) >= at_least:
-        return
-
-  def finish(self):
-    try:
-      self.process.wait(TIMEOUT)
-    finally:
-      if self.process.poll() is None:
-        self.process.kill()
-        self.process.wait(30)
-    while True:
-      try:
-        line = self._queue.get(timeout=30)
-      except queue.Empty:
-        break
-      if line is None:
-        break
-      self.lines.append(line)
-    self.log.close()
-    return self.process.returncode
+      return match is not None and match.group(1) == "progress" and int(
+          match.group(2)) >= at_least
+    self.wait_for_line(reached, f"step {at_least}")
 
   def parsed(self, kind):
     """{step: (scale, good steps, rest of the line)} of the `kind` lines."""
@@ -87,10 +49,6 @@ class Run:
         out[int(match.group(2))] = (float(match.group(3)), int(match.group(4)),
                                     match.group(5).strip())
     return out
-
-  def output(self):
-    with open(self.log_path) as f:
-      return "\n".join(self.lines) + "\n--- stderr ---\n" + f.read()[-3000:]
 
 
 def load(directory):
