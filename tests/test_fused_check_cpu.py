@@ -20,7 +20,6 @@ of the outputs, numpy's float64 sum of the outputs' squares.
 """
 
 import ctypes
-import subprocess
 
 import hypothesis
 import ml_dtypes
@@ -35,8 +34,7 @@ from test_simd_paths import DOUBLE
 from test_simd_paths import DTYPES
 from test_simd_paths import FLOAT
 from test_simd_paths import HALF
-from test_simd_paths import LIB_PATH
-from test_simd_paths import ROOT
+from test_simd_paths import load_shim
 from test_simd_paths import SCALAR
 from test_simd_paths import STORAGE
 from test_simd_paths import dtype_code
@@ -79,23 +77,7 @@ VARIANTS = [(p, ftz) for p in (SCALAR, AVX2, AVX512) for ftz in (False, True)]
 
 @pytest.fixture(scope="module")
 def lib():
-  subprocess.run(["make", "-s", "simd-test-lib"], cwd=ROOT, check=True)
-  library = ctypes.CDLL(LIB_PATH)
-  library.fls_cpu_path_supported.argtypes = [ctypes.c_int]
-  library.fls_cpu_path_code.argtypes = [ctypes.c_char_p]
-  library.fls_dtype_code.argtypes = [ctypes.c_char_p]
-  library.fls_scale.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
-                                ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_float,
-                                ctypes.c_double, ctypes.c_int]
-  library.fls_scale_and_check.argtypes = [
-      ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-      ctypes.c_int64, ctypes.c_float, ctypes.c_double, ctypes.c_int, ctypes.c_int,
-      ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_double)]
-  library.fls_scale_and_check_list.argtypes = [
-      ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-      ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_double, ctypes.c_int,
-      ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_double)]
-  return library
+  return load_shim()
 
 
 @pytest.fixture(params=VARIANTS, ids=[f"{p}-{'ftz_daz' if f else 'ieee'}" for p, f in VARIANTS])

@@ -36,8 +36,9 @@ LOSS_SCALES = [1.0, 2.0, 3.0, 7.3, 1000.1, 1024.0, 12345.678, 65504.0, 2.0**24 +
                3.0e38]
 
 
-@pytest.fixture(scope="module")
-def lib():
+def load_shim():
+  """Builds the C shim over the CPU core (tf_ops/tests/simd_paths_shim.cc) and
+  returns it with every entry point's argument types declared."""
   subprocess.run(["make", "-s", "simd-test-lib"], cwd=ROOT, check=True)
   library = ctypes.CDLL(LIB_PATH)
   library.fls_cpu_path_supported.argtypes = [ctypes.c_int]
@@ -49,7 +50,21 @@ def lib():
   library.fls_scale_list.argtypes = [
       ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
       ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_double]
+  # The fused check (tests/test_fused_check_cpu.py).
+  library.fls_scale_and_check.argtypes = [
+      ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+      ctypes.c_int64, ctypes.c_float, ctypes.c_double, ctypes.c_int, ctypes.c_int,
+      ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_double)]
+  library.fls_scale_and_check_list.argtypes = [
+      ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+      ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_double, ctypes.c_int,
+      ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_double)]
   return library
+
+
+@pytest.fixture(scope="module")
+def lib():
+  return load_shim()
 
 
 def factors(loss_scale, reciprocal=True):
