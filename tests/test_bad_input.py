@@ -150,19 +150,21 @@ def cpp_float_string(value):
   return f"{value:.6g}"
 
 
-def _skip_valid_tensor_scale(op, bad):
-  """FixedUnscaleGradsAndCheck takes its scale as a tensor, and any positive,
-  finite, normal float32 there (NOTE [tensor loss scale range])."""
-  if op == "FixedUnscaleGradsAndCheck" and math.isfinite(bad) and (
-      np.float32(bad) >= np.finfo(np.float32).tiny):
-    pytest.skip("a valid tensor scale; tests/test_fused_op.py checks its numbers")
+def _bad_for(op, bad):
+  """Whether `bad` is a bad scale for `op`: FixedUnscaleGradsAndCheck takes its
+  scale as a tensor, and any positive, finite, normal float32 there (NOTE
+  [tensor loss scale range]; tests/test_fused_op.py checks those numbers)."""
+  return op != "FixedUnscaleGradsAndCheck" or not (
+      math.isfinite(bad) and np.float32(bad) >= np.finfo(np.float32).tiny)
 
 
-@pytest.mark.parametrize("bad", BAD_SCALES)
-@pytest.mark.parametrize("op", ["FixedScaleLoss", "FixedUnscaleGrads",
-                                "FixedUnscaleGradsAndCheck"])
+OPS_AND_BAD_SCALES = [(op, bad)
+                      for op in ("FixedScaleLoss", "FixedUnscaleGrads", "FixedUnscaleGradsAndCheck")
+                      for bad in BAD_SCALES if _bad_for(op, bad)]
+
+
+@pytest.mark.parametrize("op,bad", OPS_AND_BAD_SCALES)
 def test_raw_op_eager_rejects_bad_loss_scale_with_invalid_argument(op, bad):
-  _skip_valid_tensor_scale(op, bad)
   x = tf.ones([3])
   with pytest.raises(tf.errors.InvalidArgumentError) as info:
     if op == "FixedScaleLoss":
@@ -177,15 +179,12 @@ def test_raw_op_eager_rejects_bad_loss_scale_with_invalid_argument(op, bad):
   assert f"got {cpp_float_string(bad)}" in message, message
 
 
-@pytest.mark.parametrize("bad", BAD_SCALES)
+@pytest.mark.parametrize("op,bad", OPS_AND_BAD_SCALES)
 @pytest.mark.parametrize("mode", ["tf.function", "tf1_graph"])
-@pytest.mark.parametrize("op", ["FixedScaleLoss", "FixedUnscaleGrads",
-                                "FixedUnscaleGradsAndCheck"])
 def test_raw_op_rejects_bad_loss_scale_when_the_graph_is_built(op, mode, bad):
   """The shape function returns InvalidArgument; TF raises it as ValueError while building
   (FixedUnscaleGradsAndCheck: for a constant scale input)."""
   tensor_scale = op == "FixedUnscaleGradsAndCheck"
-  _skip_valid_tensor_scale(op, bad)
 
   def build():
     x = tf.ones([3])
