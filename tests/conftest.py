@@ -127,6 +127,16 @@ def run_worker(script, out_dir, timeout=300):
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
 
+@pytest.fixture
+def mixed_float16():
+  """Keras's global policy "mixed_float16" for one test, then the previous one."""
+  import keras  # pylint: disable=import-outside-toplevel  (workers import conftest)
+  previous = keras.mixed_precision.global_policy()
+  keras.mixed_precision.set_global_policy("mixed_float16")
+  yield
+  keras.mixed_precision.set_global_policy(previous)
+
+
 class StreamedWorker:
   """A `python tests/workers/<script> ARGS...` process whose stdout lines a
   thread reads into a queue, for tests that act on a worker while it runs

@@ -34,14 +34,6 @@ BATCH = 4
 POISONED_BATCHES = (3, 4, 9, 10, 11)
 
 
-@pytest.fixture
-def mixed_float16():
-  previous = keras.mixed_precision.global_policy()
-  keras.mixed_precision.set_global_policy("mixed_float16")
-  yield
-  keras.mixed_precision.set_global_policy(previous)
-
-
 def _data(rows=64):
   rng = np.random.default_rng(5)
   x = rng.standard_normal((rows, 8)).astype("float32")

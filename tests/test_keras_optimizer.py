@@ -26,14 +26,6 @@ from fixed_loss_scale.keras import FixedLossScaleOptimizer
 CUSTOM_OPS = {"FixedScaleLoss", "FixedUnscaleGrads"}
 
 
-@pytest.fixture
-def mixed_float16():
-  previous = keras.mixed_precision.global_policy()
-  keras.mixed_precision.set_global_policy("mixed_float16")
-  yield
-  keras.mixed_precision.set_global_policy(previous)
-
-
 def _data():
   rng = np.random.default_rng(3)
   x = rng.standard_normal((64, 8)).astype("float32")
