@@ -402,7 +402,7 @@ template <>
 struct CheckTraits<DType::kHalf> {
   using Storage = uint16_t;
   using Sum = float;
-  static FLS_HOST_DEVICE bool NotFinite(uint16_t y) { return (y & 0x7c00u) == 0x7c00u; }
+  static FLS_HOST_DEVICE bool NotFinite(uint16_t y) { return !IsFiniteHalfBits(y); }
   // For the square only: on a GPU the hardware conversion of every pattern
   // (exact for finite values; an Inf or NaN makes the sum Inf or NaN whatever
   // its payload), without the per-lane NaN branch of HalfBitsToFloat (NOTE
@@ -423,7 +423,7 @@ template <>
 struct CheckTraits<DType::kBFloat16> {
   using Storage = uint16_t;
   using Sum = float;
-  static FLS_HOST_DEVICE bool NotFinite(uint16_t y) { return (y & 0x7f80u) == 0x7f80u; }
+  static FLS_HOST_DEVICE bool NotFinite(uint16_t y) { return !IsFiniteBFloat16Bits(y); }
   static FLS_HOST_DEVICE float Widen(uint16_t y) { return BFloat16BitsToFloat(y); }
 };
 
@@ -431,9 +431,7 @@ template <>
 struct CheckTraits<DType::kFloat> {
   using Storage = float;
   using Sum = float;
-  static FLS_HOST_DEVICE bool NotFinite(float y) {
-    return (BitCast<uint32_t>(y) & 0x7f800000u) == 0x7f800000u;
-  }
+  static FLS_HOST_DEVICE bool NotFinite(float y) { return !IsFiniteFloat(y); }
   static FLS_HOST_DEVICE float Widen(float y) { return y; }
 };
 
@@ -441,9 +439,7 @@ template <>
 struct CheckTraits<DType::kDouble> {
   using Storage = double;
   using Sum = double;
-  static FLS_HOST_DEVICE bool NotFinite(double y) {
-    return (BitCast<uint64_t>(y) & 0x7ff0000000000000ull) == 0x7ff0000000000000ull;
-  }
+  static FLS_HOST_DEVICE bool NotFinite(double y) { return !IsFiniteDouble(y); }
   static FLS_HOST_DEVICE double Widen(double y) { return y; }
 };
 
