@@ -110,7 +110,7 @@ def test_keras_custom_loops_under_mirrored_strategy(mirrored):
   # built with unscale_in_apply=False does not unscale again) in each replica
   # thread equals the Keras 3 style; so does the Keras 3 style with the
   # gradients also unscaled for logging, eagerly before the first trace and
-  # inside it (issue 21: that once made apply skip its own unscale).
+  # inside it (where apply must still do its own unscale).
   _, arrays = mirrored
   for part in ("w", "b"):
     assert_bitwise_equal(arrays[f"keras_loop_tf_keras2_style_{part}"],

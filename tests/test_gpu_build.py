@@ -201,7 +201,7 @@ def test_device_code_covers_every_configured_architecture():
 
 
 def test_clang_route_reaches_every_tensorflow_gpu():
-  """Issue 20: cubins for sm_60..sm_90 and PTX a CUDA 12 driver JITs."""
+  """cubins for sm_60..sm_90 and PTX a CUDA 12 driver JITs."""
   if CONFIG.get("CUDA_TOOLCHAIN") != "clang":
     pytest.skip(f"CUDA_TOOLCHAIN={CONFIG.get('CUDA_TOOLCHAIN')}: a user's nvcc sets its own reach")
   entries = _fatbin_entries(LIBRARY)

@@ -330,7 +330,7 @@ def test_model_save_and_load_round_trip(mixed_float16, tmp_path):
   assert {"FixedUnscaleGrads", "FixedUnscaleGradsAndCheck"} & op_types
 
 
-# The issue's reproduction (issue 21): whether apply unscales must not depend on
+# The reproduction: whether apply unscales must not depend on
 # earlier calls of get_unscaled_gradients (eagerly, in another trace, or with
 # the result thrown away). v = [1, 1], loss = sum(v) * 1024, SGD(1.0): each
 # step subtracts the true gradient, 1, so after two steps v is [-1, -1]

@@ -1,4 +1,4 @@
-"""Issue 22: pip builds a working package through configure.sh + make, and the
+"""pip builds a working package through configure.sh + make, and the
 wheel requires the TensorFlow minor version its library was built for.
 
 Everything is built from a fresh `git clone` of this repository's HEAD, never

@@ -181,7 +181,7 @@ def test_loss_scale_arguments():
   for bad in (None, "static", {"class_name": "DynamicLossScale"}, 0.5, float("nan"), "8"):
     with pytest.raises(ValueError):
       _ours(base, bad)
-  # Dynamic scales are accepted (issue 23): "dynamic" gives this package's
+  # Dynamic scales are accepted: "dynamic" gives this package's
   # DynamicLossScale, and a DynamicLossScale object is used as it is.
   assert type(_ours(base, "dynamic").loss_scale) is fls.DynamicLossScale
   for dynamic in (fls.DynamicLossScale(), v1.mixed_precision.DynamicLossScale()):

@@ -72,8 +72,8 @@ def as_loss_scale(loss_scale):
 
   Raises:
     ValueError: for None, other strings, dicts, other LossScale classes and
-      numbers that are not a usable scale; the messages of issue 21 (TF's
-      words first) are kept.
+      numbers that are not a usable scale, with TF's words first in the
+      messages.
   """
   if isinstance(loss_scale, tf_loss_scale.DynamicLossScale):
     return loss_scale

@@ -164,7 +164,7 @@ def keras_custom_loop(arrays, name, strategy, style):
   - "keras3_logged": as "keras3", but each replica also calls
     get_unscaled_gradients (to log them) eagerly before the step is first
     traced, and inside the step on the gradients it then passes to apply --
-    which must unscale them all the same (issue 21).
+    which must unscale them all the same.
   """
   x, y, w0 = tf1_data()
   with strategy.scope():
