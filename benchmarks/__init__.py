@@ -2,7 +2,7 @@
 
     python -m benchmarks [--quick] [--json PATH] [--plot PATH.png]
     python -m benchmarks --report PATH.json [--plot PATH.png]   # a saved run again
-    python -m benchmarks --overflow [--json PATH]   # the fused unscale-and-check (issue 23)
+    python -m benchmarks --overflow [--json PATH]   # overflow safety: checks and skipping steps
 
 Run from the repository root (`make bench` does); the package is not in the
 wheel. Progress goes to stderr, the table to stdout. docs/BENCHMARKS.md
@@ -30,7 +30,7 @@ explains every arm and what limits each number; in short:
   the median of its calls there, every difference and ratio is taken within a
   round, and the median over rounds is reported.
 - GB/s counts bytes read + written by the unscale (2 x the gradients' bytes).
-- `--overflow` runs instead the fused unscale-and-check (issue 23) against
+- `--overflow` runs instead the fused unscale-and-check against
   FixedUnscaleGrads alone and TF's per-tensor check, in the same loops with a
   flag and a norm carried (NOTE [check loop]), and Keras 3 optimizer steps that
   skip non-finite gradients, ours against Keras's LossScaleOptimizer.

@@ -1,4 +1,4 @@
-"""The fused unscale-and-check (issue 23) at op level, against the passes it replaces.
+"""The fused unscale-and-check at op level, against the passes it replaces.
 
 Owns the `--overflow` arms over one gradient set: FixedUnscaleGrads alone,
 the fused FixedUnscaleGradsAndCheck (flag only, and with its sum of squares),
@@ -6,7 +6,7 @@ TF's per-tensor unscale and check as TF's DynamicLossScale and Keras 3 do it,
 our FixedUnscaleGrads followed by that check (this package without the fused
 op), and our FixedUnscaleGrads followed by tf.clip_by_global_norm's norm (the
 clipping comparison); the loop they are timed in (NOTE [check loop]), their
-graph checks, and the ratios the issue's goals are stated in (OVERFLOW_RATIOS).
+graph checks, and the ratios its goals are stated in (OVERFLOW_RATIOS).
 """
 
 import functools
@@ -42,7 +42,7 @@ OVERFLOW_LABELS = {
     "ours_global_norm": "FixedUnscaleGrads + tf.linalg.global_norm",
 }
 # (name, numerator arm, denominator arm, goal): per-call time ratios taken
-# within rounds. The goals are issue 23's, stated for the large sets.
+# within rounds. The goals are stated for the large sets.
 OVERFLOW_RATIOS = (
     ("fused/unscale", "fused", "unscale", "<= 1.1"),
     ("fused_sos/unscale", "fused_sos", "unscale", ""),

@@ -1,4 +1,4 @@
-"""Whole Keras 3 optimizer steps that skip non-finite gradients (issue 23).
+"""Whole Keras 3 optimizer steps that skip non-finite gradients.
 
 Owns the `--overflow` optimizer arms on the `bert_like` variables: the inner
 optimizer alone (and again, the control of NOTE [bare again] in
@@ -30,7 +30,7 @@ OVERFLOW_STEP_LABELS = {
     "ours_fixed_skip": "FixedLossScaleOptimizer(skip_non_finite=True)",
 }
 # Ours against Keras's: overhead over the bare step, ratio taken within rounds
-# (issue 23's goal: at most 0.25).
+# (the goal: at most 0.25).
 OVERFLOW_STEP_RATIOS = (("ours_dynamic", "keras_loss_scale_optimizer"),
                         ("ours_fixed_skip", "keras_loss_scale_optimizer"))
 # The op types a step's check note counts.

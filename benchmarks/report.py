@@ -2,9 +2,7 @@
 JSON, byte for byte) and the PNG chart of `--plot`.
 
 Reads only the results dict, never TensorFlow, so a saved run is re-printed
-exactly as it was measured. The table's titles still say "in bench.py" where
-they point at a NOTE: that is the text of every saved results.txt, which
---report reproduces; the NOTEs live in benchmarks/ now (grep their names).
+exactly as it was measured.
 """
 
 import sys
@@ -105,7 +103,7 @@ def print_one_pass(results, out):
   if not rows:
     return
   print("\nsweep against ours over 1 tensor of the same bytes in the same loop (NOTE [one pass] "
-        "in bench.py), per call, medians over rounds; ours - one pass taken within each round, "
+        "in benchmarks/scenarios.py), per call, medians over rounds; ours - one pass taken within each round, "
         "median and quartiles:", file=out)
 
   for r in rows:
@@ -123,7 +121,7 @@ def print_op_times(results, out):
   rows = results.get("op_times", [])
   if not rows:
     return
-  print("\nsweep, op time from TF's step stats (NOTE [op time] in bench.py; no loop): time inside "
+  print("\nsweep, op time from TF's step stats (NOTE [op time] in benchmarks/op_times.py; no loop): time inside "
         "the arm's kernels in one Session run, medians over rounds; TF = its n Muls' kernel times "
         "summed (without the executor's work between them: a lower bound); differences to ours "
         "taken within each round, median and quartiles:", file=out)
@@ -154,7 +152,7 @@ OVERFLOW_COLUMNS = (("unscale", "unscale"), ("fused", "fused"), ("fused_sos", "f
 def print_overflow(results, out):
   """--overflow, op level: every arm's per-call time, then the ratios."""
   rows = results["overflow"]
-  print("\nfused unscale-and-check (issue 23), per call (us), medians over rounds of "
+  print("\nfused unscale-and-check, per call (us), medians over rounds of "
         "(T(arm) - T(none)) / N (NOTE [check loop] in benchmarks/overflow.py):", file=out)
   seen = {}
   for r in rows:
@@ -182,7 +180,7 @@ def print_overflow(results, out):
   if not names:
     return
   print("\nratios of per-call times, taken within each round: median (quartiles); the goals "
-        "are issue 23's, for the large sets", file=out)
+        "are for the large sets", file=out)
   print(f"{'scenario':<22}" + "".join(f"{name:>28}" for name in names), file=out)
   print(f"{'goal':<22}" + "".join(f"{rows[0]['ratios'][name]['goal'] or '-':>28}"
                                    for name in names), file=out)

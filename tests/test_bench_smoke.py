@@ -117,7 +117,7 @@ def test_quick_benchmark_writes_json(tmp_path):
 
 @pytest.mark.slow
 def test_overflow_benchmark_writes_every_arm(tmp_path):
-  """`--overflow` (issue 23: the fused unscale-and-check) on the tiny set and
+  """`--overflow` (the fused unscale-and-check) on the tiny set and
   the quick optimizer steps: every arm traced, checked and timed, the ratios
   and overheads in the JSON, and `--report` prints the same table."""
   out = tmp_path / "overflow.json"
@@ -125,7 +125,7 @@ def test_overflow_benchmark_writes_every_arm(tmp_path):
                          str(out), "--sets", "tiny", "--dtypes", "float32"],
                         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-4000:]
-  assert "fused unscale-and-check (issue 23)" in proc.stdout
+  assert "fused unscale-and-check, per call" in proc.stdout
   results = json.loads(out.read_text())
   assert results["scenarios"] == [] and results["peak_memory"] == []
 
