@@ -231,14 +231,37 @@ def test_is_tfs_class_and_get_dynamic_still_gives_tfs():
                                              "float, got str: '8'"),
     ({"initial_loss_scale": True}, TypeError, "got bool: True"),
     ({"increment_period": 0}, ValueError, "increment_period must be at least 1, got 0"),
-    ({"increment_period": 2.5}, TypeError, "increment_period must be a Python or numpy int, got "
-                                           "float: 2.5"),
+    ({"increment_period": 0.5}, ValueError, "increment_period must be at least 1, got 0.5"),
+    ({"increment_period": float("nan")}, ValueError, "increment_period must be at least 1, got nan"),
+    ({"increment_period": "2"}, TypeError, "increment_period must be a Python or numpy number, got "
+                                           "str: '2'"),
     ({"multiplier": 0.5}, ValueError, "multiplier must be at least 1, got 0.5"),
     ({"multiplier": float("inf")}, ValueError, "multiplier must be finite, got inf"),
 ])
 def test_bad_arguments_name_the_argument_and_value(kwargs, error, message):
   with pytest.raises(error, match=message.replace("(", r"\(").replace("+", r"\+")):
     fls.DynamicLossScale(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"initial_loss_scale": 1., "increment_period": 2., "multiplier": 2.},  # TF's testCheckpoint
+    {"increment_period": 2.5}, {"increment_period": np.int32(3)}, {"increment_period": 7.99},
+    {"initial_loss_scale": np.float32(8), "multiplier": np.float64(3)},
+])
+def test_takes_the_numbers_tfs_class_takes_with_its_values(kwargs):
+  ours, theirs = fls.DynamicLossScale(**kwargs), TFDynamic(**kwargs)
+  assert ours.get_config() == theirs.get_config()
+  assert type(ours.increment_period) is int and type(ours.multiplier) is float
+  assert ours() == theirs()
+
+
+def test_repr_is_tfs_eagerly_and_in_a_graph():
+  assert repr(fls.DynamicLossScale(1, 2, 3)) == repr(TFDynamic(1, 2, 3)) == (
+      "DynamicLossScale(current_loss_scale=1.0, num_good_steps=0, initial_loss_scale=1.0, "
+      "increment_period=2, multiplier=3.0)")
+  with tf.Graph().as_default():
+    assert repr(fls.DynamicLossScale(1, 2.5, 3)) == repr(TFDynamic(1, 2.5, 3)) == (
+        "DynamicLossScale(initial_loss_scale=1.0, increment_period=2, multiplier=3.0)")
 
 
 def test_unscale_gradients_numbers_and_no_second_check():

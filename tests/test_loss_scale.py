@@ -14,8 +14,19 @@ from conftest import reference_unscale
 TFFixedLossScale = tf.compat.v1.mixed_precision.FixedLossScale
 
 
-def test_is_a_tf_compat_loss_scale():
-  assert isinstance(fls.FixedLossScale(8), tf.compat.v1.mixed_precision.LossScale)
+def test_is_a_tf_compat_fixed_loss_scale():
+  ours = fls.FixedLossScale(8)
+  assert isinstance(ours, tf.compat.v1.mixed_precision.LossScale)
+  # What TF's and tf_keras's isinstance checks ask, and the attribute they read.
+  assert isinstance(ours, TFFixedLossScale)
+  assert ours._loss_scale_value == TFFixedLossScale(8)._loss_scale_value == 8.0  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize("value", [1, 123, 2**15, 1000.5, np.float32(3)])
+def test_repr_is_tfs(value):
+  assert repr(fls.FixedLossScale(value)) == repr(TFFixedLossScale(float(value)))
+  with tf.Graph().as_default():
+    assert repr(fls.FixedLossScale(value)) == repr(TFFixedLossScale(float(value)))
 
 
 @pytest.mark.parametrize("value", [1, 8, 2**15, 1000.5, 3.0])

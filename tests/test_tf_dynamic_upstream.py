@@ -27,10 +27,7 @@ What runs and what cannot (against ours):
   increase, capped at float32 max, decrease, floor at 1, NaN clears the good
   steps, period 1 and 2, multiplier 3, a random mix -- each with the default
   strategy and a one-CPU MirroredStrategy, in graph and eager modes;
-  single-tensor gradient, serialization, None gradients, get, call type)
-  except test_repr_base and test_repr_distribute: this package's repr names its
-  module, "fixed_loss_scale.DynamicLossScale(...)" (dynamic.py), where the test
-  expects TF's "DynamicLossScale(...)".
+  single-tensor gradient, serialization, None gradients, get, call type, repr).
 - FixedLossScaleTest: every case, against fixed_loss_scale.FixedLossScale (its
   default, TF 2.4's contract: update never skips).
 """
@@ -40,7 +37,6 @@ import importlib.util
 import os
 import sys
 import types
-import unittest
 
 import pytest
 import tensorflow as tf
@@ -86,8 +82,6 @@ _ours = _load("tf_upstream_loss_scale_test_ours", types.SimpleNamespace(
     **{**vars(tf_loss_scale), "DynamicLossScale": fls.DynamicLossScale,
        "FixedLossScale": fls.FixedLossScale, "get": fls.get}))
 _theirs = _load("tf_upstream_loss_scale_test_theirs", tf_loss_scale)
-_REPR = ("this package's repr names its module, 'fixed_loss_scale.DynamicLossScale(...)' "
-         "(dynamic.py); the upstream case expects TF's 'DynamicLossScale(...)'")
 
 
 def test_the_upstream_file_is_the_verified_one_or_is_named():
@@ -105,14 +99,6 @@ def test_the_rebinding_reaches_our_classes():
 
 class TestUpstreamDynamicLossScaleOnOurs(_ours.DynamicLossScaleTest):
   """TF's DynamicLossScaleTest with fixed_loss_scale.DynamicLossScale."""
-
-  @unittest.skip(_REPR)
-  def test_repr_base(self):
-    pass
-
-  @unittest.skip(_REPR)
-  def test_repr_distribute(self):
-    pass
 
 
 class TestUpstreamFixedLossScaleOnOurs(_ours.FixedLossScaleTest):

@@ -16,7 +16,10 @@ between the two classes. What differs:
 - `unscale_gradients` handles float16, bfloat16 and float64 gradients (TF's
   compat wrapper's float32 reciprocal cannot multiply them), bit-identical to
   TF's wrapper on float32;
-- the constructor validates its arguments, naming the argument and value.
+- the constructor validates its arguments, naming the argument and value
+  (`ops.validate_loss_scale`, the package's one check of a scale).
+
+Its repr, config and the types it accepts are TF's.
 
 The scale's trajectory is TF's, bit for bit: the same ops update the same
 variables (`current_loss_scale * multiplier` kept only if finite, `maximum(
@@ -31,38 +34,21 @@ import tensorflow as tf
 from tensorflow.python.training.experimental import loss_scale as tf_loss_scale
 
 from fixed_loss_scale import finite
+from fixed_loss_scale import ops
 from fixed_loss_scale import scaling
 
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def _real_at_least_one(value, what):
-  """`value` as a Python float if a finite real number in [1, float32 max]."""
-  if isinstance(value, np.ndarray) and value.size == 1 and value.dtype.kind in "iuf":
-    value = value.reshape(()).item()
+def _increment_period(value):
+  """TF's `int(increment_period)` (a float such as 2. or 2.5 truncates, as in
+  TF's class), refusing what TF would turn into a silent surprise: bool,
+  strings, NaN, Inf and periods below 1."""
   if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-    raise TypeError(f"{what} must be a Python or numpy int or float, got "
+    raise TypeError("increment_period must be a Python or numpy number, got "
                     f"{type(value).__name__}: {value!r}")
-  try:
-    value = float(value)
-  except OverflowError:
-    raise ValueError(f"{what} must fit in float32, got {value!r}") from None
-  if math.isnan(value) or math.isinf(value):
-    raise ValueError(f"{what} must be finite, got {value}")
-  if value < 1:
-    raise ValueError(f"{what} must be at least 1, got {value}")
-  if value > _FLOAT32_MAX:
-    raise ValueError(f"{what} must fit in float32, got {value}")
-  return value
-
-
-def _positive_int(value, what):
-  if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-    raise TypeError(f"{what} must be a Python or numpy int, got "
-                    f"{type(value).__name__}: {value!r}")
-  if value < 1:
-    raise ValueError(f"{what} must be at least 1, got {value}")
-  return int(value)
+  if isinstance(value, numbers.Integral) or math.isfinite(value):
+    period = int(value)
+    if period >= 1:
+      return period
+  raise ValueError(f"increment_period must be at least 1, got {value}")
 
 
 def _op_in_graph_mode(tensor):
@@ -95,7 +81,8 @@ class DynamicLossScale(tf_loss_scale.DynamicLossScale):
     initial_loss_scale: The scale to start from, a Python or numpy number in
       [1, float32 max] (default 2**15).
     increment_period: The scale is multiplied by `multiplier` after this many
-      consecutive steps with finite gradients; a positive int (default 2000).
+      consecutive steps with finite gradients; a number, truncated to an int as
+      TF's class does (2.5 gives 2), at least 1 (default 2000).
     multiplier: Factor by which the scale grows, and shrinks (never below 1)
       after a step with non-finite gradients; a number in [1, float32 max]
       (default 2). With 1 the scale stays fixed and non-finite steps are
@@ -110,9 +97,10 @@ class DynamicLossScale(tf_loss_scale.DynamicLossScale):
   # weights, created in the same order under the same names.
   def __init__(self, initial_loss_scale=2**15, increment_period=2000, multiplier=2.):  # pylint: disable=super-init-not-called
     tf_loss_scale.LossScale.__init__(self)  # pylint: disable=non-parent-init-called
-    self._initial_loss_scale = _real_at_least_one(initial_loss_scale, "initial_loss_scale")
-    self._increment_period = _positive_int(increment_period, "increment_period")
-    self._multiplier = _real_at_least_one(multiplier, "multiplier")
+    self._initial_loss_scale = ops.validate_loss_scale(
+        initial_loss_scale, "initial_loss_scale", at_most=None)
+    self._increment_period = _increment_period(increment_period)
+    self._multiplier = ops.validate_loss_scale(multiplier, "multiplier", at_most=None)
     self._current_loss_scale = self._add_weight(
         name="current_loss_scale", dtype=tf.float32, initial_value=self._initial_loss_scale)
     # Consecutive steps with finite gradients since the last non-finite one or
@@ -157,7 +145,3 @@ class DynamicLossScale(tf_loss_scale.DynamicLossScale):
 
     update_op = tf.compat.v1.cond(is_finite, update_if_finite_grads, update_if_not_finite_grads)
     return update_op, is_finite
-
-  def __repr__(self):
-    text = super().__repr__()
-    return text if text.startswith("fixed_loss_scale.") else "fixed_loss_scale." + text

@@ -1,8 +1,10 @@
 """FixedLossScale, a TF1 `LossScale` whose graph path runs the fused custom ops.
 
-It subclasses TensorFlow's own `tf.compat.v1.mixed_precision.LossScale`, so TF's
-`MixedPrecisionLossScaleOptimizer` and `enable_mixed_precision_graph_rewrite`
-accept it, and follows the TF 2.4 `FixedLossScale` contract: calling it gives the
+It subclasses TensorFlow's own `tf.compat.v1.mixed_precision.FixedLossScale`, so
+every `isinstance` check in TF and tf_keras accepts it (TF's
+`MixedPrecisionLossScaleOptimizer`, `enable_mixed_precision_graph_rewrite`,
+tf_keras's converter of TF's loss-scale objects and its TF <= 2.3 configs), and
+follows the TF 2.4 `FixedLossScale` contract: calling it gives the
 scale as a float32 scalar, `update` is a no-op that always allows applying
 gradients, and it round-trips through `get_config`/`from_config`. With
 `skip_non_finite=True` (opt-in) `update` instead answers whether all gradients
@@ -20,7 +22,7 @@ from fixed_loss_scale import scaling
 LossScale = tf.compat.v1.mixed_precision.LossScale
 
 
-class FixedLossScale(LossScale):
+class FixedLossScale(tf.compat.v1.mixed_precision.FixedLossScale):
   """Loss scale with a fixed value that never changes.
 
   Args:
@@ -43,8 +45,10 @@ class FixedLossScale(LossScale):
       float32.
   """
 
-  def __init__(self, loss_scale_value, skip_non_finite=False):
-    super().__init__()
+  # TF's __init__ (deprecated, logging so) is replaced, not called: the same
+  # attribute, `_loss_scale_value` (which tf_keras reads), validated here.
+  def __init__(self, loss_scale_value, skip_non_finite=False):  # pylint: disable=super-init-not-called
+    LossScale.__init__(self)  # pylint: disable=non-parent-init-called
     # A Python float, not a tensor: a tensor made here could live on another
     # device or in another graph than the one that uses it.
     self._loss_scale_value = ops.validate_loss_scale(loss_scale_value, "loss_scale_value")
@@ -106,6 +110,7 @@ class FixedLossScale(LossScale):
     return config
 
   def __repr__(self):
+    """TF's repr, `FixedLossScale(1024.0)`, naming `skip_non_finite` only when on."""
     if self._skip_non_finite:
       return f"FixedLossScale({self._loss_scale_value!r}, skip_non_finite=True)"
     return f"FixedLossScale({self._loss_scale_value!r})"

@@ -25,12 +25,15 @@ _raw_ops = _loader.load_ops()
 MAX_LOSS_SCALE = float(_loader.c_api().fls_max_loss_scale())
 
 
-def validate_loss_scale(value, what="loss_scale"):
+def validate_loss_scale(value, what="loss_scale", at_most=MAX_LOSS_SCALE):
   """Returns `value` as a Python float if it is a usable fixed loss scale.
 
   Accepts Python and numpy real scalars (and one-element numpy arrays); rejects
   bool, strings, tensors and anything else with a TypeError, and values below 1,
-  NaN, Inf or above MAX_LOSS_SCALE (2**126) with a ValueError.
+  NaN, Inf or above `at_most` (default MAX_LOSS_SCALE, 2**126) with a
+  ValueError. A dynamic scale's start and multiplier pass `at_most=None`: any
+  float32 up to its max (the scale is a tensor there, NOTE [tensor loss scale
+  range]).
   """
   if isinstance(value, np.ndarray):
     if value.size != 1:
@@ -49,7 +52,7 @@ def validate_loss_scale(value, what="loss_scale"):
     raise ValueError(f"{what} must be at least 1, got {value}")
   if value > float(np.finfo(np.float32).max):
     raise ValueError(f"{what} must fit in float32, got {value}")
-  if float(np.float32(value)) > MAX_LOSS_SCALE:
+  if at_most is not None and float(np.float32(value)) > at_most:
     # 1/loss_scale would be a float32 subnormal, which TensorFlow's CPU threads
     # flush to zero: gradients would silently become 0 and Inf would become NaN.
     raise ValueError(f"{what} must be at most 2**126 (its float32 reciprocal must be a "
