@@ -3,17 +3,15 @@
 Independent references: the numpy oracle of conftest.py and FixedUnscaleGrads
 for the unscaled values, numpy's isfinite and TF's reduce_all(is_finite) for
 the flag, a numpy float64 sum for the sum of squares, and the derivative
-written out for the gradient.
+written out for the gradient. The seam that emits the op (scaling.
+unscale_and_check): tests/test_fused_seam.py.
 """
-
-import os
 
 import ml_dtypes
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import fixed_loss_scale as fls
 from conftest import ALL_DTYPES
 from conftest import NP_DTYPES
 from conftest import assert_bitwise_equal
@@ -23,7 +21,6 @@ from conftest import reference_unscale
 from fixed_loss_scale import _loader
 from fixed_loss_scale import finite
 from fixed_loss_scale import ops
-from fixed_loss_scale import scaling
 
 RAW = _loader.load_ops()
 OP = "FixedUnscaleGradsAndCheck"
@@ -48,7 +45,7 @@ def _in_graph(fn, *args):
   return tf.function(fn)(*args)
 
 
-def _mixed_list(rng, sizes):
+def mixed_list(rng, sizes):
   dtypes = [ALL_DTYPES[i % len(ALL_DTYPES)] for i in range(len(sizes))]
   return [random_values(rng, (n,), NP_DTYPES[d]) for n, d in zip(sizes, dtypes)]
 
@@ -79,7 +76,7 @@ def test_unscaled_values_are_fixed_unscale_grads_bit_for_bit(scale, in_place, rn
   """Mixed dtypes in one op; inputs that are the function's arguments (outputs
   allocated) or fresh buffers made inside it that the op alone reads
   (forwarded: NOTE [direct forwarding])."""
-  values = _mixed_list(rng, [1, 7, 33, 257, 0, 4099, 3, 1000])
+  values = mixed_list(rng, [1, 7, 33, 257, 0, 4099, 3, 1000])
 
   def fresh(grads):  # a new buffer per gradient, owned by nothing else
     return [tf.gather(g, tf.range(tf.size(g))) for g in grads]
@@ -122,7 +119,7 @@ def test_inputs_read_elsewhere_are_not_overwritten():
 
 
 def test_eager_op_and_tensor_scale(rng):
-  values = _mixed_list(rng, [5, 64, 9, 300])
+  values = mixed_list(rng, [5, 64, 9, 300])
   for scale in (3.0, tf.constant(3.0), tf.Variable(3.0)):
     out, flag, squares = _fused([tf.constant(v) for v in values], scale)
     assert flag.dtype == tf.bool and flag.shape == () and bool(flag.numpy())
@@ -132,7 +129,7 @@ def test_eager_op_and_tensor_scale(rng):
 
 
 def test_two_thousand_small_tensors_in_one_op(rng):
-  values = _mixed_list(rng, [int(n) for n in rng.integers(0, 40, size=2000)])
+  values = mixed_list(rng, [int(n) for n in rng.integers(0, 40, size=2000)])
 
   @tf.function
   def run(grads):
@@ -220,7 +217,7 @@ def test_extreme_finite_values_stay_finite_at_every_scale():
 
 @pytest.mark.parametrize("scale", [1.0, 1000.5, 2.0**15])
 def test_sum_of_squares_against_numpy(scale, rng):
-  values = _mixed_list(rng, [1, 31, 4099, 100003, 7, 20000])
+  values = mixed_list(rng, [1, 31, 4099, 100003, 7, 20000])
   out, flag, squares = _in_graph(lambda gs: _fused(gs, scale, sum_of_squares=True),
                                  [tf.constant(v) for v in values])
   assert bool(flag.numpy())
@@ -256,7 +253,7 @@ def test_sum_of_squares_overflow_and_non_finite_values():
 
 
 def test_sum_of_squares_not_requested_is_quiet_nan(rng):
-  values = _mixed_list(rng, [3, 70000])
+  values = mixed_list(rng, [3, 70000])
   for fn in (lambda gs: _fused(gs, 8.0), tf.function(lambda gs: _fused(gs, 8.0))):
     _, flag, squares = fn([tf.constant(v) for v in values])
     assert bool(flag.numpy()) and _float_bits(squares.numpy()) == QUIET_NAN_BITS
@@ -281,7 +278,7 @@ def test_empty_list_and_empty_tensors(mode):
 
 
 def test_variable_scale_changes_between_calls_of_one_function(rng):
-  values = _mixed_list(rng, [9, 300, 5, 70])
+  values = mixed_list(rng, [9, 300, 5, 70])
   scale = tf.Variable(2.0)
 
   @tf.function
@@ -376,131 +373,3 @@ def test_tensor_scale_outside_the_fixed_range():
   assert np.isinf(u16.numpy()[1]) and not flag.numpy()  # 80000 overflows float16
   (u16,), flag, _ = _fused([f16[[0, 2]]], tf.Variable(np.float32(0.5)))
   assert flag.numpy()
-
-
-@pytest.mark.parametrize("scale_kind", ["number", "tensor"])
-def test_seam_emits_one_op_and_no_second_read(scale_kind, rng):
-  values = _mixed_list(rng, [17, 300, 5])
-  scale = 1000.5 if scale_kind == "number" else tf.Variable(1000.5)
-
-  @tf.function
-  def step(grads):
-    unscaled, flag, squares = scaling.unscale_and_check(grads, scale, sum_of_squares=True)
-    return unscaled, flag, squares, finite.all_finite(unscaled)
-
-  grads = [tf.constant(v) for v in values]
-  unscaled, flag, squares, found = step(grads)
-  function = step.get_concrete_function(grads)
-  types = graph_op_types(function)  # nested functions (cond branches) included
-  assert types.count(OP) == 1 and "FixedUnscaleGrads" not in types
-  assert "IsFinite" not in [op.type for op in function.graph.get_operations()]
-  assert "IsFinite" not in types and "If" not in types and "StatelessIf" not in types
-  assert bool(flag.numpy()) and bool(found.numpy())
-  eager = scaling.unscale_and_check(grads, scale, sum_of_squares=True)  # the arithmetic
-  for u, e, v in zip(unscaled, eager[0], values):
-    assert_bitwise_equal(u.numpy(), e.numpy())
-    assert_bitwise_equal(u.numpy(), reference_unscale(v, 1000.5))
-  np.testing.assert_allclose(squares.numpy(), eager[2].numpy(), rtol=SUM_RTOL)
-
-
-def _assert_equal_but_nan_signs(actual, expected):
-  """Bit for bit, except the sign of a NaN made by Inf * 0 (a scale above
-  2**126: its float32 reciprocal is flushed to 0), which x86's vector multiply
-  gives negative and TF's half/bfloat16 casts may not: a step with such a
-  gradient is skipped either way."""
-  nan = np.isnan(actual.astype(np.float64))
-  np.testing.assert_array_equal(nan, np.isnan(expected.astype(np.float64)))
-  assert_bitwise_equal(actual[~nan], expected[~nan])
-
-
-@pytest.mark.parametrize("value", [2.0**127, float(np.finfo(np.float32).max), 0.5])
-def test_seam_tensor_scale_outside_the_fixed_range(value, rng):
-  """A dynamic scale may leave [1, 2**126] (TF's algorithm grows it up to
-  float32 max, Keras's halves below 1): the seam still emits the fused op, no
-  cond, and it computes what the arithmetic computes eagerly, flag included
-  (NOTE [tensor loss scale range])."""
-  values = _mixed_list(rng, [17, 300, 5, 9])
-  scale = tf.Variable(value)
-  step = tf.function(lambda gs: scaling.unscale_and_check(gs, scale, sum_of_squares=True))
-  for poison in (False, True):
-    if poison:
-      values[1][3] = np.inf
-    grads = [tf.constant(v) for v in values]
-    unscaled, flag, squares = step(grads)
-    types = graph_op_types(step.get_concrete_function(grads))
-    assert types.count(OP) == 1 and "IsFinite" not in types and "If" not in types
-    eager = scaling.unscale_and_check(grads, scale, sum_of_squares=True)
-    for u, e in zip(unscaled, eager[0]):
-      _assert_equal_but_nan_signs(u.numpy(), e.numpy())
-    assert bool(flag.numpy()) is bool(eager[1].numpy())
-    if value < 1:
-      # Factor 2: random values may overflow float16 when unscaled.
-      assert bool(flag.numpy()) is (not poison and all(
-          np.isfinite(u.numpy()).all() for u in unscaled))
-    else:
-      assert bool(flag.numpy()) is (not poison)
-    np.testing.assert_allclose(squares.numpy(), eager[2].numpy(), rtol=SUM_RTOL)
-  scale.assign(4.0)  # back in range, in the same function
-  unscaled, flag, _ = step([tf.constant(v) for v in values])
-  assert not flag.numpy()
-  for u, v in zip(unscaled, values):
-    assert_bitwise_equal(u.numpy(), reference_unscale(v, 4.0))
-
-
-@pytest.mark.skipif(bool(tf.config.list_logical_devices("GPU")),
-                    reason="a GPU's gradients are one group")
-def test_seam_cpu_groups_reduce_their_flags_and_sums(rng):
-  """Several CPU groups (NOTE [CPU groups]): one op each, their flags reduced
-  and their sums of squares added in float64."""
-  n = scaling.CPU_GROUP_BYTES // 4
-  values = [random_values(rng, (n,), np.float32) for _ in range(3)]
-
-  @tf.function
-  def step(grads):
-    return scaling.unscale_and_check(grads, 4.0, sum_of_squares=True)
-
-  grads = [tf.constant(v) for v in values]
-  unscaled, flag, squares = step(grads)
-  assert graph_op_types(step.get_concrete_function(grads)).count(OP) == 3
-  assert bool(flag.numpy())
-  per_group = [_fused([g], 4.0, sum_of_squares=True)[2].numpy() for g in grads]
-  assert squares.numpy() == np.float32(sum(float(s) for s in per_group))
-  values[2][-1] = np.nan
-  assert not step([tf.constant(v) for v in values])[1].numpy()
-
-
-def test_fixed_loss_scale_skips_with_the_fused_flag():
-  loss_scale = fls.FixedLossScale(8, skip_non_finite=True)
-
-  @tf.function
-  def step(a, b):
-    return loss_scale.update(loss_scale.unscale_gradients([a, b]))[1]
-
-  args = (tf.constant([8.0, 16.0]), tf.constant([1.0], tf.float16))
-  types = graph_op_types(step.get_concrete_function(*args))
-  assert OP in types and "IsFinite" not in types
-  assert step(*args).numpy()
-  assert not step(tf.constant([8.0, np.inf]), args[1]).numpy()
-
-
-@pytest.mark.parametrize("scale_kind", ["number", "tensor"])
-def test_seam_under_xla_keeps_the_arithmetic(scale_kind, rng):
-  """jit_compile=True: no custom op (XLA has no kernel for it); the same
-  numbers and flag, found again by finite.all_finite from the registry."""
-  values = _mixed_list(rng, [17, 300, 5])
-  scale = 1000.5 if scale_kind == "number" else tf.Variable(1000.5)
-
-  @tf.function(jit_compile=True)
-  def step(grads):
-    unscaled, flag = scaling.unscale_and_check(grads, scale)
-    return unscaled, flag, finite.all_finite(unscaled)
-
-  grads = [tf.constant(v) for v in values]
-  unscaled, flag, found = step(grads)
-  types = graph_op_types(step.get_concrete_function(grads))
-  assert OP not in types and types.count("IsFinite") == len(values)
-  assert bool(flag.numpy()) and bool(found.numpy())
-  for u, v in zip(unscaled, values):
-    assert_bitwise_equal(u.numpy(), reference_unscale(v, 1000.5))
-  values[2][0] = np.nan
-  assert not step([tf.constant(v) for v in values])[1].numpy()
