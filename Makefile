@@ -86,10 +86,10 @@ $(BUILD_DIR)/tf_ops/tf/%.o: tf_ops/tf/%.cc $(HEADERS) config.mk
 # left undefined and bind at load to the cudart trampolines that
 # libtensorflow_framework.so.2 exports, i.e. to the libcudart.so.12 TensorFlow
 # itself loads, in the contexts and streams TensorFlow made. A private static
-# runtime would be a second runtime state in the process (and was what the
-# Bazel build shipped while Make bound to TensorFlow's); the driver API is
-# shared either way. tests/test_gpu_build.py checks the built library: no
-# cuda* symbol defined, every one bound to libtensorflow_framework at load.
+# runtime would be a second runtime state in the process, beside TensorFlow's;
+# the driver API is shared either way. tests/test_gpu_build.py checks the built
+# library: no cuda* symbol defined, every one bound to libtensorflow_framework
+# at load.
 # Where no libcudart.so.12 is installed (a CPU-only machine) TensorFlow's
 # trampolines return errors and the GPU kernels are never placed.
 #   make host-emulation-test   the kernel body run on the host for every

@@ -7,11 +7,14 @@
 #                        checked by the loader at import time
 # Non-interactive. For the GPU kernels it sets up the clang route's toolchain
 # (tools/cuda12_toolchain.sh: clang-19 with apt-get when root, NVIDIA's CUDA 12
-# wheels into .cuda12/) unless told to use nvcc.
+# wheels into .cuda12/) unless told to use nvcc; with
+# FLS_INSTALL_CUDA_TOOLCHAIN=0 (set by the pip build) it installs nothing and
+# uses only a toolchain that is already there.
 #
 # Environment: PYTHON (default: .venv/bin/python, else python3), CUDA_HOME or
 # NVCC (use this nvcc instead of clang), FLS_CUDA_TOOLCHAIN=clang|nvcc,
-# CLANG (a clang++ for CUDA), FLS_WITH_CUDA=0 to force a CPU-only build.
+# CLANG (a clang++ for CUDA), FLS_WITH_CUDA=0 to force a CPU-only build,
+# FLS_INSTALL_CUDA_TOOLCHAIN=0 to install nothing.
 set -euo pipefail
 cd "$(dirname "$0")"
 

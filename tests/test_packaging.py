@@ -4,11 +4,13 @@ wheel requires the TensorFlow minor version its library was built for.
 Everything is built from a fresh `git clone` of this repository's HEAD, never
 from the repository itself: pip builds a local directory in place, and the
 repository's config.mk, build/ and library are what the rest of the suite
-uses. Builds are CPU-only (FLS_WITH_CUDA=0) and `--no-build-isolation`, in
-venvs that see this interpreter's site-packages (its TensorFlow) through a
-.pth file, so nothing is downloaded. Two builds in all, one per module
-fixture: `pip install <clone>` (whose tree `make wheel` then packs without
-rebuilding) and `pip install <sdist>`.
+uses. Builds are CPU-only and `--no-build-isolation`, in venvs that see this
+interpreter's site-packages (its TensorFlow) through a .pth file, so nothing is
+downloaded. Two builds in all, one per module fixture: `pip install <clone>`
+(whose tree `make wheel` then packs without rebuilding) and `pip install
+<sdist>`. The first runs as pip's default does (no FLS_WITH_CUDA) where no CUDA
+toolchain it may use is there and apt-get refuses: it must install nothing and
+say how to add the GPU kernels. The sdist's is FLS_WITH_CUDA=0.
 
 The isolated build (pip's default, which installs TensorFlow into a build
 environment: a ~600 MB download) is checked by its declared requirements here;
@@ -73,8 +75,30 @@ CHECK_OPS = textwrap.dedent("""
 def _env(**extra):
   env = dict(os.environ, FLS_WITH_CUDA="0", TF_CPP_MIN_LOG_LEVEL="3",
              PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
-  env.pop("PYTHONPATH", None)
+  for name in ("PYTHONPATH", "FLS_INSTALL_CUDA_TOOLCHAIN", "FLS_CUDA12_PATH", "NVCC",
+               "CUDA_HOME", "CLANG", "FLS_CUDA_TOOLCHAIN"):
+    env.pop(name, None)
   env.update(extra)
+  return env
+
+
+def _no_cuda_toolchain_env(stubs):
+  """pip's default environment (no FLS_WITH_CUDA) on a machine with no CUDA
+  toolchain this package may use, wherever the test runs: first on PATH, an
+  apt-get that refuses (exit 1) and writes stubs/apt-get.called, and an nvcc
+  of CUDA 11.8 (older than the 12.1 configure.sh requires), found before any
+  real nvcc. clang-19, if installed, has no CUDA 12.9 folder in a fresh clone."""
+  os.makedirs(str(stubs), exist_ok=True)
+  scripts = {"apt-get": f'echo "$@" >> {stubs}/apt-get.called\nexit 1\n',
+             "nvcc": 'case "$1" in --version) echo "Cuda compilation tools, release 11.8, '
+                     'V11.8.89";; *) exit 1;; esac\n'}
+  for name, body in scripts.items():
+    path = os.path.join(str(stubs), name)
+    with open(path, "w") as f:
+      f.write("#!/bin/sh\n" + body)
+    os.chmod(path, 0o755)
+  env = _env(PATH=f"{stubs}{os.pathsep}{os.environ['PATH']}")
+  env.pop("FLS_WITH_CUDA")
   return env
 
 
@@ -145,9 +169,11 @@ def clone(work):
 
 @pytest.fixture(scope="module")
 def installed_from_clone(work, clone):
-  """`pip install --no-build-isolation <fresh clone>` in a new venv."""
+  """`pip install --no-build-isolation <fresh clone>` in a new venv, in
+  _no_cuda_toolchain_env."""
   python = _venv(work / "venv-clone")
-  result = _run([python, "-m", "pip", "install", "-v", "--no-build-isolation", str(clone)])
+  result = _run([python, "-m", "pip", "install", "-v", "--no-build-isolation", str(clone)],
+                env=_no_cuda_toolchain_env(work / "stubs"))
   return python, result.stdout + result.stderr
 
 
@@ -185,6 +211,44 @@ def test_pip_install_of_a_fresh_clone_runs_the_ops(work, installed_from_clone):
   report = _check_ops(python, work)
   assert report["built_for"] == report["running"] == tf.__version__
   _assert_pins_this_minor_version(_built_requirement(report["requires"]))
+
+
+@pytest.mark.slow
+def test_pip_build_installs_nothing_and_says_how_to_add_the_gpu_kernels(work, clone,
+                                                                         installed_from_clone):
+  python, output = installed_from_clone
+  assert not (work / "stubs" / "apt-get.called").exists(), "the pip build called apt-get"
+  assert not (clone / ".cuda12").exists(), "the pip build downloaded the CUDA 12 wheels"
+  assert "assembling" not in output, output
+  config = (clone / "config.mk").read_text()
+  assert re.search(r"^WITH_CUDA := 0$", config, re.M), config
+  site_packages = _run([python, "-c", "import fixed_loss_scale, os; "
+                        "print(os.path.dirname(fixed_loss_scale.__file__))"],
+                       cwd=str(work)).stdout.strip()
+  with open(os.path.join(site_packages, "_build_info.json")) as f:
+    assert json.load(f)["cuda_version"] == ""  # the installed library is CPU-only
+  howto = [line for line in output.splitlines() if f"{PROJECT}: CPU kernels only" in line]
+  assert len(howto) == 1, output
+  assert "FLS_INSTALL_CUDA_TOOLCHAIN=1" in howto[0] and "nvcc 12.1+" in howto[0], howto
+
+
+def test_toolchain_script_installs_nothing_when_told(tmp_path):
+  """tools/cuda12_toolchain.sh with FLS_INSTALL_CUDA_TOOLCHAIN=0 and no
+  assembled folder: exit 1 with the reason, no apt-get (the stub records any
+  call), nothing downloaded; whether or not clang-19 is installed here."""
+  env = _no_cuda_toolchain_env(tmp_path / "stubs")
+  destination = tmp_path / "cuda12"
+  env.update(FLS_INSTALL_CUDA_TOOLCHAIN="0", FLS_CUDA12_PATH=str(destination),
+             CLANG=str(tmp_path / "no-such-clang++"))
+  result = _run([os.path.join(ROOT, "tools", "cuda12_toolchain.sh")], timeout=60, check=False,
+                env=env)
+  assert result.returncode == 1, result
+  assert result.stdout == "", result.stdout  # nothing for configure.sh to eval
+  assert "assembling" not in result.stderr, result.stderr
+  assert ("no clang++-19" in result.stderr
+          or "FLS_INSTALL_CUDA_TOOLCHAIN=0 downloads none" in result.stderr), result.stderr
+  assert not (tmp_path / "stubs" / "apt-get.called").exists()
+  assert not destination.exists()
 
 
 # ---- the wheel ---------------------------------------------------------------------------
@@ -344,16 +408,16 @@ def test_isolated_build_asks_for_tensorflow_for_wheels_only(clone):
   """)
   if sys.version_info < (3, 11):
     pytest.skip("tomllib is Python 3.11+")
-  for with_cuda in ("0", "1"):
+  for with_cuda, install in (("0", "0"), ("1", "0"), ("0", "1"), ("1", "1")):
     result = _run([sys.executable, "-c", code], timeout=120, cwd=str(clone),
-                  env=_env(FLS_WITH_CUDA=with_cuda))
+                  env=_env(FLS_WITH_CUDA=with_cuda, FLS_INSTALL_CUDA_TOOLCHAIN=install))
     hooks = json.loads(result.stdout.strip().splitlines()[-1])
     assert any(r.startswith("setuptools") for r in hooks["requires"]), hooks
     assert "tensorflow" in hooks["wheel"] and "tensorflow" in hooks["editable"], hooks
     assert not any(r.startswith("tensorflow") for r in hooks["requires"] + hooks["sdist"]), hooks
     # The CUDA toolchain set-up downloads with `python -m pip`: pip is asked for
-    # unless the build is CPU-only.
-    assert ("pip" in hooks["wheel"]) == (with_cuda == "1"), hooks
+    # only where the build may set it up.
+    assert ("pip" in hooks["wheel"]) == (with_cuda == install == "1"), hooks
 
 
 @pytest.mark.slow

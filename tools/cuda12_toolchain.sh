@@ -5,10 +5,11 @@
 #   CUDA12_PATH=...    a --cuda-path folder assembled from NVIDIA's cu12 wheels
 #
 # NOTE [clang device code]: TensorFlow 2.21 is built with CUDA 12.5 for sm_60,
-# sm_70, sm_80, sm_89 and compute_90, and runs on CUDA 12 drivers. The system
-# nvcc here is CUDA 13 (no sm_60/sm_70; its code needs an R580 driver), so the
-# device code comes from clang (which TensorFlow also compiles its CUDA with)
-# and the ptxas of the CUDA 12.9 wheel. The wheels hold no nvcc and no
+# sm_70, sm_80, sm_89 and compute_90, and runs on CUDA 12 drivers. An nvcc from
+# CUDA 13 has no sm_60/sm_70 and its code needs an R580 driver, and many
+# machines have no nvcc at all, so the device code comes from clang (which
+# TensorFlow also compiles its CUDA with) and the ptxas of the CUDA 12.9 wheel,
+# both available on any Debian machine. The wheels hold no nvcc and no
 # `fatbinary`; tools/make_fatbin.py packs the cubins with libnvfatbin instead.
 #   nvidia-cuda-nvcc-cu12      bin/ptxas, nvvm/libdevice, include/crt
 #   nvidia-cuda-runtime-cu12   include/ (cuda_runtime.h, ...), lib64/libcudart.so.12
@@ -19,12 +20,17 @@
 # is reused while its stamp matches, so it is downloaded once per clone (and
 # pip's cache keeps the wheels across clones).
 #
-# Installs what is missing: clang-19 with apt-get when run as root, the wheels
-# with `$PYTHON -m pip download`. Exit status 1, with the reason on stderr,
-# when either cannot be had (configure.sh then falls back to nvcc).
+# Installs what is missing (FLS_INSTALL_CUDA_TOOLCHAIN=1, the default):
+# clang-19 with apt-get when run as root, the wheels with `$PYTHON -m pip
+# download`. With FLS_INSTALL_CUDA_TOOLCHAIN=0 (what a pip build sets: a
+# package's build must not change the system) it installs and downloads
+# nothing and uses only a clang-19 and a folder that are already there. Exit
+# status 1, with the reason on stderr, when either cannot be had (configure.sh
+# then looks for nvcc).
 #
 # Environment: PYTHON (a Python with pip), CLANG (a clang++ to use instead of
-# clang++-19), FLS_CUDA12_PATH (the folder; default .cuda12 in the repo).
+# clang++-19), FLS_CUDA12_PATH (the folder; default .cuda12 in the repo),
+# FLS_INSTALL_CUDA_TOOLCHAIN (0: install nothing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +39,7 @@ DEST=${FLS_CUDA12_PATH:-$PWD/.cuda12}
 WHEELS=(nvidia-cuda-nvcc-cu12==12.9.86 nvidia-cuda-runtime-cu12==12.9.79
         nvidia-cuda-cccl-cu12==12.9.27 nvidia-nvfatbin-cu12==12.9.82)
 STAMP="${WHEELS[*]}"
+INSTALL=${FLS_INSTALL_CUDA_TOOLCHAIN:-1}
 
 say() { echo "cuda12_toolchain: $*" >&2; }
 
@@ -46,7 +53,7 @@ find_clang() {
   return 1
 }
 if ! CLANG_BIN=$(find_clang); then
-  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+  if [[ "$INSTALL" != 0 && $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
     say "installing clang-19 with apt-get"
     { apt-get install -y -qq clang-19 || { apt-get update -qq && apt-get install -y -qq clang-19; }; } \
         >&2 || true
@@ -56,6 +63,10 @@ fi
 
 # ---- the --cuda-path folder ----
 if [[ ! -f "$DEST/.stamp" || "$(cat "$DEST/.stamp")" != "$STAMP" ]]; then
+  if [[ "$INSTALL" == 0 ]]; then
+    say "no CUDA 12.9 toolchain folder at $DEST, and FLS_INSTALL_CUDA_TOOLCHAIN=0 downloads none"
+    exit 1
+  fi
   say "assembling $DEST from ${WHEELS[*]}"
   rm -rf "$DEST"
   mkdir -p "$DEST/wheels"

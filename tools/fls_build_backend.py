@@ -13,12 +13,20 @@ environment has.
 Which TensorFlow is built against:
   - an isolated build (pip's default): the one pip installs into the build
     environment, from get_requires_for_build_wheel below: the newest
-    `tensorflow` release for this Python (with pip itself, unless
-    FLS_WITH_CUDA=0, for the CUDA toolchain set-up);
+    `tensorflow` release for this Python (with pip itself where
+    FLS_INSTALL_CUDA_TOOLCHAIN=1 lets the build download the CUDA toolchain);
   - --no-build-isolation: the one already installed beside this Python.
 
-Environment: FLS_WITH_CUDA=0 skips the CUDA kernels even where configure.sh
-finds nvcc (as for `make`); CXX names the C++ compiler (default g++).
+A build through here changes nothing outside the tree it builds: it runs
+configure.sh with FLS_INSTALL_CUDA_TOOLCHAIN=0, so the GPU kernels are built
+only with a CUDA toolchain that is already there (clang-19 with the CUDA 12.9
+folder .cuda12/ that `make` assembles, or an nvcc 12.1+); with none, the CPU
+kernels only, and the build's output says how to add the GPU ones (`make`, by
+contrast, installs clang-19 as root and downloads NVIDIA's wheels).
+
+Environment: FLS_WITH_CUDA=0 skips the CUDA kernels even where a toolchain is
+there; FLS_INSTALL_CUDA_TOOLCHAIN=1 lets configure.sh install what the clang
+route lacks, as `make` does; CXX names the C++ compiler (default g++).
 
 A missing make, compiler, setuptools or TensorFlow ends the build with one line
 that says what to install, not a traceback.
@@ -39,6 +47,7 @@ CONFIG_MK = os.path.join(ROOT, "config.mk")
 # setup.py reads the wheel's TensorFlow requirement from here (plain `tensorflow`
 # when unset, as for an sdist).
 REQUIREMENT_ENV = "FLS_TENSORFLOW_REQUIREMENT"
+INSTALL_ENV = "FLS_INSTALL_CUDA_TOOLCHAIN"
 
 
 def _say(message):
@@ -149,13 +158,25 @@ def _needs_configure(distribution):
   return None
 
 
+def _installs_cuda_toolchain():
+  return os.environ.get(INSTALL_ENV) == "1" and os.environ.get("FLS_WITH_CUDA") != "0"
+
+
 def _child_env():
   env = dict(os.environ, PYTHON=sys.executable)
+  env[INSTALL_ENV] = "1" if _installs_cuda_toolchain() else "0"
   # A `make wheel` or `make install` above us must not pass its own command-line
   # variables or jobserver to this make.
   for name in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"):
     env.pop(name, None)
   return env
+
+
+GPU_KERNELS_HOWTO = (
+    "CPU kernels only: no CUDA toolchain is there (clang-19 with .cuda12/, or nvcc 12.1+), "
+    f"and this build installs none. For the GPU kernels, build again with {INSTALL_ENV}=1 "
+    "(it installs clang-19 with apt-get when root and downloads NVIDIA's CUDA 12.9 wheels into "
+    ".cuda12/ of the tree built), or with an nvcc 12.1+ on PATH (or NVCC=/path/to/nvcc)")
 
 
 def _run(command, what):
@@ -182,6 +203,8 @@ def _build_library():
   _say(f"make -j{jobs or 1}: the op library ({kernels} kernels) for TensorFlow "
        f"{config.get('TF_VERSION')}")
   _run(["make", f"-j{jobs or 1}", f"PYTHON={sys.executable}", "all"], "make")
+  if config.get("WITH_CUDA") != "1" and os.environ.get("FLS_WITH_CUDA") != "0":
+    _say(GPU_KERNELS_HOWTO)
   os.environ[REQUIREMENT_ENV] = tensorflow_requirement(distribution)
   _say(f"built {os.path.relpath(os.path.join(PACKAGE_DIR, '_fixed_loss_scale_ops.so'), ROOT)}; "
        f"the wheel requires {os.environ[REQUIREMENT_ENV]}")
@@ -221,10 +244,10 @@ def _remove_stale_setuptools_output():
 
 def _library_requires():
   """What building the library needs in an isolated build environment:
-  TensorFlow, and pip for configure.sh's CUDA toolchain set-up
+  TensorFlow, and pip where the build may set up the CUDA toolchain
   (tools/cuda12_toolchain.sh fetches NVIDIA's CUDA 12 wheels with
   `$PYTHON -m pip download`; pip's build environments hold no pip)."""
-  return ["tensorflow"] + ([] if os.environ.get("FLS_WITH_CUDA") == "0" else ["pip"])
+  return ["tensorflow"] + (["pip"] if _installs_cuda_toolchain() else [])
 
 
 def get_requires_for_build_wheel(config_settings=None):
