@@ -1,8 +1,8 @@
 """tf-fixed-loss-scale: a fixed loss scale for float16 training, as fused custom ops.
 
-Importing the package loads the op library (FixedScaleLoss, FixedUnscaleGrads)
-and registers their gradients; import it before loading a SavedModel or
-MetaGraph that uses them.
+Importing the package loads the op library (the custom ops that
+fixed_loss_scale.ops wraps) and registers the gradients of those that have
+one; import it before loading a SavedModel or MetaGraph that uses them.
 """
 
 from fixed_loss_scale import ops
