@@ -7,15 +7,18 @@ only the gradients it has no flag for. In a graph the flag is an output of the
 FixedUnscaleGradsAndCheck op that produced the gradients, found from the
 gradients themselves (NOTE [flag of the op]); eagerly and under XLA, where the
 seam computes it with TF ops, it is `remember`ed against the gradients
-(NOTE [flag registry]). `all_finite_in_sync` makes the flag the same on every
-replica under tf.distribute, as TF's `DynamicLossScale` and Keras 3's
-`LossScaleOptimizer` must.
+(NOTE [flag registry]). `flag_in_sync` makes a flag the same on every replica
+under tf.distribute (the one definition of that agreement), and
+`all_finite_in_sync` is `all_finite` agreed so, as TF's `DynamicLossScale` and
+Keras 3's `LossScaleOptimizer` need.
 """
 
 import threading
 import weakref
 
 import tensorflow as tf
+
+from fixed_loss_scale import ops
 
 
 def dense_part(grad):
@@ -87,14 +90,13 @@ def _usable_here(flag):
 # the flag of an op built by `ops.fixed_unscale_grads_and_check` directly. Only
 # the op's own outputs qualify: a tensor computed from them (clipped, cast,
 # added) is a different op's output and is checked again.
-_CHECK_OP = "FixedUnscaleGradsAndCheck"
 
 
 def _flag_of_op(tensor):
   """The all_finite output of the FixedUnscaleGradsAndCheck op that wrote
   `tensor`, if it is one of its unscaled grads, else None."""
   op = getattr(tensor, "op", None)  # eager tensors have no op (AttributeError)
-  if op is None or getattr(op, "type", None) != _CHECK_OP:
+  if op is None or getattr(op, "type", None) != ops.CHECK_OP:
     return None
   num_grads = len(op.outputs) - 2  # the unscaled grads, all_finite, sum_of_squares
   if tensor.value_index >= num_grads:
@@ -138,27 +140,37 @@ def all_finite(grads):
   return flags[0] if len(flags) == 1 else tf.reduce_all(tf.stack(flags))
 
 
-def all_finite_in_sync(grads):
-  """`all_finite(grads)`, the same on every replica under tf.distribute.
+def flag_in_sync(flag):
+  """True iff `flag` is True on every replica, as TF's `DynamicLossScale.update`
+  decides it: the flags cast to float32, summed across replicas, equal to the
+  number of replicas.
 
-  - No strategy: this process's flag.
-  - Cross-replica context (TF's compat optimizer wrapper calls `update` there,
-    with per-replica gradients): each replica's flag, cast to float32 and
-    summed across replicas, equal to the number of replicas -- what TF's
-    `DynamicLossScale.update` does.
-  - Replica context (inside `strategy.run`): the same sum by an all-reduce.
+  - No strategy, or one replica in a replica context: `flag` itself.
+  - Replica context (inside `strategy.run`): `flag` is this replica's bool
+    flag; the sum is an all-reduce.
+  - Cross-replica context (a merge_call, TF's compat optimizer wrapper):
+    `flag` holds each replica's flag already cast to float32 (per-replica
+    values); the sum is the strategy's reduce.
   """
   if not tf.distribute.has_strategy():
-    return all_finite(grads)
+    return flag
   if tf.distribute.in_cross_replica_context():
     strategy = tf.distribute.get_strategy()
-    per_replica = strategy.extended.call_for_each_replica(
-        lambda g: tf.cast(all_finite(g), tf.float32), args=(grads,))
-    total = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, flag, axis=None)
     return tf.equal(total, strategy.num_replicas_in_sync)
   context = tf.distribute.get_replica_context()
-  flag = all_finite(grads)
   if context.num_replicas_in_sync == 1:
     return flag
   total = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(flag, tf.float32))
   return tf.equal(total, context.num_replicas_in_sync)
+
+
+def all_finite_in_sync(grads):
+  """`all_finite(grads)`, agreed across replicas by `flag_in_sync`: in a
+  cross-replica context (TF's compat optimizer wrapper calls `update` there,
+  with per-replica gradients) each replica's flag is found in that replica."""
+  if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
+    strategy = tf.distribute.get_strategy()
+    return flag_in_sync(strategy.extended.call_for_each_replica(
+        lambda g: tf.cast(all_finite(g), tf.float32), args=(grads,)))
+  return flag_in_sync(all_finite(grads))

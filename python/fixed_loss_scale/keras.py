@@ -41,18 +41,12 @@ call.
 import warnings
 
 import keras
-import tensorflow as tf
 
-from fixed_loss_scale import clipping
-from fixed_loss_scale import finite
-from fixed_loss_scale import keras_dynamic
+from fixed_loss_scale import apply_step
+from fixed_loss_scale import keras_base
 from fixed_loss_scale import scaling
 from fixed_loss_scale.keras_dynamic import LossScaleOptimizer  # noqa: F401  (public name)
 from fixed_loss_scale.optimizer import as_fixed_loss_scale
-
-if keras.backend.backend() != "tensorflow":
-  raise ImportError("fixed_loss_scale.keras needs the TensorFlow Keras backend; "
-                    f"KERAS_BACKEND is {keras.backend.backend()!r}")
 
 # The base-optimizer arguments that Keras 3's LossScaleOptimizer refuses unless
 # they have these values (older saved configs carry them); this class likewise.
@@ -132,8 +126,10 @@ class FixedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
       inner optimizer), any other unknown argument, an `inner_optimizer` that is
       not a Keras optimizer or is already a `LossScaleOptimizer`, a
       `loss_scale` that is not a usable fixed scale, an `unscale_in_apply`
-      that is not a bool, or a `skip_non_finite` that is not None or a bool or
-      is False for a `FixedLossScale` that skips.
+      that is not a bool, or a `skip_non_finite` of False for a
+      `FixedLossScale` that skips.
+    TypeError: for a `skip_non_finite` that is not None or a bool (as
+      `FixedLossScale` says).
   """
 
   def __init__(self, inner_optimizer, loss_scale, name=None, unscale_in_apply=True,
@@ -169,8 +165,8 @@ class FixedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     if skip_non_finite is None:
       skip_non_finite = fixed.skip_non_finite
     elif not isinstance(skip_non_finite, bool):
-      raise ValueError("skip_non_finite must be None (as loss_scale says), True or False, got "
-                       f"{skip_non_finite!r}")
+      raise TypeError("skip_non_finite must be None (as loss_scale says), True or False, got "
+                      f"{skip_non_finite!r}")
     elif fixed.skip_non_finite and not skip_non_finite:
       raise ValueError(f"skip_non_finite=False contradicts loss_scale={fixed!r}")
     loss_scale = fixed.loss_scale_value
@@ -252,73 +248,30 @@ class FixedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
       return scaling.unscale_and_check(grads, self._loss_scale_value)[0]
     return scaling.unscale_gradients(grads, self._loss_scale_value)
 
-  def apply(self, grads, trainable_variables=None):
-    """Unscales `grads` if `unscale_in_apply` (the default) and lets the inner
-    optimizer clip and apply them. With an inner `global_clipnorm`, the
-    unscaling also gives the squared global norm and the wrapper clips
-    (clipping.py, NOTE [fused global clipping])."""
-    if not self.built:
-      with keras.name_scope(self.name, caller=self):
-        self.build(trainable_variables)
-      self.built = True
-    grads = list(grads)
-    flag, clipped = None, False
+  def _tf_apply(self, grads, trainable_variables=None):
+    """Keras's `apply` calls this on TensorFlow: unscales `grads` if
+    `unscale_in_apply` (the default) and lets the inner optimizer clip and
+    apply them; with an inner `global_clipnorm`, the unscaling also gives the
+    squared global norm and the wrapper clips (clipping.py, NOTE [fused global
+    clipping]). With `skip_non_finite` the inner optimizer runs only if every
+    gradient is finite on every replica (apply_step.apply_if_finite; the flag
+    comes from the unscaling or, for gradients unscaled before
+    `apply_gradients`, from finite.all_finite, which finds the flag
+    `get_unscaled_gradients` computed: finite.py, NOTE [flag of the op], NOTE
+    [flag registry]). Unlike Keras's class, the flag is summed over the
+    replicas rather than taken from the first one, so an overflow on any
+    replica skips the step on all of them."""
+    check = self._skip_non_finite
     if self._unscale_in_apply:
       variables = (list(trainable_variables)
                    if trainable_variables is not None else self._trainable_variables)
-      if self._skip_non_finite or clipping.fused_global_clipnorm(self.inner_optimizer):
-        step = keras_dynamic.unscale_check_and_clip(self, grads, variables,
-                                                    self._loss_scale_value)
-        grads, flag, clipped = step.grads, step.flag, step.clipped
-      else:
-        # Variables updated by overwriting with their gradient (float8 scale
-        # and amax history) get their gradient as it is, as in LossScaleOptimizer.
-        keep = [
-            g is None or self._overwrite_variable_with_gradient(v)
-            for g, v in zip(grads, variables)
-        ]
-        unscaled = iter(self._unscale([g for g, k in zip(grads, keep) if not k]))
-        grads = [g if k else next(unscaled) for g, k in zip(grads, keep)]
-    if self._skip_non_finite:
-      self._apply_if_finite(grads, trainable_variables, flag, clipped)
+      step = keras_base.prepare(self, grads, variables, self._loss_scale_value, check=check)
     else:
-      keras_dynamic.inner_apply(self, grads, trainable_variables, clipped)
-
-  def _apply_if_finite(self, grads, trainable_variables, flag=None, clipped=False):
-    """The inner optimizer's apply, skipped unless every gradient is finite on
-    every replica. `flag` is this replica's, from the unscaling in `apply`;
-    None (gradients unscaled before `apply_gradients`) finds it with
-    finite.all_finite, which reuses the flag `get_unscaled_gradients`
-    computed (finite.py, NOTE [flag of the op], NOTE [flag registry]). As Keras 3's
-    LossScaleOptimizer does on TensorFlow: where the strategy needs merge_call
-    (MirroredStrategy), the flag and the cond go to the cross-replica context,
-    since a cond in a replica context cannot hold the inner optimizer's
-    merge_call; elsewhere the flag is all-reduced and the cond stays in the
-    replica. Unlike Keras's, the flag is summed over the replicas rather than
-    taken from the first one, so an overflow on any replica skips the step on
-    all of them."""
-    if tf.distribute.in_cross_replica_context():
-      raise ValueError("apply() must be called in a replica context.")  # Keras's words
-    if flag is None:
-      flag = finite.all_finite(grads)
-    if tf.__internal__.distribute.strategy_supports_no_merge_call():
-      tf.cond(keras_dynamic.flag_in_sync(flag),
-              lambda: keras_dynamic.inner_apply(self, grads, trainable_variables, clipped),
-              lambda: None)
-      return
-
-    def apply_in_cross_replica_context(distribution, grads, trainable_variables, flag):
-      total = distribution.reduce(tf.distribute.ReduceOp.SUM, flag, axis=None)
-
-      def apply_fn():
-        distribution.extended.call_for_each_replica(
-            keras_dynamic.inner_apply, args=(self, grads, trainable_variables, clipped))
-
-      tf.cond(tf.equal(total, distribution.num_replicas_in_sync), apply_fn, lambda: None)
-
-    tf.distribute.get_replica_context().merge_call(
-        apply_in_cross_replica_context,
-        args=(grads, trainable_variables, tf.cast(flag, tf.float32)))
+      step = apply_step.given(grads, check=check)
+    if check:
+      apply_step.apply_if_finite(step, keras_base.inner_apply, args=(self, trainable_variables))
+    else:
+      keras_base.inner_apply(step, self, trainable_variables)
 
   def stateless_apply(self, optimizer_variables, grads, trainable_variables):
     raise ValueError("FixedLossScaleOptimizer does not support stateless_apply "
