@@ -122,21 +122,23 @@ case "$CUDA_TOOLCHAIN" in
     major=${CUDA_VERSION%%.*}
     if (( $(cuda_version_number "$CUDA_VERSION") < 12010 )); then
       echo "configure: nvcc $CUDA_VERSION at $NVCC_BIN is older than CUDA 12.1 (32 KB kernel parameters); building CPU-only" >&2
-      CUDA_TOOLCHAIN=""; WITH_CUDA=0
-    elif (( major >= 13 )); then
-      # CUDA 13 dropped sm_50..sm_70.
-      CUDA_ARCHS="sm_75 sm_80 sm_86 sm_89 sm_90 sm_100 sm_120"
+      CUDA_TOOLCHAIN=""; WITH_CUDA=0; NVCC_BIN=""; CUDA_ROOT=""; CUDA_VERSION=""
     else
-      # sm_60 is left to the clang route: nvcc does not allow the per-arch
-      # kernel instantiation its 4 KB parameter limit needs.
-      CUDA_ARCHS="sm_70 sm_75 sm_80 sm_86 sm_89 sm_90"
-    fi
-    CUDA_PTX_ARCH=compute_90
-    # The PTX ISA this nvcc writes (CUDA 12.Y: 8.x, 13.0: 9.0), read from its output.
-    CUDA_PTX_ISA=$(cd "${TMPDIR:-/tmp}" && echo '__global__ void k() {}' |
-        "$NVCC_BIN" -x cu -arch=$CUDA_PTX_ARCH -ptx -o - - 2>/dev/null | sed -n 's/^\.version //p')
-    CUDA_MIN_DRIVER=$(( major >= 13 ? major * 1000 : 12010 ))
-    CUDA_PTX_MIN_DRIVER=$(cuda_version_number "$CUDA_VERSION") ;;
+      if (( major >= 13 )); then
+        # CUDA 13 dropped sm_50..sm_70.
+        CUDA_ARCHS="sm_75 sm_80 sm_86 sm_89 sm_90 sm_100 sm_120"
+      else
+        # sm_60 is left to the clang route: nvcc does not allow the per-arch
+        # kernel instantiation its 4 KB parameter limit needs.
+        CUDA_ARCHS="sm_70 sm_75 sm_80 sm_86 sm_89 sm_90"
+      fi
+      CUDA_PTX_ARCH=compute_90
+      # The PTX ISA this nvcc writes (CUDA 12.Y: 8.x, 13.0: 9.0), read from its output.
+      CUDA_PTX_ISA=$(cd "${TMPDIR:-/tmp}" && echo '__global__ void k() {}' |
+          "$NVCC_BIN" -x cu -arch=$CUDA_PTX_ARCH -ptx -o - - 2>/dev/null | sed -n 's/^\.version //p')
+      CUDA_MIN_DRIVER=$(( major >= 13 ? major * 1000 : 12010 ))
+      CUDA_PTX_MIN_DRIVER=$(cuda_version_number "$CUDA_VERSION")
+    fi ;;
 esac
 CUBIN_ARCH_LIST=$(echo $CUDA_ARCHS | sed 's/sm_//g; s/ /,/g')
 
@@ -196,30 +198,25 @@ GPU_DEFINES := $GPU_DEFINES
 NVCC_FLAGS := $NVCC_FLAGS
 MK
 
-cat > .configure.bazelrc <<RC
-# Written by configure.sh; do not edit (rerun ./configure.sh instead).
-build --action_env=TF_HEADER_DIR=$TF_INCLUDE
-build --action_env=TF_SHARED_LIBRARY_DIR=$TF_LIBDIR
-build --action_env=TF_SHARED_LIBRARY_NAME=$TF_LIBNAME
-build --action_env=TF_CXX11_ABI_FLAG=$TF_CXX11_ABI
-build --action_env=TF_DEFINES="$TF_DEFINES"
-build --action_env=FLS_WITH_CUDA=$WITH_CUDA
-build --action_env=FLS_NVCC=$NVCC_BIN
-build --action_env=FLS_CUDA_TOOLCHAIN=$CUDA_TOOLCHAIN
-build --action_env=FLS_CLANG=$CLANG
-build --action_env=FLS_CUDA12_PATH=$CUDA12_PATH
-build --action_env=FLS_CLANG_CUDA_FLAGS="$CLANG_CUDA_FLAGS"
-build --action_env=FLS_PYTHON=$PYTHON_BIN
-build --action_env=FLS_CUDA_ARCHS="$CUDA_ARCHS"
-build --action_env=FLS_CUDA_PTX_ARCH=$CUDA_PTX_ARCH
-build --action_env=FLS_TF_CUDA_INCLUDE=$TF_CUDA_INCLUDE
-build --action_env=FLS_CXX_FLAGS="$CXX_FLAGS"
-build --action_env=FLS_TEST_CXX_FLAGS="$TEST_CXX_FLAGS"
-build --action_env=FLS_SANITIZER_FLAGS="$SANITIZER_FLAGS"
-build --action_env=FLS_GPU_DEFINES="$GPU_DEFINES"
-build --action_env=FLS_NVCC_FLAGS="$NVCC_FLAGS"
-build --python_path=$PYTHON_BIN
-RC
+# Bazel reads the same values under its own names (tf_ops/BUILD,
+# third_party/tf); the flag sets and defines hold spaces and are quoted.
+bazel_names=(TF_HEADER_DIR:TF_INCLUDE TF_SHARED_LIBRARY_DIR:TF_LIBDIR
+  TF_SHARED_LIBRARY_NAME:TF_LIBNAME TF_CXX11_ABI_FLAG:TF_CXX11_ABI TF_DEFINES:TF_DEFINES
+  FLS_WITH_CUDA:WITH_CUDA FLS_NVCC:NVCC_BIN FLS_CUDA_TOOLCHAIN:CUDA_TOOLCHAIN FLS_CLANG:CLANG
+  FLS_CUDA12_PATH:CUDA12_PATH FLS_CLANG_CUDA_FLAGS:CLANG_CUDA_FLAGS FLS_PYTHON:PYTHON_BIN
+  FLS_CUDA_ARCHS:CUDA_ARCHS FLS_CUDA_PTX_ARCH:CUDA_PTX_ARCH FLS_TF_CUDA_INCLUDE:TF_CUDA_INCLUDE
+  FLS_CXX_FLAGS:CXX_FLAGS FLS_TEST_CXX_FLAGS:TEST_CXX_FLAGS FLS_SANITIZER_FLAGS:SANITIZER_FLAGS
+  FLS_GPU_DEFINES:GPU_DEFINES FLS_NVCC_FLAGS:NVCC_FLAGS)
+quoted=" TF_DEFINES CLANG_CUDA_FLAGS CUDA_ARCHS CXX_FLAGS TEST_CXX_FLAGS SANITIZER_FLAGS GPU_DEFINES NVCC_FLAGS "
+{
+  echo "# Written by configure.sh; do not edit (rerun ./configure.sh instead)."
+  for pair in "${bazel_names[@]}"; do
+    var=${pair#*:}
+    if [[ "$quoted" == *" $var "* ]]; then value="\"${!var}\""; else value=${!var}; fi
+    echo "build --action_env=${pair%%:*}=$value"
+  done
+  echo "build --python_path=$PYTHON_BIN"
+} > .configure.bazelrc
 
 cat > python/fixed_loss_scale/_build_info.json <<JSON
 {"tf_version": "$TF_VERSION", "python_version": "$PYTHON_VERSION", "cxx11_abi": $TF_CXX11_ABI, "cuda_version": "$CUDA_VERSION",
@@ -238,5 +235,5 @@ if [[ "$WITH_CUDA" == 1 ]]; then
   echo "configure: cubins $CUDA_ARCHS; PTX $CUDA_PTX_ARCH (ISA $CUDA_PTX_ISA)"
   echo "configure: runs with a driver for CUDA >= $(driver $CUDA_MIN_DRIVER) (PTX JIT: >= $(driver $CUDA_PTX_MIN_DRIVER)), on TensorFlow's CUDA runtime"
 else
-  echo "configure: no CUDA toolchain (FLS_WITH_CUDA=0, or neither clang-19 + CUDA 12 wheels nor nvcc): CPU-only build"
+  echo "configure: no CUDA toolchain (FLS_WITH_CUDA=0, or neither clang-19 with the CUDA 12.9 wheels nor an nvcc 12.1+): CPU-only build"
 fi

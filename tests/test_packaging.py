@@ -91,7 +91,7 @@ def _no_cuda_toolchain_env(stubs):
   os.makedirs(str(stubs), exist_ok=True)
   scripts = {"apt-get": f'echo "$@" >> {stubs}/apt-get.called\nexit 1\n',
              "nvcc": 'case "$1" in --version) echo "Cuda compilation tools, release 11.8, '
-                     'V11.8.89";; *) exit 1;; esac\n'}
+                     'V11.8.89";; esac\n'}
   for name, body in scripts.items():
     path = os.path.join(str(stubs), name)
     with open(path, "w") as f:

@@ -29,30 +29,21 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import fixed_loss_scale as fls  # noqa: E402
+from workers.resume_data import BATCH  # noqa: E402
+from workers.resume_data import data  # noqa: E402
+from workers.resume_data import initial_weights  # noqa: E402
 
 STEPS = 30           # custom and tf1
 EPOCHS, BATCHES = 5, 6  # keras: 30 steps of 16 examples
-BATCH = 16
 SCALE = 1024.0
 CHECKPOINT_EVERY = 5
-
-
-def data(step):
-  rng = np.random.default_rng(step)
-  x = rng.standard_normal((BATCH, 8)).astype(np.float32)
-  y = (x @ np.linspace(-1, 1, 8 * 2).reshape(8, 2) + 0.1).astype(np.float32)
-  return x, y
-
-
-def initial_weights():
-  rng = np.random.default_rng(1234)
-  return (rng.standard_normal((8, 16)) * 0.3).astype(np.float32), \
-      (rng.standard_normal((16, 2)) * 0.3).astype(np.float32)
+WEIGHTS_SEED = 1234
 
 
 class Progress:
@@ -81,7 +72,7 @@ def finish(directory, weights):
 
 
 def run_custom(directory, progress):
-  w1, w2 = (tf.Variable(w) for w in initial_weights())
+  w1, w2 = (tf.Variable(w) for w in initial_weights(WEIGHTS_SEED))
   velocity = [tf.Variable(tf.zeros_like(w)) for w in (w1, w2)]
   step = tf.Variable(0, dtype=tf.int64)
   loss_scale = fls.FixedLossScale(SCALE)
@@ -120,7 +111,7 @@ def run_tf1(directory, progress):
   with graph.as_default():
     x = tf.compat.v1.placeholder(tf.float32, [None, 8])
     y = tf.compat.v1.placeholder(tf.float32, [None, 2])
-    w1_init, w2_init = initial_weights()
+    w1_init, w2_init = initial_weights(WEIGHTS_SEED)
     w1 = tf.compat.v1.get_variable("w1", initializer=w1_init)
     w2 = tf.compat.v1.get_variable("w2", initializer=w2_init)
     global_step = tf.compat.v1.train.get_or_create_global_step()
@@ -159,7 +150,7 @@ def run_keras(directory, progress):
 
   keras.utils.set_random_seed(0)
   keras.mixed_precision.set_global_policy("mixed_float16")
-  w1_init, w2_init = initial_weights()
+  w1_init, w2_init = initial_weights(WEIGHTS_SEED)
   model = keras.Sequential([
       keras.Input((8,)),
       keras.layers.Dense(16, activation="relu", use_bias=False),

@@ -29,32 +29,22 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import fixed_loss_scale as fls  # noqa: E402
+from workers.resume_data import data  # noqa: E402
+from workers.resume_data import initial_weights  # noqa: E402
 
 STEPS = 30
-BATCH = 16
 CHECKPOINT_EVERY = 5
+WEIGHTS_SEED = 4321
 INITIAL_SCALE = 2.0**24
 INCREMENT_PERIOD = 4
 INJECTED = (7, 12, 18, 21, 26)
 LEARNING_RATE, MOMENTUM = 0.05, 0.9
-
-
-def data(step):
-  rng = np.random.default_rng(step)
-  x = rng.standard_normal((BATCH, 8)).astype(np.float32)
-  y = (x @ np.linspace(-1, 1, 8 * 2).reshape(8, 2) + 0.1).astype(np.float32)
-  return x, y
-
-
-def initial_weights():
-  rng = np.random.default_rng(4321)
-  return [(rng.standard_normal((8, 16)) * 0.3).astype(np.float32),
-          (rng.standard_normal((16, 2)) * 0.3).astype(np.float32)]
 
 
 def main():
@@ -64,7 +54,7 @@ def main():
   args = parser.parse_args()
   tf.config.experimental.enable_op_determinism()
 
-  weights = [tf.Variable(w) for w in initial_weights()]
+  weights = [tf.Variable(w) for w in initial_weights(WEIGHTS_SEED)]
   velocity = [tf.Variable(tf.zeros_like(w)) for w in weights]
   step = tf.Variable(0, dtype=tf.int64)
   loss_scale = fls.DynamicLossScale(INITIAL_SCALE, increment_period=INCREMENT_PERIOD)
