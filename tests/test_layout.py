@@ -1,4 +1,4 @@
-"""The layers of tf_ops/ hold (README, "Layout"): nothing under tf_ops/core/
+"""The layers of tf_ops/ hold (docs/DESIGN.md, "Layout"): nothing under tf_ops/core/
 includes TensorFlow or its bundled libraries, and the core's CPU sources
 compile with g++ and no include path but the checkout's, so the core stays
 usable and testable without TensorFlow (the sanitizer test, the host
