@@ -394,7 +394,7 @@ inline int64_t TotalElements(const ListCase& list) {
   return total;
 }
 
-// ---- The fused check (NOTE [fused check] in multi_tensor_scale_body.h) ------------
+// ---- The fused check (NOTE [fused check] in check_reduction.h) ------------------
 // Bit patterns of +Inf, -Inf and a quiet NaN with a payload, per dtype.
 inline uint64_t NonFiniteBits(DType dtype, int which) {
   static const uint64_t kBits[4][3] = {
@@ -661,7 +661,8 @@ void RunCheckedGrid(const Table& table, const gpu::CheckTargets& targets, int64_
   std::vector<gpu::CheckPartial> threads(gpu::kBlockSize);
   for (int64_t block : order) {
     for (int thread = 0; thread < gpu::kBlockSize; ++thread) {
-      threads[thread] = gpu::ScaleAndCheckTableChunk<kSumOfSquares>(table, block, thread, memory);
+      threads[thread] = gpu::ScaleTableChunk<gpu::ScaleAndCheckJob<kSumOfSquares>>(table, block, thread,
+                                                                          memory);
     }
     if (!gpu::PublishBlockPartial(targets, block, num_blocks, gpu::CombineBlock(threads.data()),
                                   memory)) {

@@ -113,7 +113,7 @@ template <typename Table, typename Memory>
 void RunGrid(const Table& table, int64_t total_chunks, const Memory& memory) {
   for (int64_t block = 0; block < total_chunks; ++block) {
     for (int thread = 0; thread < gpu::kBlockSize; ++thread) {
-      gpu::ScaleTableChunk(table, block, thread, memory);
+      gpu::ScaleTableChunk<gpu::ScaleJob>(table, block, thread, memory);
     }
   }
 }

@@ -127,7 +127,7 @@ GpuSupport DecideGpuSupport(const DeviceCodeTargets& targets, const GpuSystem& s
   GpuSupport support;
   if (!system.has_driver) return support;
   const std::string tail =
-      "; FixedScaleLoss and FixedUnscaleGrads will run on the CPU (docs/GPU.md).";
+      "; every fixed_loss_scale op will run on the CPU (docs/GPU.md).";
   const std::string code = "its device code (cubins " + ArchList(targets.cubin_archs) +
                            (targets.ptx_arch > 0 ? ", PTX compute_" +
                                                        std::to_string(targets.ptx_arch)

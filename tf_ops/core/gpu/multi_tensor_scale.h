@@ -1,11 +1,14 @@
-// Launcher of the GPU kernel of FixedScaleLoss and FixedUnscaleGrads: a plain
+// Launchers of the GPU kernels of this library's ops (FixedScaleLoss,
+// FixedUnscaleGrads and FixedUnscaleGradsAndCheck): a plain
 // C++ API over device pointers, sizes, dtype tags and a cudaStream_t that
 // depends on the CUDA runtime only (no TensorFlow), so the TensorFlow kernel
 // (tf_ops/tf/kernels/fixed_loss_scale_gpu.cc) is a thin adapter and
 // launcher_driver.cu builds and tests it with nvcc alone.
 //
 // One call makes one kernel launch over the whole list, whatever its length and
-// dtype mix (NOTE [chunk table] in multi_tensor_scale_body.h).
+// dtype mix (NOTE [chunk table] in chunk_table.h). This header declares the
+// launchers only: the kernel body (multi_tensor_scale_body.h and the headers
+// it includes) is compiled by multi_tensor_scale.cu alone.
 #ifndef FIXED_LOSS_SCALE_CORE_GPU_MULTI_TENSOR_SCALE_H_
 #define FIXED_LOSS_SCALE_CORE_GPU_MULTI_TENSOR_SCALE_H_
 
@@ -14,8 +17,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "tf_ops/core/scale_math.h"
-#include "tf_ops/core/gpu/multi_tensor_scale_body.h"
+#include "tf_ops/core/tensor_span.h"
 
 namespace fixed_loss_scale {
 
@@ -44,8 +46,7 @@ cudaError_t LaunchMultiTensorScale(const TensorSpan* tensors, int64_t num_tensor
                                    cudaStream_t stream);
 
 // FixedUnscaleGradsAndCheck: the same scaling, and a check of the outputs it
-// writes, in the same single launch (NOTE [fused check] in
-// multi_tensor_scale_body.h).
+// writes, in the same single launch (NOTE [fused check] in check_reduction.h).
 //
 // Bytes of device scratch a checked launch over `tensors` needs: the table
 // when it travels in a buffer, the per-block partials and the ticket counter;
