@@ -30,10 +30,14 @@ explains every arm and what limits each number; in short:
   the median of its calls there, every difference and ratio is taken within a
   round, and the median over rounds is reported.
 - GB/s counts bytes read + written by the unscale (2 x the gradients' bytes).
-- `--overflow` runs instead the fused unscale-and-check against
-  FixedUnscaleGrads alone and TF's per-tensor check, in the same loops with a
-  flag and a norm carried (NOTE [check loop]), and Keras 3 optimizer steps that
-  skip non-finite gradients, ours against Keras's LossScaleOptimizer.
+- `--overflow` runs instead the read-only check and the fused
+  unscale-and-check against FixedUnscaleGrads alone and TF's per-tensor check,
+  in the same loops with a flag and a norm carried (NOTE [check loop]); whole
+  Keras 3 optimizer steps that skip non-finite gradients (SGD with momentum,
+  Adam, AdamW on two models' variables): bare, Keras's LossScaleOptimizer,
+  ours with and without the fused update, and hybrid controls (NOTE [hybrid
+  arms]), beside the traffic model's bytes (NOTE [traffic model]); and a
+  transformer encoder's train step, gradients from a real backward pass.
 
 The modules, in the order a run uses them:
 
@@ -47,11 +51,15 @@ The modules, in the order a run uses them:
     op_times       the sweep's op times from TF's step stats
     peak_memory    peak allocator bytes per arm (BFC allocator)
     optimizer      whole Keras 3 and TF1 optimizer steps
-    overflow       --overflow: the fused unscale-and-check's arms and loops
-    overflow_steps --overflow: Keras 3 steps that skip non-finite gradients
+    overflow       --overflow: the checks' op-level arms and loops
+    step_arms      --overflow: the optimizer steps' arms (wrappers, hybrids)
+    traffic        --overflow: the bytes each step arm moves (plain Python)
+    overflow_steps --overflow: the optimizer steps traced, checked and timed
+    fit_step       --overflow: a transformer encoder's train step
     child          a function of these modules called in a fresh process
     machine        the machine and the library's CPU path
     report         the table and the plot
+    report_overflow the --overflow tables
     cli            the command line
     gpu_torch      the PyTorch arms of `make gpu-bench` (a script of its own)
 

@@ -2,9 +2,9 @@
 
 Owns the flags and their defaults, the order of a run (gradient-set
 scenarios, the sweep and its op times, peak memory, optimizer steps; with
-`--overflow`, the fused unscale-and-check's scenarios and optimizer steps
-instead), the JSON and plot it writes, and `--report`, which re-prints a
-saved run.
+`--overflow`, the checks' scenarios, the optimizer steps that skip and the
+transformer's train step instead), the JSON and plot it writes, and
+`--report`, which re-prints a saved run.
 """
 
 import argparse
@@ -19,9 +19,11 @@ from benchmarks.gradient_sets import (DTYPE_MODES, dtypes_for, set_shapes, sweep
                                       sweep_shapes)
 from benchmarks.machine import machine_info
 from benchmarks.op_times import op_times_in_child
+from benchmarks.fit_step import fit_steps
 from benchmarks.optimizer import optimizer_steps
 from benchmarks.overflow import run_overflow_scenario
-from benchmarks.overflow_steps import overflow_optimizer_steps
+from benchmarks.overflow_steps import STEP_MODELS, overflow_optimizer_steps
+from benchmarks.step_arms import KINDS
 from benchmarks.peak_memory import peak_memory_scenarios
 from benchmarks.report import plot, print_table
 from benchmarks.scenarios import run_scenario
@@ -41,11 +43,24 @@ def parse_args(argv):
   parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
   parser.add_argument("--plot", metavar="PATH", help="write a PNG chart (needs matplotlib)")
   parser.add_argument("--overflow", action="store_true",
-                      help="instead of the unscale comparison: the fused unscale-and-check "
-                           "against FixedUnscaleGrads and TF's per-tensor check on "
-                           "the gradient sets (default " + ",".join(OVERFLOW_SCENARIOS) +
-                           "; --sets x --dtypes where given), then Keras 3 optimizer steps "
-                           "that skip non-finite gradients (unless --no-optimizer)")
+                      help="instead of the unscale comparison: the read-only check and the "
+                           "fused unscale-and-check against FixedUnscaleGrads and TF's "
+                           "per-tensor check on the gradient sets (default " +
+                           ",".join(OVERFLOW_SCENARIOS) + "; --sets x --dtypes where given), "
+                           "then Keras 3 optimizer steps that skip non-finite gradients "
+                           "(unless --no-optimizer) and a transformer's train step (unless "
+                           "--no-fit)")
+  parser.add_argument("--step-models", default=",".join(STEP_MODELS),
+                      help="--overflow: the models whose variables the optimizer steps update "
+                           "(default %(default)s; hybrid arms on the first)")
+  parser.add_argument("--step-optimizers", default=",".join(KINDS),
+                      help="--overflow: the inner optimizers of the steps (default %(default)s)")
+  parser.add_argument("--hybrid-optimizers", default="adam",
+                      help="--overflow: the inner optimizers whose steps on the first model "
+                           "also time the hybrid control arms (default %(default)s; '' for "
+                           "none)")
+  parser.add_argument("--no-fit", action="store_true",
+                      help="--overflow: skip the transformer's train step")
   parser.add_argument("--sets", default=None,
                       help="comma-separated gradient sets (default: all)")
   parser.add_argument("--dtypes", default=None,
@@ -87,6 +102,9 @@ def parse_args(argv):
     args.op_time_rounds = 3 if args.quick else 30
   if args.optimizer_rounds is None:
     args.optimizer_rounds = 1 if args.quick else 12
+  args.step_models = [m for m in args.step_models.split(",") if m]
+  args.step_optimizers = [k for k in args.step_optimizers.split(",") if k]
+  args.hybrid_optimizers = [k for k in args.hybrid_optimizers.split(",") if k]
   if args.sweep_counts is None:
     args.sweep_counts = "1,10,100" if args.quick else "1,10,100,1000,10000"
   args.sweep_counts = [int(c) for c in args.sweep_counts.split(",") if c]
@@ -129,7 +147,7 @@ def main(argv=None):
 
 
 def overflow(args, results):
-  """--overflow: the fused unscale-and-check's scenarios, then its optimizer steps."""
+  """--overflow: the checks' scenarios, then the optimizer steps and the train step."""
   results["overflow"] = []
   for scenario in args.scenarios:
     set_name, mode = scenario.split("/")
@@ -137,6 +155,7 @@ def overflow(args, results):
     results["overflow"].append(
         run_overflow_scenario(scenario, shapes, dtypes_for(mode, len(shapes)), args))
   results["overflow_optimizer_steps"] = [] if args.no_optimizer else overflow_optimizer_steps(args)
+  results["overflow_fit"] = [] if args.no_fit else [fit_steps(args)]
   return finish(args, results)
 
 

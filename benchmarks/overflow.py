@@ -1,6 +1,8 @@
-"""The fused unscale-and-check at op level, against the passes it replaces.
+"""The checks at op level: the read-only check and the fused unscale-and-check
+against the passes they replace.
 
 Owns the `--overflow` arms over one gradient set: FixedUnscaleGrads alone,
+the read-only check FixedCheckGrads (flag only, and with its sum of squares),
 the fused FixedUnscaleGradsAndCheck (flag only, and with its sum of squares),
 TF's per-tensor unscale and check as TF's DynamicLossScale and Keras 3 do it,
 our FixedUnscaleGrads followed by that check (this package without the fused
@@ -31,10 +33,14 @@ except ImportError:  # a TF without it: the package's copy of the same ops
 
 FUSED_OP = "FixedUnscaleGradsAndCheck"
 UNSCALE_OP = "FixedUnscaleGrads"
+CHECK_OP = "FixedCheckGrads"
 
-OVERFLOW_ARMS = ("unscale", "fused", "fused_sos", "tf_check", "ours_tf_check", "ours_global_norm")
+OVERFLOW_ARMS = ("unscale", "check", "check_sos", "fused", "fused_sos", "tf_check",
+                 "ours_tf_check", "ours_global_norm")
 OVERFLOW_LABELS = {
     "unscale": "FixedUnscaleGrads alone (no check)",
+    "check": "read-only check: FixedCheckGrads, flag",
+    "check_sos": "read-only check + sum_of_squares",
     "fused": "fused: FixedUnscaleGradsAndCheck, flag",
     "fused_sos": "fused + sum_of_squares",
     "tf_check": "TF: g * (1/s), reduce_all(is_finite) per tensor",
@@ -44,24 +50,26 @@ OVERFLOW_LABELS = {
 # (name, numerator arm, denominator arm, goal): per-call time ratios taken
 # within rounds. The goals are stated for the large sets.
 OVERFLOW_RATIOS = (
+    ("tf_check/check", "tf_check", "check", ">=2 large, >=5 small"),
+    ("check/unscale", "check", "unscale", ""),
     ("fused/unscale", "fused", "unscale", "<= 1.1"),
     ("fused_sos/unscale", "fused_sos", "unscale", ""),
-    ("tf_check/fused", "tf_check", "fused", ">= 2"),
+    ("tf_check/fused", "tf_check", "fused", ""),
     ("ours_tf_check/fused", "ours_tf_check", "fused", ""),
     ("ours_global_norm/fused_sos", "ours_global_norm", "fused_sos", ""),
 )
 
 
 @functools.lru_cache(maxsize=None)
-def fused_available():
-  """(whether ops.fixed_unscale_grads_and_check builds its op here, why not)."""
-  if not hasattr(ops, "fixed_unscale_grads_and_check"):
-    return False, "ops.fixed_unscale_grads_and_check is not in this fixed_loss_scale"
+def op_builds(function):
+  """(whether ops.<function> builds its op here, why not)."""
+  if not hasattr(ops, function):
+    return False, f"ops.{function} is not in this fixed_loss_scale"
   try:
     with tf.Graph().as_default():
-      ops.fixed_unscale_grads_and_check([tf.zeros([1])], LOSS_SCALE)
+      getattr(ops, function)([tf.zeros([1])], LOSS_SCALE)
   except Exception as error:  # pylint: disable=broad-except
-    return False, (f"ops.fixed_unscale_grads_and_check does not build its op "
+    return False, (f"ops.{function} does not build its op "
                    f"({type(error).__name__}: {error}); rebuild the library")
   return True, ""
 
@@ -83,6 +91,10 @@ def overflow_arm(arm, grads, scale, flag, norm):
   if arm in ("fused", "fused_sos"):
     unscaled, new_flag, squares = fused(grads, scale, arm == "fused_sos")
     return unscaled, new_flag, norm if squares is None else squares
+  if arm in ("check", "check_sos"):
+    # Writes nothing: the gradients go on as they came.
+    new_flag, squares = ops.fixed_check_grads(grads, scale, sum_of_squares=arm == "check_sos")
+    return list(grads), new_flag, squares if arm == "check_sos" else norm
   if arm == "tf_check":
     # TF's DynamicLossScale with its LossScaleOptimizer (and Keras 2's): the
     # reciprocal of the scale variable, cast to each gradient's dtype, one
@@ -116,7 +128,8 @@ def overflow_arm(arm, grads, scale, flag, norm):
 # Identity fewer per value it replaces (REPLACED). The scaffolding check
 # expects exactly that; a scalar Identity is well under a microsecond, below
 # the noise of the smallest set.
-REPLACED = {"fused": 1, "fused_sos": 2, "tf_check": 1, "ours_tf_check": 1, "ours_global_norm": 1}
+REPLACED = {"check": 1, "check_sos": 2, "fused": 1, "fused_sos": 2, "tf_check": 1,
+            "ours_tf_check": 1, "ours_global_norm": 1}
 
 
 def check_loop_function(arm, variables, repeats, scale_variable):
@@ -139,12 +152,15 @@ def check_loop_function(arm, variables, repeats, scale_variable):
 
 def check_overflow_arm(arm, counts, num_tensors):
   """(ok, note): whether `arm`'s passes are all in the optimized graph."""
-  unscale, fused_ops = counts.get(UNSCALE_OP, 0), counts.get(FUSED_OP, 0)
+  unscale, fused_ops, check = (counts.get(UNSCALE_OP, 0), counts.get(FUSED_OP, 0),
+                               counts.get(CHECK_OP, 0))
   finite, l2 = counts.get("IsFinite", 0), counts.get("L2Loss", 0)
   if arm == "unscale":
     return unscale >= 1, f"{UNSCALE_OP} x{unscale}"
   if arm in ("fused", "fused_sos"):
     return fused_ops >= 1 and finite == 0, f"{FUSED_OP} x{fused_ops}, IsFinite x{finite}"
+  if arm in ("check", "check_sos"):
+    return check >= 1 and finite == 0, f"{CHECK_OP} x{check}, IsFinite x{finite}"
   if arm == "tf_check":
     # num_tensors multiplies produce the gradients; the unscale adds as many.
     muls = counts.get("Mul", 0)
@@ -173,12 +189,13 @@ def _run_overflow_scenario(name, shapes, dtypes, args):
   variables = make_variables(shapes, dtypes)
   scale_variable = tf.Variable(LOSS_SCALE, dtype=tf.float32)
   x = tf.constant(0.75)
-  available, why_not = fused_available()
+  unavailable = {"fused": op_builds("fixed_unscale_grads_and_check")[1],
+                 "check": op_builds("fixed_check_grads")[1]}
   result = {"scenario": name, "num_tensors": num_tensors, "bytes": total, "repeats": repeats,
             "arms": {}}
   fns, checks, op_counts = {}, {}, {}
   for arm in ("none",) + OVERFLOW_ARMS:
-    skipped = why_not if arm.startswith("fused") and not available else (
+    skipped = unavailable.get(arm.split("_")[0]) or (
         "tf.linalg.global_norm stacks the norms: one dtype only"
         if arm == "ours_global_norm" and len(set(dtypes)) > 1 else "")
     if skipped:

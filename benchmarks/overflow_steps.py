@@ -1,155 +1,179 @@
 """Whole Keras 3 optimizer steps that skip non-finite gradients.
 
-Owns the `--overflow` optimizer arms on the `bert_like` variables: the inner
-optimizer alone (and again, the control of NOTE [bare again] in
-benchmarks/optimizer.py), Keras 3's dynamic `keras.optimizers.LossScaleOptimizer`,
-our dynamic drop-in `fixed_loss_scale.keras.LossScaleOptimizer` (where this
-build has it), and our `FixedLossScaleOptimizer(skip_non_finite=True)`; the
-ops each step ran (read from the executed graph), and the overheads over the
-inner optimizer, with ours against Keras's (OVERFLOW_STEP_RATIOS).
+Owns the `--overflow` optimizer steps: for each model's variables (bert_like,
+gpt2_like) and each inner optimizer (SGD with momentum, Adam, AdamW), the
+arms of benchmarks/step_arms.py traced, checked against the ops their
+executed graph ran, timed interleaved, and their overheads over the bare step
+(with quartiles) beside the traffic model's bytes (benchmarks/traffic.py).
 """
 
+import gc
+import statistics
 import time
 
 import numpy as np
 import tensorflow as tf
 
+from benchmarks import step_arms, traffic
 from benchmarks.arms import optimized_op_counts
 from benchmarks.common import LOSS_SCALE, log
-from benchmarks.gradient_sets import nbytes, set_shapes
-from benchmarks.overflow import FUSED_OP, UNSCALE_OP
-from benchmarks.timing import interleaved, paired, quartiles
+from benchmarks.gradient_sets import elements, nbytes, set_shapes
+from benchmarks.overflow import CHECK_OP, FUSED_OP, UNSCALE_OP, op_builds
+from benchmarks.references import NumpyRoofline
+from benchmarks.timing import interleaved, quartiles
 
-OVERFLOW_STEP_ARMS = ("bare", "bare_again", "keras_loss_scale_optimizer", "ours_dynamic",
-                      "ours_fixed_skip")
-OVERFLOW_STEP_LABELS = {
-    "bare": "inner optimizer alone",
-    "bare_again": "inner optimizer again (control)",
-    "keras_loss_scale_optimizer": "keras.optimizers.LossScaleOptimizer",
-    "ours_dynamic": "fixed_loss_scale.keras.LossScaleOptimizer",
-    "ours_fixed_skip": "FixedLossScaleOptimizer(skip_non_finite=True)",
-}
-# Ours against Keras's: overhead over the bare step, ratio taken within rounds
-# (the goal: at most 0.25).
-OVERFLOW_STEP_RATIOS = (("ours_dynamic", "keras_loss_scale_optimizer"),
-                        ("ours_fixed_skip", "keras_loss_scale_optimizer"))
-# The op types a step's check note counts.
-COUNTED_OPS = (FUSED_OP, UNSCALE_OP, "IsFinite")
+STEP_MODELS = ("bert_like", "gpt2_like")
+UNSCALE_OPS = (UNSCALE_OP, "FixedUnscaleGradsByTensor")
+CHECK_OPS = (FUSED_OP, CHECK_OP, "IsFinite")
 
 
-def dynamic_drop_in():
-  """(our dynamic LossScaleOptimizer class or None, why not)."""
-  import keras  # pylint: disable=import-outside-toplevel
-  from fixed_loss_scale import keras as fls_keras  # pylint: disable=import-outside-toplevel
-  cls = getattr(fls_keras, "LossScaleOptimizer", None)
-  if cls is None or cls is keras.optimizers.LossScaleOptimizer:
-    return None, "fixed_loss_scale.keras.LossScaleOptimizer is not available in this build"
-  return cls, ""
+def fused_update_ops(counts):
+  """The op types of a fused optimizer update among `counts`' keys."""
+  return sorted(op for op in counts if op.startswith("Fixed") and
+                ("Update" in op or "Apply" in op))
 
 
-def overflow_step_optimizers(kind, learning_rate):
-  """({arm: optimizer}, {arm: why it is not there})."""
-  import keras  # pylint: disable=import-outside-toplevel
-  from fixed_loss_scale import keras as fls_keras  # pylint: disable=import-outside-toplevel
-
-  def inner():
-    cls = keras.optimizers.SGD if kind == "sgd" else keras.optimizers.Adam
-    return cls(learning_rate=learning_rate)
-
-  optimizers = {
-      "bare": inner(),
-      "bare_again": inner(),
-      "keras_loss_scale_optimizer": keras.optimizers.LossScaleOptimizer(
-          inner(), initial_scale=LOSS_SCALE),
-  }
-  missing = {}
-  dynamic, why_not = dynamic_drop_in()
-  if dynamic is None:
-    missing["ours_dynamic"] = why_not
-  else:
-    optimizers["ours_dynamic"] = dynamic(inner(), initial_scale=LOSS_SCALE)
-  optimizers["ours_fixed_skip"] = fls_keras.FixedLossScaleOptimizer(inner(), LOSS_SCALE,
-                                                                    skip_non_finite=True)
-  return optimizers, missing
+def op_note(counts):
+  """The loss-scaling and update ops of an executed graph, for the table."""
+  shown = [op for op in CHECK_OPS + UNSCALE_OPS if counts.get(op)] + fused_update_ops(counts)
+  return ", ".join(f"{op} x{counts[op]}" for op in shown) or "none of ours, no IsFinite"
 
 
-def step_function(opt, variables):
-  """tf.function(x): produce the gradients (`relu(v * x)`) and apply them;
-  the wrappers unscale and check in `apply`, as under `fit`."""
+def check_step(arm, counts):
+  """(ok, why not): a wrapper or hybrid must check the gradients, a fused arm
+  must run a fused update, a bare arm neither."""
+  checks = sum(counts.get(op, 0) for op in CHECK_OPS)
+  if arm.startswith("bare"):
+    return True, ""
+  if not checks:
+    return False, "no check in its graph"
+  if arm.endswith("_fused") and not fused_update_ops(counts):
+    return False, "no fused update in its graph"
+  return True, ""
 
-  @tf.function(autograph=False)
-  def step(x):
-    opt.apply([tf.nn.relu(v * x) for v in variables], variables)
-    return tf.constant(0)
 
-  return step
+def arm_passes(arm, counts):
+  if arm in traffic.STATIC_ARMS:
+    return traffic.STATIC_ARMS[arm]
+  return traffic.passes_from_ops(counts, fused_update_ops(counts), CHECK_OP, FUSED_OP,
+                                 UNSCALE_OPS)
 
 
-def check_step(name, counts):
-  """(ok, note): the ops the step ran; a wrapper must check the gradients
-  (the fused op, or IsFinite where it falls back to TF's check)."""
-  note = ", ".join(f"{op} x{counts.get(op, 0)}" for op in COUNTED_OPS)
-  if name.startswith("bare"):
-    return True, note
-  return counts.get(FUSED_OP, 0) + counts.get("IsFinite", 0) >= 1, note
+def bandwidth(shapes, threads):
+  """Bytes/s of numpy copies of the same bytes (read + written), median of 5."""
+  roofline = NumpyRoofline(shapes, ["float32"] * len(shapes), threads)
+  times = []
+  for _ in range(5):
+    start = time.perf_counter()
+    roofline.copy()
+    times.append(time.perf_counter() - start)
+  roofline.close()
+  return 2 * nbytes(shapes, ["float32"] * len(shapes)) / statistics.median(times)
+
+
+def trace_arms(kind, variables, hybrids):
+  """({arm: timed callable}, {arm: op counts}, {arm: why it is not timed})."""
+  optimizers, missing = step_arms.wrapper_optimizers(kind)
+  if hybrids:
+    available, why_not = op_builds("fixed_check_grads")
+    for arm in step_arms.HYBRID_ARMS:
+      if arm == "hybrid_check_grouped" and not available:
+        missing[arm] = why_not
+      else:
+        optimizers[arm] = step_arms.inner_optimizer(kind)
+  scale = tf.Variable(LOSS_SCALE, dtype=tf.float32)
+  x = tf.constant(1e-3)
+  fns, counts = {}, {}
+  for arm, opt in optimizers.items():
+    began = time.perf_counter()
+    try:
+      opt.build(variables)
+      fn = step_arms.step_function(arm, opt, variables, scale)
+      counts[arm] = optimized_op_counts(fn, x)
+      fn(x)
+    except Exception as error:  # pylint: disable=broad-except
+      # A wrapper this build cannot run: said in the table, the others timed.
+      missing[arm] = f"its step failed: {type(error).__name__}: {str(error)[:300]}"
+      log(f"  {arm}: {missing[arm]}")
+      continue
+    ok, why_not = check_step(arm, counts[arm])
+    log(f"  {arm}: traced in {time.perf_counter() - began:.1f} s; {op_note(counts[arm])}" +
+        ("" if ok else f" -- {why_not}, not timed"))
+    if ok:
+      fns[arm] = (lambda f=fn: f(x))
+    else:
+      missing[arm] = f"{why_not} ({op_note(counts[arm])})"
+  return fns, counts, missing
+
+
+def overhead_entry(times, arm):
+  """Overhead over the bare step taken within each round: median, quartiles."""
+  values = [a - b for a, b in zip(times[arm], times["bare"])]
+  return float(np.median(values)), quartiles(values)
+
+
+def ratio_to_keras(entry, arm):
+  """Arm's overhead / Keras's, from the medians, and the range the quartiles
+  allow (arm's low / Keras's high .. arm's high / Keras's low)."""
+  base = step_arms.RATIO_BASE
+  if arm == base or arm not in entry["overhead_s"] or base not in entry["overhead_s"]:
+    return None
+  keras_median = entry["overhead_s"][base]
+  keras_low, keras_high = entry["overhead_quartiles_s"][base]
+  low, high = entry["overhead_quartiles_s"][arm]
+  if keras_median <= 0 or keras_low <= 0:
+    return {"median": entry["overhead_s"][arm] / keras_median if keras_median > 0 else None}
+  return {"median": entry["overhead_s"][arm] / keras_median,
+          "range": [low / keras_high, high / keras_low]}
+
+
+def timed_entry(times, counts, missing):
+  """The result entry's timing part: step times, executed ops, what was not
+  timed and why, overheads over the bare step and their ratio to Keras's."""
+  entry = {"labels": {a: step_arms.LABELS[a] for a in list(times) + list(missing)},
+           "step_s": {a: float(np.median(t)) for a, t in times.items()},
+           "step_quartiles_s": {a: quartiles(t) for a, t in times.items()},
+           "ops": {a: op_note(c) for a, c in counts.items()}, "not_timed": missing,
+           "overhead_s": {}, "overhead_quartiles_s": {}, "ratio_to_keras": {}}
+  for arm in times:
+    if arm != "bare":
+      entry["overhead_s"][arm], entry["overhead_quartiles_s"][arm] = overhead_entry(times, arm)
+  for arm in times:
+    ratio = ratio_to_keras(entry, arm)
+    if ratio is not None:
+      entry["ratio_to_keras"][arm] = ratio
+  return entry
+
+
+def run_step(model, kind, shapes, args, hybrids, bytes_per_s):
+  began = time.perf_counter()
+  log(f"[overflow step {model} {kind}]")
+  rng = np.random.default_rng(5)
+  variables = [tf.Variable(rng.standard_normal(s, dtype=np.float32) + 0.5) for s in shapes]
+  fns, counts, missing = trace_arms(kind, variables, hybrids)
+  times = interleaved(fns, args.optimizer_rounds, args.reps)
+  parameters = sum(elements(s) for s in shapes)
+  entry = {"model": model, "optimizer": kind, "parameters": parameters,
+           "gradient_bytes": 4 * parameters, "num_variables": len(shapes),
+           "rounds": args.optimizer_rounds, "reps": args.reps, "bandwidth": bytes_per_s,
+           **timed_entry(times, counts, missing)}
+  entry["traffic"] = {arm: traffic.arm_bytes(kind, arm_passes(arm, counts.get(arm, {})))
+                      for arm in times}
+  log(f"[overflow step {model} {kind}] {time.perf_counter() - began:.0f} s: " +
+      ", ".join(f"{a} {v * 1e3:+.1f} ms" for a, v in entry["overhead_s"].items()))
+  del variables, fns
+  gc.collect()
+  return entry
 
 
 def overflow_optimizer_steps(args):
-  shapes = set_shapes("bert_like", args.quick)
   results = []
-  for kind in ("sgd", "adam"):
-    began = time.perf_counter()
-    variables = [tf.Variable(np.random.default_rng(5).standard_normal(s, dtype=np.float32) + 0.5)
-                 for s in shapes]
-    x = tf.constant(1e-3)
-    optimizers, missing = overflow_step_optimizers(kind, 1e-3)
-    fns, checks = {}, {}
-    for name, why_not in missing.items():
-      log(f"  {name}: not available ({why_not})")
-    for name, opt in optimizers.items():
-      log(f"[overflow optimizer {kind}] tracing {name}")
-      try:
-        opt.build(variables)
-        fn = step_function(opt, variables)
-        checks[name] = check_step(name, optimized_op_counts(fn, x))
-        fn(x)
-      except Exception as error:  # pylint: disable=broad-except
-        # A wrapper this build cannot run (a library older than its Python):
-        # said in the table, the other arms still timed.
-        missing[name] = f"its step failed: {type(error).__name__}: {str(error)[:300]}"
-        checks.pop(name, None)
-        log(f"  {name}: {missing[name]}")
-        continue
-      fns[name] = (lambda f=fn: f(x))
-      log(f"  {name}: {checks[name][1]}" + ("" if checks[name][0] else " -- no check, not timed"))
-    times = interleaved({n: f for n, f in fns.items() if checks[n][0]}, args.optimizer_rounds,
-                        args.reps)
-    entry = {"optimizer": kind, "gradient_bytes": nbytes(shapes, ["float32"] * len(shapes)),
-             "rounds": args.optimizer_rounds,
-             "labels": {n: OVERFLOW_STEP_LABELS[n] for n in OVERFLOW_STEP_ARMS},
-             "step_s": {n: float(np.median(t)) for n, t in times.items()},
-             "checks": {n: note for n, (_, note) in checks.items()},
-             "no_check": [n for n, (ok, _) in checks.items() if not ok],
-             "not_available": missing, "overhead_s": {}, "overhead_quartiles_s": {},
-             "overhead_fraction": {}, "overhead_ratios": {}}
-    overheads = {}
-    for name, t in times.items():
-      if name == "bare":
-        continue
-      overheads[name] = [a - b for a, b in zip(t, times["bare"])]
-      entry["overhead_s"][name] = float(np.median(overheads[name]))
-      entry["overhead_quartiles_s"][name] = quartiles(overheads[name])
-      entry["overhead_fraction"][name] = paired(lambda a, b: (a - b) / b, t, times["bare"])
-    for ours, theirs in OVERFLOW_STEP_RATIOS:
-      if ours in overheads and theirs in overheads:
-        # The ratio of the medians: a round's overhead moves by milliseconds
-        # (read the quartiles), and a ratio of two such differences within a
-        # round is dominated by the noise of its denominator.
-        if entry["overhead_s"][theirs] > 0:
-          entry["overhead_ratios"][f"{ours}/{theirs}"] = (entry["overhead_s"][ours] /
-                                                          entry["overhead_s"][theirs])
-    log(f"[overflow optimizer {kind}] {time.perf_counter() - began:.0f} s: " +
-        ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in entry["step_s"].items()))
-    results.append(entry)
-    del variables, optimizers, fns
+  for number, model in enumerate(args.step_models):
+    shapes = set_shapes(model, args.quick)
+    bytes_per_s = bandwidth(shapes, args.threads)
+    log(f"[overflow step {model}] {len(shapes)} variables, numpy copy "
+        f"{bytes_per_s / 1e9:.1f} GB/s")
+    for kind in args.step_optimizers:
+      hybrids = number == 0 and kind in args.hybrid_optimizers
+      results.append(run_step(model, kind, shapes, args, hybrids, bytes_per_s))
   return results

@@ -36,8 +36,9 @@ def print_table(results, out=sys.stdout):
         f"{m['inter_op_threads']}, load {m['loadavg_start'][0]:.2f} -> "
         f"{m.get('loadavg_end', [float('nan')])[0]:.2f}", file=out)
   if "overflow" in results:
-    print_overflow(results, out)
-    print_overflow_steps(results, out)
+    # Imported here: report_overflow formats its cells with arm_us, above.
+    from benchmarks.report_overflow import print_overflow_report  # pylint: disable=import-outside-toplevel
+    print_overflow_report(results, out)
     return
   header = (f"{'scenario':<22}{'tensors':>8}{'MB':>9}  {'ours us':>9}{'TF us':>10}{'XLA us':>9}"
             f"{'floor us':>9}"
@@ -141,86 +142,6 @@ def print_op_times(results, out):
     print(f"  {r['scenario']:<12} ours {us_text(a['ours']):>10}  "
           f"one pass {us_text(a['one_pass']):>10}  floor {us_text(a['floor']):>10}  TF Muls {us_text(a['tf']):>10}  ours - one pass "
           f"{difference(r, 'one_pass'):>28}  ours - floor {difference(r, 'floor'):>28}", file=out)
-
-
-# The --overflow table's columns: (arm, heading).
-OVERFLOW_COLUMNS = (("unscale", "unscale"), ("fused", "fused"), ("fused_sos", "fused+sos"),
-                    ("tf_check", "TF check"), ("ours_tf_check", "ours+TFchk"),
-                    ("ours_global_norm", "ours+gnorm"))
-
-
-def print_overflow(results, out):
-  """--overflow, op level: every arm's per-call time, then the ratios."""
-  rows = results["overflow"]
-  print("\nfused unscale-and-check, per call (us), medians over rounds of "
-        "(T(arm) - T(none)) / N (NOTE [check loop] in benchmarks/overflow.py):", file=out)
-  seen = {}
-  for r in rows:
-    for arm, entry in r["arms"].items():
-      seen.setdefault(arm, entry["label"])
-  for arm, heading in OVERFLOW_COLUMNS:
-    if arm in seen:
-      print(f"  {heading:<11} {seen[arm]}", file=out)
-  print(f"{'scenario':<22}{'tensors':>8}{'MB':>9}{'N':>4} " +
-        "".join(f"{heading:>11}" for _, heading in OVERFLOW_COLUMNS), file=out)
-  for r in rows:
-    cells = []
-    for arm, _ in OVERFLOW_COLUMNS:
-      entry = r["arms"].get(arm, {})
-      cells.append("n/a" if "skipped" in entry else arm_us(entry))
-    print(f"{r['scenario']:<22}{r['num_tensors']:>8}{r['bytes'] / 1e6:>9.2f}{r['repeats']:>4} " +
-          "".join(f"{c:>11}" for c in cells), file=out)
-  for r in rows:
-    for arm, entry in r["arms"].items():
-      if "skipped" in entry:
-        print(f"  {r['scenario']} {arm}: not available ({entry['skipped']})", file=out)
-      elif entry.get("optimized_away"):
-        print(f"  {r['scenario']} {arm}: gone ({entry['check']}: not timed)", file=out)
-  names = list(rows[0]["ratios"]) if rows else []
-  if not names:
-    return
-  print("\nratios of per-call times, taken within each round: median (quartiles); the goals "
-        "are for the large sets", file=out)
-  print(f"{'scenario':<22}" + "".join(f"{name:>28}" for name in names), file=out)
-  print(f"{'goal':<22}" + "".join(f"{rows[0]['ratios'][name]['goal'] or '-':>28}"
-                                   for name in names), file=out)
-  for r in rows:
-    cells = []
-    for name in names:
-      ratio = r["ratios"].get(name, {})
-      cells.append("-" if "median" not in ratio else
-                   f"{ratio['median']:.2f} ({ratio['quartiles'][0]:.2f}-"
-                   f"{ratio['quartiles'][1]:.2f})")
-    print(f"{r['scenario']:<22}" + "".join(f"{c:>28}" for c in cells), file=out)
-
-
-def print_overflow_steps(results, out):
-  """--overflow, optimizer steps: step times, overheads over the inner
-  optimizer, and ours against Keras's LossScaleOptimizer."""
-  for o in results.get("overflow_optimizer_steps", []):
-    print(f"\noptimizer step that skips non-finite gradients, bert_like variables, "
-          f"{o['optimizer']} (gradients {o['gradient_bytes'] / 1e6:.0f} MB, {o['rounds']} rounds): "
-          "step ms and overhead over the inner optimizer alone (medians over rounds; overheads "
-          "taken within each round, with their quartiles)", file=out)
-    print("  " + "; ".join(f"{name} = {label}" for name, label in o["labels"].items()), file=out)
-    for name, t in o["step_s"].items():
-      tail = ""
-      if name in o["overhead_s"]:
-        low, high = o["overhead_quartiles_s"][name]
-        tail = (f"  {o['overhead_s'][name] * 1e3:+8.2f} ms  ({o['overhead_fraction'][name] * 100:+.1f}%)"
-                f"  quartiles {low * 1e3:+.1f} to {high * 1e3:+.1f} ms")
-      print(f"  {name:<28}{t * 1e3:9.2f} ms{tail}", file=out)
-    for name, why_not in o["not_available"].items():
-      print(f"  {name:<28}      n/a  (not available: {why_not})", file=out)
-    for name in o["no_check"]:
-      print(f"  {name:<28}     gone  ({o['checks'][name]}: no check in its graph, not timed)",
-            file=out)
-    for name in o["step_s"]:
-      if o["checks"].get(name):
-        print(f"  ops in {name}'s executed graph (a cond's branches counted, taken or not): "
-              f"{o['checks'][name]}", file=out)
-    for name, ratio in o["overhead_ratios"].items():
-      print(f"  overhead {name}: {ratio:.2f} (goal <= 0.25)", file=out)
 
 
 def plot(results, path):

@@ -117,15 +117,18 @@ def test_quick_benchmark_writes_json(tmp_path):
 
 @pytest.mark.slow
 def test_overflow_benchmark_writes_every_arm(tmp_path):
-  """`--overflow` (the fused unscale-and-check) on the tiny set and
-  the quick optimizer steps: every arm traced, checked and timed, the ratios
-  and overheads in the JSON, and `--report` prints the same table."""
+  """`--overflow` (the checks, the optimizer steps, the train step) on the tiny
+  set, one model's quick variables with AdamW and the quick encoder: every arm
+  traced, checked and timed, the ratios, overheads and traffic model in the
+  JSON, and `--report` prints the same table."""
   out = tmp_path / "overflow.json"
   proc = subprocess.run([sys.executable, "-m", "benchmarks", "--overflow", "--quick", "--json",
-                         str(out), "--sets", "tiny", "--dtypes", "float32"],
+                         str(out), "--sets", "tiny", "--dtypes", "float32",
+                         "--step-models", "gpt2_like", "--step-optimizers", "adamw",
+                         "--hybrid-optimizers", "adamw"],
                         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-4000:]
-  assert "fused unscale-and-check, per call" in proc.stdout
+  assert "checks at op level, per call" in proc.stdout
   results = json.loads(out.read_text())
   assert results["scenarios"] == [] and results["peak_memory"] == []
 
@@ -135,8 +138,8 @@ def test_overflow_benchmark_writes_every_arm(tmp_path):
   # (NOTE [check loop] in benchmarks/overflow.py).
   assert scenario["scaffolding_differences"] == {}, scenario["scaffolding_differences"]
   arms = scenario["arms"]
-  assert sorted(arms) == sorted(["unscale", "fused", "fused_sos", "tf_check", "ours_tf_check",
-                                 "ours_global_norm"])
+  assert sorted(arms) == sorted(["unscale", "check", "check_sos", "fused", "fused_sos",
+                                 "tf_check", "ours_tf_check", "ours_global_norm"])
   for arm, entry in arms.items():
     assert "skipped" not in entry, (arm, entry)
     assert not entry["optimized_away"], (arm, entry)
@@ -145,24 +148,40 @@ def test_overflow_benchmark_writes_every_arm(tmp_path):
     assert entry.get("below_noise") or entry["per_call_s"] > 0, (arm, entry)
   assert "FixedUnscaleGradsAndCheck x1" in arms["fused"]["check"]
   assert "IsFinite x0" in arms["fused"]["check"]
-  assert sorted(scenario["ratios"]) == sorted(["fused/unscale", "fused_sos/unscale",
-                                               "tf_check/fused", "ours_tf_check/fused",
-                                               "ours_global_norm/fused_sos"])
+  assert "FixedCheckGrads x1" in arms["check"]["check"]
+  assert "IsFinite x0" in arms["check"]["check"]
+  assert sorted(scenario["ratios"]) == sorted([
+      "tf_check/check", "check/unscale", "fused/unscale", "fused_sos/unscale",
+      "tf_check/fused", "ours_tf_check/fused", "ours_global_norm/fused_sos"])
 
-  kinds = [o["optimizer"] for o in results["overflow_optimizer_steps"]]
-  assert kinds == ["sgd", "adam"]
-  for step in results["overflow_optimizer_steps"]:
-    assert step["not_available"] == {} and step["no_check"] == [], step
-    for arm in ("bare", "bare_again", "keras_loss_scale_optimizer", "ours_dynamic",
-                "ours_fixed_skip"):
-      assert step["step_s"][arm] > 0, arm
-    # Keras checks per tensor; ours in the fused op, not a fallback.
-    assert "IsFinite x0" not in step["checks"]["keras_loss_scale_optimizer"]
-    for arm in ("ours_dynamic", "ours_fixed_skip"):
-      assert "FixedUnscaleGradsAndCheck x0" not in step["checks"][arm], step["checks"]
-    for name, overhead in step["overhead_s"].items():
-      low, high = step["overhead_quartiles_s"][name]
-      assert low <= overhead <= high, (name, low, overhead, high)
+  [step] = results["overflow_optimizer_steps"]
+  assert (step["model"], step["optimizer"]) == ("gpt2_like", "adamw")
+  assert step["not_timed"] == {}, step["not_timed"]
+  every_arm = (["bare", "bare_again", "keras_lso", "ours_dynamic", "ours_dynamic_fused",
+                "ours_fixed_skip", "ours_fixed_skip_fused"] +
+               ["hybrid_tf_check_divide", "hybrid_tf_check_grouped",
+                "hybrid_fused_dropped_grouped", "hybrid_fused_outputs", "hybrid_check_grouped"])
+  assert sorted(step["step_s"]) == sorted(every_arm)
+  # Keras checks per tensor; ours with the package's ops, not TF's check.
+  assert "IsFinite" in step["ops"]["keras_lso"]
+  for arm in ("ours_dynamic", "ours_dynamic_fused", "ours_fixed_skip", "ours_fixed_skip_fused"):
+    assert "IsFinite" not in step["ops"][arm], step["ops"]
+  for name, overhead in step["overhead_s"].items():
+    low, high = step["overhead_quartiles_s"][name]
+    assert low <= overhead <= high, (name, low, overhead, high)
+  # The traffic model (benchmarks/traffic.py): the bare AdamW update's bytes,
+  # less for a fused update, more for any arm that scales.
+  traffic = step["traffic"]
+  assert traffic["bare"]["total"] == 148 and not traffic["bare"]["fused_update"]
+  for arm in every_arm[2:]:
+    assert traffic[arm]["total"] > 0 and traffic[arm]["fused_update"] == arm.endswith("_fused")
+    assert traffic[arm]["total"] != traffic["bare"]["total"], (arm, traffic[arm])
+
+  [fit] = results["overflow_fit"]
+  assert fit["not_timed"] == {}, fit["not_timed"]
+  assert sorted(fit["step_s"]) == sorted(["bare", "keras_lso", "ours_dynamic",
+                                          "ours_dynamic_fused"])
+  assert "IsFinite" in fit["ops"]["keras_lso"]
 
   report = subprocess.run([sys.executable, "-m", "benchmarks", "--report", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)

@@ -31,6 +31,11 @@ PRE_SPLIT_SIZES = {
     ("few_large", "full"): (8, 33_554_432),
     ("few_large", "quick"): (8, 524_288),
 }
+# Added after the split: GPT-2 small's tensors, token embedding shrunk to 8,000 rows.
+LATER_SIZES = {
+    ("gpt2_like", "full"): (148, 91_986_432),
+    ("gpt2_like", "quick"): (16, 60_608),
+}
 
 
 def elements(shapes):
@@ -39,7 +44,7 @@ def elements(shapes):
 
 def test_file_parses_and_every_set_has_both_variants():
   sets = gradient_sets.read()
-  assert sorted(sets) == ["bert_like", "few_large", "many_small", "tiny"]
+  assert sorted(sets) == ["bert_like", "few_large", "gpt2_like", "many_small", "tiny"]
   for name, variants in sets.items():
     assert sorted(variants) == ["full", "quick"], name
     for variant, shapes in variants.items():
@@ -51,6 +56,23 @@ def test_file_parses_and_every_set_has_both_variants():
 def test_sets_match_the_pre_split_definitions(name, variant):
   shapes = gradient_sets.set_shapes(name, variant == "quick")
   assert (len(shapes), elements(shapes)) == PRE_SPLIT_SIZES[(name, variant)]
+
+
+@pytest.mark.parametrize("name,variant", sorted(LATER_SIZES))
+def test_later_sets_sizes(name, variant):
+  shapes = gradient_sets.set_shapes(name, variant == "quick")
+  assert (len(shapes), elements(shapes)) == LATER_SIZES[(name, variant)]
+
+
+def test_gpt2_like_layout():
+  """GPT-2 small with an 8,000-row token embedding: 2 embeddings, 12 layers of
+  12 tensors, each the same, the final LayerNorm."""
+  shapes = gradient_sets.set_shapes("gpt2_like", quick=False)
+  assert shapes[:2] == [(8000, 768), (1024, 768)] and shapes[-2:] == [(768,)] * 2
+  layers = [shapes[2 + 12 * k:2 + 12 * (k + 1)] for k in range(12)]
+  assert layers[0] == ([(768,)] * 2 + [(768, 2304), (2304,), (768, 768)] + [(768,)] * 3 +
+                       [(768, 3072), (3072,), (3072, 768), (768,)])
+  assert all(layer == layers[0] for layer in layers)
 
 
 def test_bert_like_layout():
