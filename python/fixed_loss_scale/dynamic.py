@@ -61,6 +61,27 @@ def _assign_if_finite(variable, value):
       tf.math.is_finite(value), lambda: _op_in_graph_mode(variable.assign(value)), tf.no_op)
 
 
+def update_scale(scale, good_steps, increment_period, multiplier, is_finite):
+  """TF's dynamic algorithm, one step (also tf_keras's `_DynamicLossScaleState`
+  and the tf_keras wrapper's): with finite gradients count the step, and after
+  `increment_period` of them multiply the scale (kept only if the product is
+  finite) and reset the count; otherwise divide it (never below 1) and reset
+  the count. `scale` (float32) and `good_steps` (int64) are variables; returns
+  the update (an op in a graph)."""
+
+  def update_if_finite_grads():
+    def increase_loss_scale():
+      return tf.group(_assign_if_finite(scale, scale * multiplier), good_steps.assign(0))
+
+    return tf.compat.v1.cond(good_steps + 1 >= increment_period, increase_loss_scale,
+                             lambda: _op_in_graph_mode(good_steps.assign_add(1)))
+
+  def update_if_not_finite_grads():
+    return tf.group(good_steps.assign(0), scale.assign(tf.maximum(scale / multiplier, 1)))
+
+  return tf.compat.v1.cond(is_finite, update_if_finite_grads, update_if_not_finite_grads)
+
+
 class DynamicLossScale(tf_loss_scale.DynamicLossScale):
   """Loss scale that doubles every `increment_period` finite steps and halves on inf/NaN.
 
@@ -127,21 +148,6 @@ class DynamicLossScale(tf_loss_scale.DynamicLossScale):
     without reading gradients again when they came from `unscale_gradients`.
     """
     is_finite = finite.all_finite_in_sync(tf.nest.flatten(grads))
-
-    def update_if_finite_grads():
-      def increase_loss_scale():
-        new_loss_scale = self._current_loss_scale * self._multiplier
-        return tf.group(_assign_if_finite(self._current_loss_scale, new_loss_scale),
-                        self._num_good_steps.assign(0))
-
-      return tf.compat.v1.cond(self._num_good_steps + 1 >= self._increment_period,
-                               increase_loss_scale,
-                               lambda: _op_in_graph_mode(self._num_good_steps.assign_add(1)))
-
-    def update_if_not_finite_grads():
-      new_loss_scale = tf.maximum(self._current_loss_scale / self._multiplier, 1)
-      return tf.group(self._num_good_steps.assign(0),
-                      self._current_loss_scale.assign(new_loss_scale))
-
-    update_op = tf.compat.v1.cond(is_finite, update_if_finite_grads, update_if_not_finite_grads)
+    update_op = update_scale(self._current_loss_scale, self._num_good_steps,
+                             self._increment_period, self._multiplier, is_finite)
     return update_op, is_finite
