@@ -8,7 +8,6 @@ executed graph ran, timed interleaved, and their overheads over the bare step
 """
 
 import gc
-import statistics
 import time
 
 import numpy as np
@@ -23,6 +22,9 @@ from benchmarks.references import NumpyRoofline
 from benchmarks.timing import interleaved, quartiles
 
 STEP_MODELS = ("bert_like", "gpt2_like")
+# The numpy copy of the gradients' bytes, timed among the arms (not an arm):
+# the bandwidth the traffic model's times use, measured in the same rounds.
+COPY = "numpy_copy"
 UNSCALE_OPS = (UNSCALE_OP, "FixedUnscaleGradsByTensor")
 CHECK_OPS = (FUSED_OP, CHECK_OP, "IsFinite")
 
@@ -57,18 +59,6 @@ def arm_passes(arm, counts):
     return traffic.STATIC_ARMS[arm]
   return traffic.passes_from_ops(counts, fused_update_ops(counts), CHECK_OP, FUSED_OP,
                                  UNSCALE_OPS)
-
-
-def bandwidth(shapes, threads):
-  """Bytes/s of numpy copies of the same bytes (read + written), median of 5."""
-  roofline = NumpyRoofline(shapes, ["float32"] * len(shapes), threads)
-  times = []
-  for _ in range(5):
-    start = time.perf_counter()
-    roofline.copy()
-    times.append(time.perf_counter() - start)
-  roofline.close()
-  return 2 * nbytes(shapes, ["float32"] * len(shapes)) / statistics.median(times)
 
 
 def trace_arms(kind, variables, hybrids):
@@ -145,21 +135,25 @@ def timed_entry(times, counts, missing):
   return entry
 
 
-def run_step(model, kind, shapes, args, hybrids, bytes_per_s):
+def run_step(model, kind, shapes, args, hybrids):
   began = time.perf_counter()
   log(f"[overflow step {model} {kind}]")
   rng = np.random.default_rng(5)
   variables = [tf.Variable(rng.standard_normal(s, dtype=np.float32) + 0.5) for s in shapes]
   fns, counts, missing = trace_arms(kind, variables, hybrids)
-  times = interleaved(fns, args.optimizer_rounds, args.reps)
+  roofline = NumpyRoofline(shapes, ["float32"] * len(shapes), args.threads)
+  times = interleaved({**fns, COPY: roofline.copy}, args.optimizer_rounds, args.reps)
+  roofline.close()
+  bytes_per_s = 2 * nbytes(shapes, ["float32"] * len(shapes)) / np.median(times.pop(COPY))
   parameters = sum(elements(s) for s in shapes)
   entry = {"model": model, "optimizer": kind, "parameters": parameters,
            "gradient_bytes": 4 * parameters, "num_variables": len(shapes),
-           "rounds": args.optimizer_rounds, "reps": args.reps, "bandwidth": bytes_per_s,
+           "rounds": args.optimizer_rounds, "reps": args.reps, "bandwidth": float(bytes_per_s),
            **timed_entry(times, counts, missing)}
   entry["traffic"] = {arm: traffic.arm_bytes(kind, arm_passes(arm, counts.get(arm, {})))
                       for arm in times}
-  log(f"[overflow step {model} {kind}] {time.perf_counter() - began:.0f} s: " +
+  log(f"[overflow step {model} {kind}] {time.perf_counter() - began:.0f} s, numpy copy "
+      f"{bytes_per_s / 1e9:.1f} GB/s: " +
       ", ".join(f"{a} {v * 1e3:+.1f} ms" for a, v in entry["overhead_s"].items()))
   del variables, fns
   gc.collect()
@@ -170,10 +164,7 @@ def overflow_optimizer_steps(args):
   results = []
   for number, model in enumerate(args.step_models):
     shapes = set_shapes(model, args.quick)
-    bytes_per_s = bandwidth(shapes, args.threads)
-    log(f"[overflow step {model}] {len(shapes)} variables, numpy copy "
-        f"{bytes_per_s / 1e9:.1f} GB/s")
     for kind in args.step_optimizers:
       hybrids = number == 0 and kind in args.hybrid_optimizers
-      results.append(run_step(model, kind, shapes, args, hybrids, bytes_per_s))
+      results.append(run_step(model, kind, shapes, args, hybrids))
   return results

@@ -124,7 +124,8 @@ def print_step(o, out):
         "(NOTE [traffic model] in benchmarks/traffic.py): read/written per gradient byte "
         "before the skip decision and inside the apply branch, read/written bytes per "
         "parameter of the update, all bytes per parameter, and the time of the bytes beyond "
-        f"the bare step at {o['bandwidth'] / 1e9:.1f} GB/s (numpy copies of the same bytes)",
+        f"the bare step at {o['bandwidth'] / 1e9:.1f} GB/s (numpy copies of the same bytes, "
+        "timed among the arms)",
         file=out)
   _arm_rows(o, out, traffic_columns=True)
 
