@@ -11,7 +11,10 @@ the same way: unscaled bits as the unchecked kernel's, the all-finite flag
 exact with one Inf or NaN at heads, tails, pack edges and chunk boundaries, the
 sum of squares within a stated tolerance of a double reference, every byte of
 the device scratch accounted for, and the same bits whichever block finishes
-last. Needs no CUDA, so it runs in CPU-only builds too.
+last. The read-only check (FixedCheckGrads) runs the same way: no byte of any
+tensor written, its flag the fused launch's and its sum the fused launch's bit
+for bit wherever both cut the tensors alike. Needs no CUDA, so it runs in
+CPU-only builds too.
 """
 
 import os
@@ -51,6 +54,17 @@ def test_kernel_body_on_every_block_and_thread_of_its_launches():
                     r"squares, (\d+) reordered", output)
   assert flags and int(flags.group(1)) > 1000 and int(flags.group(2)) > 3000, output
   assert int(flags.group(3)) >= 30, output
+  # The read-only check (FixedCheckGrads' kernel): the same cases, no write.
+  read_only = re.search(r"read-only check:\s+(\d+) cases,\s+(\d+) tensors,\s+(\d+) elements.*?"
+                        r"(\d+) failed", output)
+  assert read_only and int(read_only.group(1)) > 5000 and read_only.group(4) == "0", output
+  assert int(read_only.group(2)) > 50_000 and int(read_only.group(3)) > 100_000_000, output
+  read_only_flags = re.search(r"read-only check flags:\s+(\d+) cases not all finite, (\d+) with "
+                              r"the sum of squares, (\d+) reordered, (\d+) with the fused "
+                              r"launch's sum bit for bit", output)
+  assert read_only_flags and int(read_only_flags.group(1)) > 1000, output
+  assert int(read_only_flags.group(2)) > 2000 and int(read_only_flags.group(3)) >= 30, output
+  assert int(read_only_flags.group(4)) > 3000, output
 
 
 def test_where_the_gpu_kernels_run_for_drivers_and_gpus_not_here():

@@ -629,29 +629,33 @@ inline std::string CheckOutputsError(const ListCase& list, const ReferenceCheck&
   return buffer;
 }
 
-// ---- The checked launch on the host -------------------------------------------
-// The launch LaunchMultiTensorScaleAndCheck makes, run on the host one (block,
-// thread) at a time through `memory`: the same table choice and device-scratch
-// layout (the buffer table copied to its start), the ticket counter zeroed
-// (the launcher's cudaMemsetAsync), then, block by block in `order`, the
-// steps of ScaleAndCheckBlock in multi_tensor_scale.cu with CombineBlock for
-// the block reduction. The device scratch, of CheckedScratchBytes bytes, and
-// the two outputs are the caller's.
-inline size_t CheckedScratchBytes(const std::vector<TensorSpan>& tensors, bool large_params) {
+// ---- The checked launches on the host -------------------------------------------
+// The launch LaunchMultiTensorScaleAndCheck (`read_only` false) or
+// LaunchMultiTensorCheck (true) makes, run on the host one (block, thread) at
+// a time through `memory`: the same table choice and device-scratch layout
+// (the buffer table copied to its start), the ticket counter zeroed (the
+// launcher's cudaMemsetAsync), then, block by block in `order`, the steps of
+// CheckedBlock in multi_tensor_scale.cu with CombineBlock for the block
+// reduction. The device scratch, of CheckedScratchBytes bytes, and the two
+// outputs are the caller's.
+inline size_t CheckedScratchBytes(const std::vector<TensorSpan>& tensors, bool large_params,
+                                  bool read_only = false) {
   const int64_t num_tensors = static_cast<int64_t>(tensors.size());
   const size_t table_bytes = gpu::TableKindFor(num_tensors, large_params) == gpu::TableKind::kBuffer
                                  ? gpu::BufferLayoutFor(num_tensors).total_bytes
                                  : 0;
-  return gpu::CheckScratchLayoutFor(
-             table_bytes, gpu::CheckedGridBlocks(gpu::TotalChunks(tensors.data(), num_tensors)))
+  return gpu::CheckScratchLayoutFor(table_bytes,
+                                    gpu::CheckedGridBlocks(gpu::TotalChunks(
+                                        tensors.data(), num_tensors, read_only)))
       .total_bytes;
 }
 
 // Block order of an emulated launch: 0 in order, otherwise a permutation drawn
 // from this seed (so a different block finishes last).
-template <bool kSumOfSquares, typename Table, typename Memory>
+template <typename TheJob, typename Table, typename Memory>
 void RunCheckedGrid(const Table& table, const gpu::CheckTargets& targets, int64_t num_blocks,
                     uint64_t order_seed, const Memory& memory) {
+  constexpr bool kSum = TheJob::kSumOfSquares;
   std::vector<int64_t> order(static_cast<size_t>(num_blocks));
   for (int64_t b = 0; b < num_blocks; ++b) order[b] = b;
   if (order_seed != 0) {
@@ -661,81 +665,76 @@ void RunCheckedGrid(const Table& table, const gpu::CheckTargets& targets, int64_
   std::vector<gpu::CheckPartial> threads(gpu::kBlockSize);
   for (int64_t block : order) {
     for (int thread = 0; thread < gpu::kBlockSize; ++thread) {
-      threads[thread] = gpu::ScaleTableChunk<gpu::ScaleAndCheckJob<kSumOfSquares>>(table, block, thread,
-                                                                          memory);
+      threads[thread] = gpu::ScaleTableChunk<TheJob>(table, block, thread, memory);
     }
     if (!gpu::PublishBlockPartial(targets, block, num_blocks, gpu::CombineBlock(threads.data()),
                                   memory)) {
       continue;
     }
     for (int thread = 0; thread < gpu::kBlockSize; ++thread) {
-      threads[thread] = gpu::SumBlockPartials<kSumOfSquares>(targets, num_blocks, thread, memory);
+      threads[thread] = gpu::SumBlockPartials<kSum>(targets, num_blocks, thread, memory);
     }
-    gpu::WriteCheckOutputs<kSumOfSquares>(targets, gpu::CombineBlock(threads.data()), memory);
+    gpu::WriteCheckOutputs<kSum>(targets, gpu::CombineBlock(threads.data()), memory);
   }
 }
 
-template <bool kSumOfSquares, int64_t kCapacity, typename Memory>
-int64_t RunCheckedInline(const std::vector<TensorSpan>& tensors, ScaleFactor factor,
-                         uint8_t* device_scratch, bool* all_finite, float* sum_of_squares,
-                         uint64_t order_seed, const Memory& memory) {
-  std::unique_ptr<gpu::InlineTable<kCapacity>> table(new gpu::InlineTable<kCapacity>());
-  const int64_t num_blocks = gpu::CheckedGridBlocks(
-      gpu::FillTable(tensors.data(), static_cast<int64_t>(tensors.size()), factor, table.get()));
-  const gpu::CheckScratchLayout layout = gpu::CheckScratchLayoutFor(0, num_blocks);
-  memset(device_scratch + layout.counter, 0, sizeof(unsigned));
-  const gpu::CheckTargets targets{
-      reinterpret_cast<gpu::BlockPartial*>(device_scratch + layout.partials), all_finite,
-      sum_of_squares};
-  RunCheckedGrid<kSumOfSquares>(*table, targets, num_blocks, order_seed, memory);
-  return num_blocks;
+// The table of an emulated launch: an inline one on the heap (no table bytes
+// in the scratch), or the buffer table at the start of the device scratch,
+// where the launcher's copy puts it.
+template <int64_t kCapacity>
+std::unique_ptr<gpu::InlineTable<kCapacity>> EmulatedTable(gpu::InlineTableOf<kCapacity>,
+                                                           uint8_t*, int64_t, ScaleFactor,
+                                                           size_t* table_bytes) {
+  *table_bytes = 0;
+  return std::unique_ptr<gpu::InlineTable<kCapacity>>(new gpu::InlineTable<kCapacity>());
+}
+
+inline std::unique_ptr<gpu::BufferTable> EmulatedTable(gpu::BufferTableOf, uint8_t* device_scratch,
+                                                       int64_t num_tensors, ScaleFactor factor,
+                                                       size_t* table_bytes) {
+  *table_bytes = gpu::BufferLayoutFor(num_tensors).total_bytes;
+  return std::unique_ptr<gpu::BufferTable>(
+      new gpu::BufferTable(gpu::BufferTableAt(device_scratch, num_tensors, factor)));
 }
 
 // Returns the number of blocks of the launch.
-template <bool kSumOfSquares, typename Memory>
+template <typename TheJob, typename Memory>
 int64_t EmulateCheckedLaunchAs(const std::vector<TensorSpan>& tensors, ScaleFactor factor,
                                bool large_params, uint8_t* device_scratch, bool* all_finite,
                                float* sum_of_squares, uint64_t order_seed,
                                const Memory& memory) {
   const int64_t num_tensors = static_cast<int64_t>(tensors.size());
-  switch (gpu::TableKindFor(num_tensors, large_params)) {
-    case gpu::TableKind::kSmallInline:
-      return RunCheckedInline<kSumOfSquares, gpu::kSmallInlineTensors>(
-          tensors, factor, device_scratch, all_finite, sum_of_squares, order_seed, memory);
-    case gpu::TableKind::kMediumInline:
-      return RunCheckedInline<kSumOfSquares, gpu::kMediumInlineTensors>(
-          tensors, factor, device_scratch, all_finite, sum_of_squares, order_seed, memory);
-    case gpu::TableKind::kLargeInline:
-      return RunCheckedInline<kSumOfSquares, gpu::kLargeInlineTensors>(
-          tensors, factor, device_scratch, all_finite, sum_of_squares, order_seed, memory);
-    case gpu::TableKind::kBuffer:
-      break;
-  }
-  // The launcher fills the table in pinned memory and copies it to the start
-  // of the device scratch; here it is filled there directly.
-  const size_t table_bytes = gpu::BufferLayoutFor(num_tensors).total_bytes;
-  gpu::BufferTable table = gpu::BufferTableAt(device_scratch, num_tensors, factor);
-  const int64_t num_blocks =
-      gpu::CheckedGridBlocks(gpu::FillTable(tensors.data(), num_tensors, factor, &table));
-  const gpu::CheckScratchLayout layout = gpu::CheckScratchLayoutFor(table_bytes, num_blocks);
-  memset(device_scratch + layout.counter, 0, sizeof(unsigned));
-  const gpu::CheckTargets targets{
-      reinterpret_cast<gpu::BlockPartial*>(device_scratch + layout.partials), all_finite,
-      sum_of_squares};
-  RunCheckedGrid<kSumOfSquares>(table, targets, num_blocks, order_seed, memory);
-  return num_blocks;
+  return gpu::VisitTable(gpu::TableKindFor(num_tensors, large_params), [&](auto table_of) {
+    size_t table_bytes = 0;
+    const auto table =
+        EmulatedTable(table_of, device_scratch, num_tensors, factor, &table_bytes);
+    const int64_t num_blocks = gpu::CheckedGridBlocks(
+        gpu::FillTable(tensors.data(), num_tensors, factor, table.get(), !TheJob::kWrites));
+    const gpu::CheckScratchLayout layout = gpu::CheckScratchLayoutFor(table_bytes, num_blocks);
+    memset(device_scratch + layout.counter, 0, sizeof(unsigned));
+    const gpu::CheckTargets targets{
+        reinterpret_cast<gpu::BlockPartial*>(device_scratch + layout.partials), all_finite,
+        sum_of_squares};
+    RunCheckedGrid<TheJob>(*table, targets, num_blocks, order_seed, memory);
+    return num_blocks;
+  });
 }
 
 template <typename Memory>
 int64_t EmulateCheckedLaunch(const std::vector<TensorSpan>& tensors, ScaleFactor factor,
                              bool with_sum_of_squares, bool large_params, uint8_t* device_scratch,
                              bool* all_finite, float* sum_of_squares, uint64_t order_seed,
-                             const Memory& memory) {
-  return with_sum_of_squares
-             ? EmulateCheckedLaunchAs<true>(tensors, factor, large_params, device_scratch,
-                                            all_finite, sum_of_squares, order_seed, memory)
-             : EmulateCheckedLaunchAs<false>(tensors, factor, large_params, device_scratch,
-                                             all_finite, sum_of_squares, order_seed, memory);
+                             const Memory& memory, bool read_only = false) {
+  auto emulate = [&](auto job) {
+    return EmulateCheckedLaunchAs<decltype(job)>(tensors, factor, large_params, device_scratch,
+                                                 all_finite, sum_of_squares, order_seed, memory);
+  };
+  if (read_only) {
+    return with_sum_of_squares ? emulate(gpu::CheckOnlyJob<true>())
+                               : emulate(gpu::CheckOnlyJob<false>());
+  }
+  return with_sum_of_squares ? emulate(gpu::ScaleAndCheckJob<true>())
+                             : emulate(gpu::ScaleAndCheckJob<false>());
 }
 
 }  // namespace testing

@@ -15,7 +15,9 @@
 //     ScaleElement (the CPU kernels' element math), guard bytes and
 //     out-of-place inputs unchanged.
 // Threads run one after another, so a thread reading an element another one
-// already scaled (in place) would also show up as a wrong value.
+// already scaled (in place) would also show up as a wrong value. The checked
+// launches (the fused check, and the read-only check, which must write no
+// tensor byte) run the same way, with their flag and sum of squares checked.
 //
 // First, the element math alone: the kernel's *Flushed functions (IEEE
 // arithmetic) against ScaleElement run under x86 FTZ/DAZ, as the CPU kernels
@@ -118,39 +120,23 @@ void RunGrid(const Table& table, int64_t total_chunks, const Memory& memory) {
   }
 }
 
-template <int64_t kCapacity, typename Memory>
-int64_t RunWithInlineTable(const std::vector<TensorSpan>& tensors, ScaleFactor factor,
-                           const Memory& memory) {
-  auto table = std::make_unique<gpu::InlineTable<kCapacity>>();
-  const int64_t total_chunks =
-      gpu::FillTable(tensors.data(), static_cast<int64_t>(tensors.size()), factor, table.get());
-  RunGrid(*table, total_chunks, memory);
-  return total_chunks;
-}
-
 // The launch LaunchMultiTensorScale makes for `tensors`, run on the host;
-// returns its number of blocks.
+// returns its number of blocks. A buffer table is filled in host memory here:
+// the bytes the launcher fills in pinned memory and copies to the device.
 template <typename Memory>
 int64_t EmulateLaunch(const std::vector<TensorSpan>& tensors, ScaleFactor factor,
                       const Memory& memory, bool large_params = true) {
   const int64_t num_tensors = static_cast<int64_t>(tensors.size());
   if (num_tensors == 0) return 0;
-  switch (gpu::TableKindFor(num_tensors, large_params)) {
-    case gpu::TableKind::kSmallInline:
-      return RunWithInlineTable<gpu::kSmallInlineTensors>(tensors, factor, memory);
-    case gpu::TableKind::kMediumInline:
-      return RunWithInlineTable<gpu::kMediumInlineTensors>(tensors, factor, memory);
-    case gpu::TableKind::kLargeInline:
-      return RunWithInlineTable<gpu::kLargeInlineTensors>(tensors, factor, memory);
-    case gpu::TableKind::kBuffer:
-      break;
-  }
-  // The bytes the launcher fills in pinned memory and copies to the device.
   std::vector<uint64_t> buffer(gpu::BufferLayoutFor(num_tensors).total_bytes / 8);
-  gpu::BufferTable table = gpu::BufferTableAt(buffer.data(), num_tensors, factor);
-  const int64_t total_chunks = gpu::FillTable(tensors.data(), num_tensors, factor, &table);
-  RunGrid(table, total_chunks, memory);
-  return total_chunks;
+  return gpu::VisitTable(gpu::TableKindFor(num_tensors, large_params), [&](auto table_of) {
+    size_t table_bytes = 0;
+    const auto table = EmulatedTable(table_of, reinterpret_cast<uint8_t*>(buffer.data()),
+                                     num_tensors, factor, &table_bytes);
+    const int64_t total_chunks = gpu::FillTable(tensors.data(), num_tensors, factor, table.get());
+    RunGrid(*table, total_chunks, memory);
+    return total_chunks;
+  });
 }
 
 // A 64-byte aligned copy of an arena, as TensorFlow's allocators align.
@@ -339,8 +325,10 @@ bool RunDirectCase(const ListCase& list, uint64_t seed) {
   return CompareArenas(list, plan, expected, arena.Bytes(initial.size())) == 0;
 }
 
-// ---- The fused check ----------------------------------------------------------------
-// A checked launch's memory image: the case's arena, then (each after a guard
+// ---- The checked launches -------------------------------------------------------------
+// The fused check (FixedUnscaleGradsAndCheck, LaunchMultiTensorScaleAndCheck)
+// and the read-only check (FixedCheckGrads, LaunchMultiTensorCheck), each for
+// every (block, thread) of its grid. A checked launch's memory image: the case's arena, then (each after a guard
 // and 64-byte aligned) the device scratch and the two outputs, all one
 // AccessLog region so that every byte of each is accounted for.
 struct CheckedImage {
@@ -359,11 +347,11 @@ struct CheckedResult {
   std::vector<uint8_t> image;
 };
 
-// Runs the checked launch of `list` on the host through `memory_of(log)`.
-template <typename Memory>
+// Runs the checked launch of `list` on the host, through CheckedMemory(log)
+// when `checked_memory`, else DirectMemory.
 CheckedResult EmulateCheckedCase(const ListCase& list, const CheckedImage& image,
                                  bool large_params, uint64_t order_seed, AccessLog* log,
-                                 bool checked_memory) {
+                                 bool checked_memory, bool read_only) {
   AlignedArena memory(image.initial);
   uint8_t* base = memory.data.get();
   const std::vector<TensorSpan> tensors = TensorsAt(list, image.plan, base);
@@ -377,11 +365,11 @@ CheckedResult EmulateCheckedCase(const ListCase& list, const CheckedImage& image
     log->writes.assign(image.initial.size(), 0);
     result.blocks = EmulateCheckedLaunch(tensors, FactorOf(list), list.sum_of_squares,
                                          large_params, base + image.scratch_begin, all_finite,
-                                         sum, order_seed, CheckedMemory(log));
+                                         sum, order_seed, CheckedMemory(log), read_only);
   } else {
     result.blocks = EmulateCheckedLaunch(tensors, FactorOf(list), list.sum_of_squares,
                                          large_params, base + image.scratch_begin, all_finite,
-                                         sum, order_seed, gpu::DirectMemory());
+                                         sum, order_seed, gpu::DirectMemory(), read_only);
   }
   memcpy(&result.all_finite, all_finite, 1);
   memcpy(&result.sum_of_squares, sum, 4);
@@ -389,14 +377,16 @@ CheckedResult EmulateCheckedCase(const ListCase& list, const CheckedImage& image
   return result;
 }
 
-CheckedImage PlanCheckedImage(const ListCase& list, uint64_t seed, bool large_params) {
+CheckedImage PlanCheckedImage(const ListCase& list, uint64_t seed, bool large_params,
+                              bool read_only) {
   CheckedImage image;
   image.plan = PlanArena(list);
   // Chunk counts depend on addresses modulo 16 only: any 64-byte aligned base.
   std::vector<uint8_t> probe(64 + 64);
   uint8_t* aligned = reinterpret_cast<uint8_t*>(
       RoundUp(reinterpret_cast<uintptr_t>(probe.data()), kBufferAlignment));
-  image.scratch_bytes = CheckedScratchBytes(TensorsAt(list, image.plan, aligned), large_params);
+  image.scratch_bytes =
+      CheckedScratchBytes(TensorsAt(list, image.plan, aligned), large_params, read_only);
   image.scratch_begin = RoundUp(image.plan.total_bytes + kGuardBytes, kBufferAlignment);
   image.outputs_begin = RoundUp(image.scratch_begin + static_cast<int64_t>(image.scratch_bytes) +
                                     kGuardBytes,
@@ -412,16 +402,16 @@ CheckedImage PlanCheckedImage(const ListCase& list, uint64_t seed, bool large_pa
 }
 
 // Bytes of a checked image whose access counts are wrong: tensors as for the
-// unchecked launch; in the scratch each block's partial (16 bytes) written
+// unchecked launch (`read_only`: read once, never written); in the scratch each block's partial (16 bytes) written
 // once and read once, the counter's 4 bytes read and written once per block
 // (the counts saturate at 255), nothing else (the buffer table is read
 // through the table, not the memory policy); both outputs written once.
 int64_t CheckCheckedAccessCounts(const ListCase& list, const CheckedImage& image, bool large_params,
-                                 int64_t blocks, const AccessLog& log) {
+                                 bool read_only, int64_t blocks, const AccessLog& log) {
   std::vector<uint8_t> reads(log.reads.size(), 0), writes(log.writes.size(), 0);
   for (size_t t = 0; t < list.tensors.size(); ++t) {
     memset(reads.data() + image.plan.in_begin[t], 1, image.plan.bytes[t]);
-    memset(writes.data() + image.plan.out_begin[t], 1, image.plan.bytes[t]);
+    if (!read_only) memset(writes.data() + image.plan.out_begin[t], 1, image.plan.bytes[t]);
   }
   const int64_t num_tensors = static_cast<int64_t>(list.tensors.size());
   const size_t table_bytes = gpu::TableKindFor(num_tensors, large_params) == gpu::TableKind::kBuffer
@@ -463,31 +453,47 @@ struct CheckTotals {
   int64_t not_finite = 0;   // cases whose flag is (correctly) false
   int64_t with_sum = 0;     // cases with the sum of squares
   int64_t reordered = 0;    // cases rerun with the blocks in another order
+  int64_t as_fused = 0;     // read-only cases compared bit for bit with the fused launch
 };
 
+// Whether the fused launch of `list` cuts every tensor as the read-only one
+// does (input and output at the same offset modulo 16 bytes), so that their
+// sums of squares are the same bits.
+bool ChunkedAsReadOnly(const ListCase& list) {
+  for (const TensorCase& tensor : list.tensors) {
+    if (!tensor.in_place && tensor.in_offset != tensor.out_offset) return false;
+  }
+  return true;
+}
+
 // The checked launch of one case through CheckedMemory: unscaled bytes as the
-// unchecked launch's reference, every image byte's access count, the flag
-// exactly, the sum within kSumOfSquaresRtol of the double reference (or the
-// not-computed NaN), the counter at the block count. With `reorder_seed`, the
-// same launch with its blocks in a shuffled order (another last block) must
-// give the same bits.
-bool RunFusedCase(const ListCase& list, uint64_t seed, CheckTotals* check_totals,
-                  bool large_params = true, uint64_t reorder_seed = 0) {
-  const CheckedImage image = PlanCheckedImage(list, seed, large_params);
+// unchecked launch's reference (`read_only`: the arena unchanged), every image
+// byte's access count, the flag exactly, the sum within kSumOfSquaresRtol of
+// the double reference (or the not-computed NaN), the counter at the block
+// count. With `reorder_seed`, the same launch with its blocks in a shuffled
+// order (another last block) must give the same bits. A read-only launch must
+// also give the fused launch's flag, and its sum bit for bit where the two cut
+// the tensors alike (ChunkedAsReadOnly).
+bool RunCheckedLaunchCase(const ListCase& list, uint64_t seed, CheckTotals* check_totals,
+                          bool large_params = true, uint64_t reorder_seed = 0,
+                          bool read_only = false) {
+  const CheckedImage image = PlanCheckedImage(list, seed, large_params, read_only);
   const std::vector<uint8_t> arena_initial(image.initial.begin(),
                                            image.initial.begin() + image.plan.total_bytes);
-  const std::vector<uint8_t> expected = ExpectedArena(list, image.plan, arena_initial);
-  const ReferenceCheck reference = ComputeReferenceCheck(list, image.plan, expected);
+  const std::vector<uint8_t> scaled = ExpectedArena(list, image.plan, arena_initial);
+  const std::vector<uint8_t>& expected = read_only ? arena_initial : scaled;
+  const ReferenceCheck reference = ComputeReferenceCheck(list, image.plan, scaled);
   AccessLog log;
   const CheckedResult result =
-      EmulateCheckedCase<CheckedMemory>(list, image, large_params, 0, &log, true);
+      EmulateCheckedCase(list, image, large_params, 0, &log, true, read_only);
   bool ok = true;
   if (log.faults > 0) {
     std::printf("  %s (checked): %lld faulting accesses, first: %s\n", list.name.c_str(),
                 static_cast<long long>(log.faults), log.first_fault.c_str());
     ok = false;
   }
-  ok = CheckCheckedAccessCounts(list, image, large_params, result.blocks, log) == 0 && ok;
+  ok = CheckCheckedAccessCounts(list, image, large_params, read_only, result.blocks, log) == 0 &&
+       ok;
   const std::vector<uint8_t> arena_after(result.image.begin(),
                                          result.image.begin() + image.plan.total_bytes);
   ok = CompareArenas(list, image.plan, expected, arena_after) == 0 && ok;
@@ -498,9 +504,8 @@ bool RunFusedCase(const ListCase& list, uint64_t seed, CheckTotals* check_totals
     ok = false;
   }
   if (reorder_seed != 0) {
-    const CheckedResult reordered =
-        EmulateCheckedCase<gpu::DirectMemory>(list, image, large_params, reorder_seed, nullptr,
-                                              false);
+    const CheckedResult reordered = EmulateCheckedCase(list, image, large_params, reorder_seed,
+                                                       nullptr, false, read_only);
     if (reordered.all_finite != result.all_finite ||
         memcmp(&reordered.sum_of_squares, &result.sum_of_squares, 4) != 0 ||
         !std::equal(reordered.image.begin(), reordered.image.begin() + image.plan.total_bytes,
@@ -511,6 +516,20 @@ bool RunFusedCase(const ListCase& list, uint64_t seed, CheckTotals* check_totals
       ok = false;
     }
     ++check_totals->reordered;
+  }
+  if (read_only) {
+    const CheckedImage fused_image = PlanCheckedImage(list, seed, large_params, false);
+    const CheckedResult fused =
+        EmulateCheckedCase(list, fused_image, large_params, 0, nullptr, false, false);
+    const bool same_sum = !ChunkedAsReadOnly(list) ||
+                          memcmp(&fused.sum_of_squares, &result.sum_of_squares, 4) == 0;
+    if (fused.all_finite != result.all_finite || !same_sum) {
+      std::printf("  %s (read-only): %d / %a, the fused launch %d / %a\n", list.name.c_str(),
+                  result.all_finite, result.sum_of_squares, fused.all_finite,
+                  fused.sum_of_squares);
+      ok = false;
+    }
+    if (ChunkedAsReadOnly(list)) ++check_totals->as_fused;
   }
   Totals* totals = &check_totals->totals;
   totals->cases += 1;
@@ -567,13 +586,13 @@ int Main() {
   CheckTotals fused;
   for (ListCase list : SingleTensorCases()) {
     list.sum_of_squares = seed % 2 == 0;
-    ok = RunFusedCase(list, seed++, &fused) && ok;
+    ok = RunCheckedLaunchCase(list, seed++, &fused) && ok;
   }
-  for (const ListCase& list : PoisonCases()) ok = RunFusedCase(list, seed++, &fused) && ok;
+  for (const ListCase& list : PoisonCases()) ok = RunCheckedLaunchCase(list, seed++, &fused) && ok;
   for (const ListCase& list : CheckedListCases()) {
-    ok = RunFusedCase(list, seed, &fused, true, seed * 7919) && ok;
+    ok = RunCheckedLaunchCase(list, seed, &fused, true, seed * 7919) && ok;
     if (static_cast<int64_t>(list.tensors.size()) > gpu::kSmallInlineTensors) {
-      ok = RunFusedCase(list, seed, &fused, /*large_params=*/false) && ok;
+      ok = RunCheckedLaunchCase(list, seed, &fused, /*large_params=*/false) && ok;
     }
     ++seed;
   }
@@ -583,6 +602,37 @@ int Main() {
               "fused check flags:", static_cast<long long>(fused.not_finite),
               static_cast<long long>(fused.with_sum), static_cast<long long>(fused.reordered),
               kSumOfSquaresRtol);
+
+  // The read-only check (NOTE [fused check]): every single-tensor case up to
+  // kAllOffsetsUpTo elements and every third larger one, with and without the
+  // sum by turns; the poison cases; the checked lists, also through the 4 KB
+  // path and reordered. No byte of any tensor written, the flag and the sum
+  // as the fused launch's.
+  const auto read_only_start = std::chrono::steady_clock::now();
+  CheckTotals read_only;
+  int64_t large_case = 0;
+  for (ListCase list : SingleTensorCases()) {
+    if (TotalElements(list) > kAllOffsetsUpTo && large_case++ % 3 != 0) continue;
+    list.sum_of_squares = seed % 2 == 0;
+    ok = RunCheckedLaunchCase(list, seed++, &read_only, true, 0, /*read_only=*/true) && ok;
+  }
+  for (const ListCase& list : PoisonCases()) {
+    ok = RunCheckedLaunchCase(list, seed++, &read_only, true, 0, /*read_only=*/true) && ok;
+  }
+  for (const ListCase& list : CheckedListCases()) {
+    ok = RunCheckedLaunchCase(list, seed, &read_only, true, seed * 7919, /*read_only=*/true) && ok;
+    if (static_cast<int64_t>(list.tensors.size()) > gpu::kSmallInlineTensors) {
+      ok = RunCheckedLaunchCase(list, seed, &read_only, false, 0, /*read_only=*/true) && ok;
+    }
+    ++seed;
+  }
+  PrintTotals("read-only check:", read_only.totals, SecondsSince(read_only_start));
+  std::printf("%-22s %lld cases not all finite, %lld with the sum of squares, %lld reordered, "
+              "%lld with the fused launch's sum bit for bit\n",
+              "read-only check flags:", static_cast<long long>(read_only.not_finite),
+              static_cast<long long>(read_only.with_sum),
+              static_cast<long long>(read_only.reordered),
+              static_cast<long long>(read_only.as_fused));
 
   std::printf("host emulation of the GPU kernel: %s (%.1f s)\n", ok ? "PASSED" : "FAILED",
               SecondsSince(start));

@@ -6,30 +6,36 @@
 //                                     (those the host emulation runs) on the GPU,
 //                                     against the CPU kernels' element math on the
 //                                     host; then the checked launch
-//                                     (FixedUnscaleGradsAndCheck) of the same cases,
-//                                     the poison cases and the checked lists, its
-//                                     flag and sum of squares against a double
-//                                     reference and, unless --quick, bit for bit
-//                                     against the host emulation; --quick keeps
-//                                     sizes <= 4096 and the lists (for
-//                                     compute-sanitizer)
+//                                     (FixedUnscaleGradsAndCheck) and the read-only
+//                                     check (FixedCheckGrads: no tensor byte
+//                                     written) of the same cases, the poison cases
+//                                     and the checked lists, their flag and sum of
+//                                     squares against a double reference and,
+//                                     unless --quick, bit for bit against the host
+//                                     emulation; --quick keeps sizes <= 4096 and
+//                                     the lists (for compute-sanitizer)
 //   launcher_driver tf-stream         lists of 991, 992 and 2,000 tensors launched
 //                                     as TensorFlow launches: on a stream made with
 //                                     the driver API in the primary context, with
 //                                     cuMemHostAlloc'ed pinned table scratch,
-//                                     unchecked and checked
+//                                     unchecked, checked and read-only
 //   launcher_driver edges             every float16/bfloat16 bit pattern, float and
 //                                     double inputs and products around FLT_MIN /
 //                                     DBL_MIN, subnormals and NaNs, several scales
 //   launcher_driver huge              one float16 tensor of 2^31 + 17 elements at
 //                                     a 2-byte offset, in place (4 GiB), then the
-//                                     checked launch with the sum over it
-//   launcher_driver bench [FILE]      one launch for the whole list vs one launch
-//                                     per tensor vs a device-to-device copy of
-//                                     the same bytes vs the checked launch without
-//                                     and with the sum of squares, on the "full"
-//                                     gradient sets of FILE
-//                                     (benchmarks/gradient_sets.txt)
+//                                     checked and the read-only launch with the
+//                                     sum over it
+//   launcher_driver bench [FILE]      on the "full" gradient sets of FILE
+//                                     (benchmarks/gradient_sets.txt), float32,
+//                                     float16 and bfloat16: one launch for the
+//                                     whole list vs one launch per tensor vs a
+//                                     device-to-device copy of the same bytes vs
+//                                     the checked launch and the read-only check,
+//                                     without and with the sum of squares, and
+//                                     the safe path's two shapes: the fused
+//                                     launch against the read-only check plus a
+//                                     later unscale launch
 //
 // Exit status: 0 passed, 1 failed (any CUDA error included), 2 usage, 3 no GPU:
 // no NVIDIA driver installed (no libcuda.so.1) or cudaErrorNoDevice. Tests
@@ -207,8 +213,9 @@ bool SameFloatBits(float a, float b) {
   return (std::isnan(a) && std::isnan(b)) || std::memcmp(&a, &b, sizeof(float)) == 0;
 }
 
-// The checked launch (LaunchMultiTensorScaleAndCheck) of one case: the arena
-// as for the unchecked launch, the flag exactly and the sum of squares within
+// The checked launch (LaunchMultiTensorScaleAndCheck, or with `read_only`
+// LaunchMultiTensorCheck) of one case: the arena as for the unchecked launch
+// (read-only: unchanged), the flag exactly and the sum of squares within
 // kSumOfSquaresRtol of the double reference (or the not-computed NaN); with
 // `emulate`, also the flag and the sum bit for bit against the host emulation
 // of the same launch (the same grid and reduction order; NaNs compare equal
@@ -216,24 +223,26 @@ bool SameFloatBits(float a, float b) {
 // does not write them fails.
 bool RunCheckedCase(const testing::ListCase& list, uint64_t seed, Buffer& arena,
                     void* host_scratch, CheckedBuffers& buffers, bool emulate,
-                    cudaStream_t stream) {
+                    cudaStream_t stream, bool read_only = false) {
   const testing::ArenaPlan plan = testing::PlanArena(list);
   const std::vector<uint8_t> initial = testing::InitialArena(list, plan, seed);
-  const std::vector<uint8_t> expected = testing::ExpectedArena(list, plan, initial);
-  const testing::ReferenceCheck reference = testing::ComputeReferenceCheck(list, plan, expected);
+  const std::vector<uint8_t> scaled = testing::ExpectedArena(list, plan, initial);
+  const std::vector<uint8_t>& expected = read_only ? initial : scaled;
+  const testing::ReferenceCheck reference = testing::ComputeReferenceCheck(list, plan, scaled);
   uint8_t* device = static_cast<uint8_t*>(arena.Reserve(initial.size()));
   Check(cudaMemcpyAsync(device, initial.data(), initial.size(), cudaMemcpyHostToDevice, stream),
         "upload");
   const std::vector<TensorSpan> tensors = testing::TensorsAt(list, plan, device);
   const int64_t count = static_cast<int64_t>(tensors.size());
-  void* scratch =
-      buffers.device_scratch.Reserve(MultiTensorScaleAndCheckScratchBytes(tensors.data(), count));
+  void* scratch = buffers.device_scratch.Reserve(
+      read_only ? MultiTensorCheckScratchBytes(tensors.data(), count)
+                : MultiTensorScaleAndCheckScratchBytes(tensors.data(), count));
   uint8_t* outputs = static_cast<uint8_t*>(buffers.outputs.Reserve(8));
   Check(cudaMemsetAsync(outputs, 0xff, 8, stream), "cudaMemsetAsync");
-  Check(LaunchMultiTensorScaleAndCheck(tensors.data(), count, testing::FactorOf(list),
-                                       list.sum_of_squares, host_scratch, scratch,
-                                       reinterpret_cast<bool*>(outputs),
-                                       reinterpret_cast<float*>(outputs + 4), stream),
+  const auto launch = read_only ? LaunchMultiTensorCheck : LaunchMultiTensorScaleAndCheck;
+  Check(launch(tensors.data(), count, testing::FactorOf(list), list.sum_of_squares, host_scratch,
+               scratch, reinterpret_cast<bool*>(outputs), reinterpret_cast<float*>(outputs + 4),
+               stream),
         list.name.c_str());
   std::vector<uint8_t> actual(initial.size());
   uint8_t result[8];
@@ -245,28 +254,32 @@ bool RunCheckedCase(const testing::ListCase& list, uint64_t seed, Buffer& arena,
   float sum;
   std::memcpy(&sum, result + 4, 4);
   if (result[0] > 1) {
-    std::printf("  %s (checked): all_finite byte is 0x%02x, not written\n", list.name.c_str(),
-                result[0]);
+    std::printf("  %s (%s): all_finite byte is 0x%02x, not written\n", list.name.c_str(),
+                read_only ? "read-only" : "checked", result[0]);
     return false;
   }
   const bool all_finite = result[0] == 1;
   const std::string error = testing::CheckOutputsError(list, reference, all_finite, sum);
   if (!error.empty()) {
-    std::printf("  %s (checked): %s\n", list.name.c_str(), error.c_str());
+    std::printf("  %s (%s): %s\n", list.name.c_str(), read_only ? "read-only" : "checked",
+                error.c_str());
     ok = false;
   }
   if (emulate) {
     HostArena host(initial);
     const std::vector<TensorSpan> host_tensors = testing::TensorsAt(list, plan, host.data);
-    std::vector<uint64_t> host_scratch_copy(testing::CheckedScratchBytes(host_tensors, true) / 8);
+    std::vector<uint64_t> host_scratch_copy(
+        testing::CheckedScratchBytes(host_tensors, true, read_only) / 8);
     bool emulated_finite = false;
     float emulated_sum = 0;
     testing::EmulateCheckedLaunch(host_tensors, testing::FactorOf(list), list.sum_of_squares,
                                   true, reinterpret_cast<uint8_t*>(host_scratch_copy.data()),
-                                  &emulated_finite, &emulated_sum, 0, gpu::DirectMemory());
+                                  &emulated_finite, &emulated_sum, 0, gpu::DirectMemory(),
+                                  read_only);
     if (emulated_finite != all_finite || !SameFloatBits(emulated_sum, sum)) {
-      std::printf("  %s (checked): GPU gives %d / %a, the host emulation %d / %a\n",
-                  list.name.c_str(), all_finite, sum, emulated_finite, emulated_sum);
+      std::printf("  %s (%s): GPU gives %d / %a, the host emulation %d / %a\n",
+                  list.name.c_str(), read_only ? "read-only" : "checked", all_finite, sum,
+                  emulated_finite, emulated_sum);
       ok = false;
     }
   }
@@ -275,10 +288,10 @@ bool RunCheckedCase(const testing::ListCase& list, uint64_t seed, Buffer& arena,
 
 bool RunCheckedCase(const testing::ListCase& list, uint64_t seed, Buffer& arena,
                     Scratch& scratch, CheckedBuffers& buffers, bool emulate,
-                    cudaStream_t stream) {
+                    cudaStream_t stream, bool read_only = false) {
   const size_t bytes = MultiTensorScaleScratchBytes(static_cast<int64_t>(list.tensors.size()));
   return RunCheckedCase(list, seed, arena, bytes > 0 ? scratch.host.Reserve(bytes) : nullptr,
-                        buffers, emulate, stream);
+                        buffers, emulate, stream, read_only);
 }
 
 int RunCheck(bool quick) {
@@ -318,22 +331,28 @@ int RunCheck(bool quick) {
        {testing::PoisonCases(), testing::CheckedListCases()}) {
     cases.insert(cases.end(), more.begin(), more.end());
   }
-  int64_t checked_failed = 0;
-  int64_t checked_elements = 0;
-  int64_t not_finite = 0;
-  for (const testing::ListCase& list : cases) {
-    if (!RunCheckedCase(list, seed++, arena, scratch, buffers, !quick, stream)) ++checked_failed;
-    checked_elements += testing::TotalElements(list);
-    not_finite += !list.poisons.empty();
+  // Then the read-only check (LaunchMultiTensorCheck) of the same cases: no
+  // tensor byte written, the same flag and sum checks.
+  for (const bool read_only : {false, true}) {
+    int64_t checked_failed = 0;
+    int64_t checked_elements = 0;
+    int64_t not_finite = 0;
+    for (const testing::ListCase& list : cases) {
+      if (!RunCheckedCase(list, seed++, arena, scratch, buffers, !quick, stream, read_only)) {
+        ++checked_failed;
+      }
+      checked_elements += testing::TotalElements(list);
+      not_finite += !list.poisons.empty();
+    }
+    std::printf("GPU check, %s: %zu cases (%lld poisoned), %lld elements, %lld failed; "
+                "sum rtol %g%s\n",
+                read_only ? "read-only check launch" : "checked launch", cases.size(),
+                static_cast<long long>(not_finite), static_cast<long long>(checked_elements),
+                static_cast<long long>(checked_failed), testing::kSumOfSquaresRtol,
+                quick ? "" : ", flag and sum bit-identical to the host emulation");
+    failed += checked_failed;
   }
   Check(cudaStreamDestroy(stream), "cudaStreamDestroy");
-  std::printf("GPU check, checked launch: %zu cases (%lld poisoned), %lld elements, %lld failed; "
-              "sum rtol %g%s\n",
-              cases.size(), static_cast<long long>(not_finite),
-              static_cast<long long>(checked_elements), static_cast<long long>(checked_failed),
-              testing::kSumOfSquaresRtol,
-              quick ? "" : ", flag and sum bit-identical to the host emulation");
-  failed += checked_failed;
   std::printf("GPU check: %s\n", failed == 0 ? "PASSED" : "FAILED");
   return failed == 0 ? 0 : kExitFailed;
 }
@@ -424,15 +443,19 @@ int RunTfStream() {
     const bool ok = RunCase(list, seed, arena, pinned,
                             bytes > 0 ? device_scratch.Reserve(bytes) : nullptr,
                             static_cast<cudaStream_t>(stream));
-    // The checked launch of the same list, with the same pinned table scratch.
+    // The checked and the read-only launch of the same list, with the same
+    // pinned table scratch.
     list.sum_of_squares = count % 2 == 0;
-    const bool checked_ok = RunCheckedCase(list, seed++, arena, pinned, checked, false,
+    const bool checked_ok = RunCheckedCase(list, seed, arena, pinned, checked, false,
                                            static_cast<cudaStream_t>(stream));
+    const bool read_only_ok = RunCheckedCase(list, seed++, arena, pinned, checked, false,
+                                             static_cast<cudaStream_t>(stream), true);
     if (pinned != nullptr) CheckDriver(api.mem_free_host(pinned), "cuMemFreeHost");
-    std::printf("%s (%s table): %s; checked%s: %s\n", list.name.c_str(),
+    std::printf("%s (%s table): %s; checked%s: %s; read-only: %s\n", list.name.c_str(),
                 bytes > 0 ? "buffer" : "inline", ok ? "ok" : "FAILED",
-                list.sum_of_squares ? " + sum of squares" : "", checked_ok ? "ok" : "FAILED");
-    failed += !ok + !checked_ok;
+                list.sum_of_squares ? " + sum of squares" : "", checked_ok ? "ok" : "FAILED",
+                read_only_ok ? "ok" : "FAILED");
+    failed += !ok + !checked_ok + !read_only_ok;
   }
   std::printf("tf-stream: %s\n", failed == 0 ? "PASSED" : "FAILED");
   return failed == 0 ? 0 : kExitFailed;
@@ -556,14 +579,22 @@ int RunHuge() {
   const TensorSpan again{data, data, n, DType::kHalf};
   void* scratch = nullptr;
   uint8_t* outputs = nullptr;
-  Check(cudaMalloc(&scratch, MultiTensorScaleAndCheckScratchBytes(&again, 1)), "cudaMalloc");
-  Check(cudaMalloc(reinterpret_cast<void**>(&outputs), 8), "cudaMalloc");
+  Check(cudaMalloc(&scratch, std::max(MultiTensorScaleAndCheckScratchBytes(&again, 1),
+                                      MultiTensorCheckScratchBytes(&again, 1))),
+        "cudaMalloc");
+  Check(cudaMalloc(reinterpret_cast<void**>(&outputs), 16), "cudaMalloc");
   Check(LaunchMultiTensorScaleAndCheck(&again, 1, ScaleFactorFor(1.0f), true, nullptr, scratch,
                                        reinterpret_cast<bool*>(outputs),
                                        reinterpret_cast<float*>(outputs + 4), stream),
         "huge checked launch");
-  uint8_t result[8];
-  Check(cudaMemcpyAsync(result, outputs, 8, cudaMemcpyDeviceToHost, stream), "download");
+  // And the read-only check over the same values (its outputs at +8): the
+  // same flag and sum, bit for bit.
+  Check(LaunchMultiTensorCheck(&again, 1, ScaleFactorFor(1.0f), true, nullptr, scratch,
+                               reinterpret_cast<bool*>(outputs + 8),
+                               reinterpret_cast<float*>(outputs + 12), stream),
+        "huge read-only check launch");
+  uint8_t result[16];
+  Check(cudaMemcpyAsync(result, outputs, 16, cudaMemcpyDeviceToHost, stream), "download");
   Check(cudaStreamSynchronize(stream), "huge");
   Check(cudaFree(scratch), "cudaFree");
   Check(cudaFree(outputs), "cudaFree");
@@ -584,10 +615,17 @@ int RunHuge() {
   huge_case.name = "huge checked";
   float sum;
   std::memcpy(&sum, result + 4, 4);
-  const std::string error = testing::CheckOutputsError(huge_case, reference, result[0] == 1, sum);
+  std::string error = testing::CheckOutputsError(huge_case, reference, result[0] == 1, sum);
   std::printf("huge: checked launch over the result: all_finite %d, sum of squares %.9g "
               "(reference %.12g): %s\n",
               result[0], sum, reference.sum_of_squares, error.empty() ? "ok" : error.c_str());
+  if (std::memcmp(result, result + 8, 1) != 0 || std::memcmp(result + 4, result + 12, 4) != 0) {
+    error += " read-only check differs";
+  }
+  float read_only_sum;
+  std::memcpy(&read_only_sum, result + 12, 4);
+  std::printf("huge: read-only check: all_finite %d, sum of squares %a (checked launch %a)\n",
+              result[8], read_only_sum, sum);
   int64_t wrong = 0, compared = 0;
   // Every element of the first and last 2^20 (the head, the tail and the
   // chunks past 2^31 elements), and every 4093rd between.
@@ -687,15 +725,53 @@ double TimeMicros(cudaStream_t stream, int iterations, Body body) {
   return samples[samples.size() / 2];
 }
 
+// One arm's line: its time, and its bandwidth over the bytes it moves
+// against the copy's (which moves 2 bytes per gradient byte).
 void PrintArm(const char* arm, double micros, double bytes_moved, double copy_gbps) {
   const double gbps = bytes_moved / (micros * 1e3);
-  std::printf("    %-30s %10.1f us %8.1f GB/s %7.1f%% of copy\n", arm, micros, gbps,
+  std::printf("    %-40s %10.1f us %8.1f GB/s %7.1f%% of copy\n", arm, micros, gbps,
               copy_gbps > 0 ? 100.0 * gbps / copy_gbps : 100.0);
 }
 
 // Set when a checked launch of the benchmark gives a wrong check.
 bool bench_failed = false;
 
+// The bits of 1.0 in `dtype`, as 8 bytes (the low DTypeSize bytes count).
+uint64_t OneBits(DType dtype) {
+  switch (dtype) {
+    case DType::kHalf:
+      return 0x3c00u;
+    case DType::kBFloat16:
+      return 0x3f80u;
+    case DType::kFloat:
+      return 0x3f800000u;
+    case DType::kDouble:
+      break;
+  }
+  return 0x3ff0000000000000ull;
+}
+
+// Whether a checked launch's outputs (device bytes: all_finite, then the sum
+// at +4) say "all finite, sum `expected`".
+void ExpectCheck(const GradientSet& set, const char* arm, const uint8_t* outputs, double expected,
+                 cudaStream_t stream) {
+  uint8_t result[8];
+  Check(cudaMemcpyAsync(result, outputs, 8, cudaMemcpyDeviceToHost, stream), "download");
+  Check(cudaStreamSynchronize(stream), "download");
+  float sum;
+  std::memcpy(&sum, result + 4, 4);
+  if (result[0] != 1 || sum != static_cast<float>(expected)) {
+    std::printf("  %s: %s gives all_finite %d, sum of squares %.9g; expected 1, %.9g\n",
+                set.name.c_str(), arm, result[0], sum, expected);
+    bench_failed = true;
+  }
+}
+
+// Every arm on one set in one dtype, in place, values 1.0 and factor 1 (so
+// they stay put run after run, and the check's sum is the element count).
+// The arms of the safe path's shape: the fused launch (read + write) that a
+// skip decision waits for, against the read-only check before it plus the
+// unscale launch after it, over the same bytes.
 void BenchSet(const GradientSet& set, DType dtype, cudaStream_t stream) {
   const int64_t element_bytes = DTypeSize(dtype);
   std::vector<int64_t> offsets;
@@ -710,13 +786,10 @@ void BenchSet(const GradientSet& set, DType dtype, cudaStream_t stream) {
   void* copy_target = nullptr;
   Check(cudaMalloc(&data, total_bytes), "cudaMalloc");
   Check(cudaMalloc(&copy_target, total_bytes), "cudaMalloc");
-  // 1.0 everywhere (0x3c00 in half) and factor 1: values stay put run after run.
-  if (dtype == DType::kHalf) {
-    std::vector<uint16_t> ones(total_bytes / 2, 0x3c00);
-    Check(cudaMemcpyAsync(data, ones.data(), total_bytes, cudaMemcpyHostToDevice, stream), "upload");
-    Check(cudaStreamSynchronize(stream), "upload");
-  } else {
-    std::vector<float> ones(total_bytes / 4, 1.0f);
+  {
+    const uint64_t one = OneBits(dtype);
+    std::vector<uint8_t> ones(static_cast<size_t>(total_bytes));
+    for (int64_t i = 0; i < total_bytes; i += element_bytes) std::memcpy(&ones[i], &one, element_bytes);
     Check(cudaMemcpyAsync(data, ones.data(), total_bytes, cudaMemcpyHostToDevice, stream), "upload");
     Check(cudaStreamSynchronize(stream), "upload");
   }
@@ -732,60 +805,71 @@ void BenchSet(const GradientSet& set, DType dtype, cudaStream_t stream) {
     return;
   }
   const ScaleFactor factor = ReciprocalFactorFor(1.0f);
-  const double bytes_moved = 2.0 * static_cast<double>(total_elements * element_bytes);
+  const double gradient_bytes = static_cast<double>(total_elements * element_bytes);
   const int iterations = total_bytes > (int64_t{64} << 20) ? 20 : 200;
+  const int64_t count = static_cast<int64_t>(tensors.size());
   Scratch scratch;
+  CheckedBuffers checked;
+  void* check_scratch = checked.device_scratch.Reserve(
+      std::max(MultiTensorScaleAndCheckScratchBytes(tensors.data(), count),
+               MultiTensorCheckScratchBytes(tensors.data(), count)));
+  uint8_t* outputs = static_cast<uint8_t*>(checked.outputs.Reserve(8));
+  bool* all_finite = reinterpret_cast<bool*>(outputs);
+  float* sum = reinterpret_cast<float*>(outputs + 4);
+  const auto unscale = [&] { Check(Launch(tensors, factor, scratch, stream), "one launch"); };
+  const auto fused = [&](bool with_sum) {
+    Check(LaunchMultiTensorScaleAndCheck(tensors.data(), count, factor, with_sum, nullptr,
+                                         check_scratch, all_finite, sum, stream),
+          "checked launch");
+  };
+  const auto read_only = [&](bool with_sum) {
+    Check(LaunchMultiTensorCheck(tensors.data(), count, factor, with_sum, nullptr, check_scratch,
+                                 all_finite, sum, stream),
+          "read-only check launch");
+  };
 
   const double copy_us = TimeMicros(stream, iterations, [&] {
     Check(cudaMemcpyAsync(copy_target, data, total_elements * element_bytes,
                           cudaMemcpyDeviceToDevice, stream),
           "cudaMemcpyAsync");
   });
-  const double ours_us = TimeMicros(stream, iterations, [&] {
-    Check(Launch(tensors, factor, scratch, stream), "one launch");
-  });
-  const double per_tensor_us = TimeMicros(stream, iterations, [&] {
+  const double ours_us = TimeMicros(stream, iterations, unscale);
+  // One launch per tensor, float32 only: it measures launch overhead, the
+  // same for every dtype.
+  const double per_tensor_us = dtype != DType::kFloat ? 0.0 : TimeMicros(stream, iterations, [&] {
     for (const TensorSpan& tensor : tensors) {
       Check(LaunchMultiTensorScale(&tensor, 1, factor, nullptr, nullptr, stream),
             "per-tensor launch");
     }
   });
-  // FixedUnscaleGradsAndCheck's launch (its counter memset included), without
-  // and with the sum of squares.
-  const int64_t count = static_cast<int64_t>(tensors.size());
-  CheckedBuffers checked;
-  void* check_scratch =
-      checked.device_scratch.Reserve(MultiTensorScaleAndCheckScratchBytes(tensors.data(), count));
-  uint8_t* outputs = static_cast<uint8_t*>(checked.outputs.Reserve(8));
-  double checked_us[2];
-  for (int with_sum = 0; with_sum < 2; ++with_sum) {
-    checked_us[with_sum] = TimeMicros(stream, iterations, [&] {
-      Check(LaunchMultiTensorScaleAndCheck(tensors.data(), count, factor, with_sum == 1, nullptr,
-                                           check_scratch, reinterpret_cast<bool*>(outputs),
-                                           reinterpret_cast<float*>(outputs + 4), stream),
-            "checked launch");
-    });
+  // The launches' counter memsets included.
+  const double fused_us = TimeMicros(stream, iterations, [&] { fused(false); });
+  const double fused_sum_us = TimeMicros(stream, iterations, [&] { fused(true); });
+  ExpectCheck(set, "the checked launch", outputs, static_cast<double>(total_elements), stream);
+  const double read_only_us = TimeMicros(stream, iterations, [&] { read_only(false); });
+  const double read_only_sum_us = TimeMicros(stream, iterations, [&] { read_only(true); });
+  ExpectCheck(set, "the read-only check", outputs, static_cast<double>(total_elements), stream);
+  const double split_us = TimeMicros(stream, iterations, [&] {
+    read_only(true);
+    unscale();
+  });
+  std::printf("  %-10s %-8s %4zu tensors %11lld elements %9.1f MB of gradients\n",
+              set.name.c_str(), DTypeName(dtype), set.sizes.size(),
+              static_cast<long long>(total_elements), gradient_bytes / 1e6);
+  const double copy_gbps = 2 * gradient_bytes / (copy_us * 1e3);
+  PrintArm("device-to-device copy (read + write)", copy_us, 2 * gradient_bytes, copy_gbps);
+  PrintArm("ours (one launch, read + write)", ours_us, 2 * gradient_bytes, copy_gbps);
+  if (per_tensor_us > 0) {
+    PrintArm("one launch per tensor", per_tensor_us, 2 * gradient_bytes, copy_gbps);
   }
-  // The values stay 1.0, so the check of the last launch is known.
-  uint8_t result[8];
-  Check(cudaMemcpyAsync(result, outputs, 8, cudaMemcpyDeviceToHost, stream), "download");
-  Check(cudaStreamSynchronize(stream), "download");
-  float sum;
-  std::memcpy(&sum, result + 4, 4);
-  if (result[0] != 1 || sum != static_cast<float>(total_elements)) {
-    std::printf("  %s: checked launch gives all_finite %d, sum of squares %.9g; expected 1, "
-                "%lld\n", set.name.c_str(), result[0], sum, static_cast<long long>(total_elements));
-    bench_failed = true;
-  }
-  std::printf("  %-10s %-7s %4zu tensors %11lld elements %9.1f MB moved\n", set.name.c_str(),
-              DTypeName(dtype), set.sizes.size(), static_cast<long long>(total_elements),
-              bytes_moved / 1e6);
-  const double copy_gbps = bytes_moved / (copy_us * 1e3);
-  PrintArm("device-to-device copy", copy_us, bytes_moved, copy_gbps);
-  PrintArm("ours (one launch)", ours_us, bytes_moved, copy_gbps);
-  PrintArm("one launch per tensor", per_tensor_us, bytes_moved, copy_gbps);
-  PrintArm("ours checked (one launch)", checked_us[0], bytes_moved, copy_gbps);
-  PrintArm("ours checked + sum of squares", checked_us[1], bytes_moved, copy_gbps);
+  PrintArm("ours checked (one launch)", fused_us, 2 * gradient_bytes, copy_gbps);
+  PrintArm("ours checked + sum of squares", fused_sum_us, 2 * gradient_bytes, copy_gbps);
+  PrintArm("read-only check (reads only)", read_only_us, gradient_bytes, copy_gbps);
+  PrintArm("read-only check + sum of squares", read_only_sum_us, gradient_bytes, copy_gbps);
+  PrintArm("read-only check + sum, then unscale", split_us, 3 * gradient_bytes, copy_gbps);
+  std::printf("    safe path's shape: fused %.1f us, read-only check + unscale %.1f us "
+              "(%.2fx the fused launch)\n",
+              fused_sum_us, split_us, split_us / fused_sum_us);
   Check(cudaFree(data), "cudaFree");
   Check(cudaFree(copy_target), "cudaFree");
 }
@@ -795,9 +879,12 @@ int RunBench(const char* sets_path) {
   if (const int status = DeviceExitStatus()) return status;
   cudaStream_t stream;
   Check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
-  std::printf("in-place scale of each set (bytes moved = read + write); GB/s = bytes / time\n");
+  std::printf("in-place scale of each set; GB/s = the bytes an arm moves / time; %% of copy = "
+              "that against a device-to-device copy of the same gradients\n");
   for (const GradientSet& set : sets) {
-    for (DType dtype : {DType::kFloat, DType::kHalf}) BenchSet(set, dtype, stream);
+    for (DType dtype : {DType::kFloat, DType::kHalf, DType::kBFloat16}) {
+      BenchSet(set, dtype, stream);
+    }
   }
   Check(cudaStreamDestroy(stream), "cudaStreamDestroy");
   return bench_failed ? kExitFailed : 0;

@@ -117,6 +117,14 @@ FLS_HOST_DEVICE int64_t NumChunks(int64_t num_elements, TensorLayout layout, DTy
   return MaxInt64(1, CeilDiv(num_elements - layout.head, ChunkElements(dtype)));
 }
 
+// The span a launch that only reads sees (the read-only check): its output
+// slot holds its input, so that its chunks and packs follow the input's
+// alignment (as an in-place launch's do), and nothing is ever written there.
+inline TensorSpan AsReadOnly(TensorSpan tensor) {
+  tensor.out = const_cast<void*>(tensor.in);
+  return tensor;
+}
+
 // The chunks of one tensor of a list.
 inline int64_t TensorChunks(const TensorSpan& tensor) {
   return NumChunks(tensor.num_elements,
@@ -125,9 +133,12 @@ inline int64_t TensorChunks(const TensorSpan& tensor) {
 }
 
 // The chunks of a list: the grid of its launch (FillTable counts the same).
-inline int64_t TotalChunks(const TensorSpan* tensors, int64_t num_tensors) {
+inline int64_t TotalChunks(const TensorSpan* tensors, int64_t num_tensors,
+                           bool read_only = false) {
   int64_t chunks = 0;
-  for (int64_t t = 0; t < num_tensors; ++t) chunks += TensorChunks(tensors[t]);
+  for (int64_t t = 0; t < num_tensors; ++t) {
+    chunks += TensorChunks(read_only ? AsReadOnly(tensors[t]) : tensors[t]);
+  }
   return chunks;
 }
 
@@ -220,15 +231,16 @@ inline BufferTable BufferTableAt(void* buffer, int64_t num_tensors, ScaleFactor 
 }
 
 // Writes the list into `table` (an InlineTable of enough capacity or a
-// BufferTable) and returns the total number of chunks.
+// BufferTable) and returns the total number of chunks; `read_only`: for a
+// launch that writes nothing (AsReadOnly).
 template <typename Table>
 int64_t FillTable(const TensorSpan* tensors, int64_t num_tensors, ScaleFactor factor,
-                  Table* table) {
+                  Table* table, bool read_only = false) {
   table->num_tensors = num_tensors;
   table->factor = factor;
   int64_t chunks = 0;
   for (int64_t t = 0; t < num_tensors; ++t) {
-    const TensorSpan& tensor = tensors[t];
+    const TensorSpan tensor = read_only ? AsReadOnly(tensors[t]) : tensors[t];
     table->chunk_begin[t] = chunks;
     table->in[t] = tensor.in;
     table->out[t] = tensor.out;

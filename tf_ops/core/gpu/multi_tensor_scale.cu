@@ -170,20 +170,22 @@ size_t TableScratchBytes(int64_t num_tensors) {
 // -1 when a buffer table has no scratch. A buffer table is filled in the
 // pinned `host_scratch`, and `*table` then views its device copy,
 // `device_table`, which CopyTable enqueues. An inline table needs neither.
+// `read_only`: for a launch that writes nothing (AsReadOnly).
 template <int64_t kCapacity>
 int64_t FillLaunchTable(InlineTableOf<kCapacity>, const TensorSpan* tensors, int64_t num_tensors,
-                        ScaleFactor factor, void*, void*, InlineTable<kCapacity>* table) {
+                        ScaleFactor factor, bool read_only, void*, void*,
+                        InlineTable<kCapacity>* table) {
   // Up to 32 KB: a static_assert in chunk_table.h bounds the largest.
-  return FillTable(tensors, num_tensors, factor, table);
+  return FillTable(tensors, num_tensors, factor, table, read_only);
 }
 
 int64_t FillLaunchTable(BufferTableOf, const TensorSpan* tensors, int64_t num_tensors,
-                        ScaleFactor factor, void* host_scratch, void* device_table,
-                        BufferTable* table) {
+                        ScaleFactor factor, bool read_only, void* host_scratch,
+                        void* device_table, BufferTable* table) {
   if (host_scratch == nullptr || device_table == nullptr) return -1;
   BufferTable host_table = BufferTableAt(host_scratch, num_tensors, factor);
   *table = BufferTableAt(device_table, num_tensors, factor);
-  return FillTable(tensors, num_tensors, factor, &host_table);
+  return FillTable(tensors, num_tensors, factor, &host_table, read_only);
 }
 
 template <int64_t kCapacity>
@@ -211,7 +213,7 @@ cudaError_t LaunchScale(TableOf table_of, const TensorSpan* tensors, int64_t num
                         ScaleFactor factor, void* host_scratch, void* device_scratch,
                         cudaStream_t stream) {
   typename TableOf::Table table;
-  const int64_t total_chunks = FillLaunchTable(table_of, tensors, num_tensors, factor,
+  const int64_t total_chunks = FillLaunchTable(table_of, tensors, num_tensors, factor, false,
                                                host_scratch, device_scratch, &table);
   if (total_chunks < 0) return cudaErrorInvalidValue;
   if (total_chunks == 0) return cudaSuccess;  // no launch, and no table copy
@@ -247,8 +249,9 @@ cudaError_t LaunchChecked(TableOf table_of, const TensorSpan* tensors, int64_t n
                           ScaleFactor factor, void* host_scratch, const CheckOutputs& outputs,
                           cudaStream_t stream) {
   typename TableOf::Table table;
-  const int64_t total_chunks = FillLaunchTable(table_of, tensors, num_tensors, factor,
-                                               host_scratch, outputs.device_scratch, &table);
+  const int64_t total_chunks =
+      FillLaunchTable(table_of, tensors, num_tensors, factor, !TheJob::kWrites, host_scratch,
+                      outputs.device_scratch, &table);
   if (total_chunks < 0) return cudaErrorInvalidValue;
   const cudaError_t copied =
       CopyTable(table_of, num_tensors, host_scratch, outputs.device_scratch, stream);
@@ -266,12 +269,24 @@ cudaError_t LaunchChecked(TableOf table_of, const TensorSpan* tensors, int64_t n
                     args, stream);
 }
 
-// The checked launch of a job that writes its outputs or not, with or without
-// the sum of squares.
+bool IsValidList(const TensorSpan* tensors, int64_t num_tensors) {
+  if (num_tensors < 0 || (num_tensors > 0 && tensors == nullptr)) return false;
+  for (int64_t t = 0; t < num_tensors; ++t) {
+    if (tensors[t].num_elements < 0) return false;
+  }
+  return true;
+}
+
+// The checked launch of a job that writes its outputs (the fused check) or
+// not (the read-only check), with or without the sum of squares.
 template <bool kWrites>
 cudaError_t LaunchCheckedJob(const TensorSpan* tensors, int64_t num_tensors, ScaleFactor factor,
                              bool with_sum_of_squares, void* host_scratch,
                              const CheckOutputs& outputs, cudaStream_t stream) {
+  if (!IsValidList(tensors, num_tensors) || outputs.device_scratch == nullptr ||
+      outputs.all_finite == nullptr || outputs.sum_of_squares == nullptr) {
+    return cudaErrorInvalidValue;
+  }
   auto launch = [&](auto job) {
     using TheJob = decltype(job);
     return WithTableFor(num_tensors, [&](auto table_of) {
@@ -283,18 +298,10 @@ cudaError_t LaunchCheckedJob(const TensorSpan* tensors, int64_t num_tensors, Sca
                              : launch(Job<kWrites, true, false>());
 }
 
-bool IsValidList(const TensorSpan* tensors, int64_t num_tensors) {
-  if (num_tensors < 0 || (num_tensors > 0 && tensors == nullptr)) return false;
-  for (int64_t t = 0; t < num_tensors; ++t) {
-    if (tensors[t].num_elements < 0) return false;
-  }
-  return true;
-}
-
-size_t CheckedScratchBytes(const TensorSpan* tensors, int64_t num_tensors) {
+size_t CheckedScratchBytes(const TensorSpan* tensors, int64_t num_tensors, bool read_only) {
   if (!IsValidList(tensors, num_tensors)) return 0;
   return CheckScratchLayoutFor(TableScratchBytes(num_tensors),
-                               CheckedGridBlocks(TotalChunks(tensors, num_tensors)))
+                               CheckedGridBlocks(TotalChunks(tensors, num_tensors, read_only)))
       .total_bytes;
 }
 
@@ -317,7 +324,7 @@ cudaError_t LaunchMultiTensorScale(const TensorSpan* tensors, int64_t num_tensor
 }
 
 size_t MultiTensorScaleAndCheckScratchBytes(const TensorSpan* tensors, int64_t num_tensors) {
-  return gpu::CheckedScratchBytes(tensors, num_tensors);
+  return gpu::CheckedScratchBytes(tensors, num_tensors, /*read_only=*/false);
 }
 
 cudaError_t LaunchMultiTensorScaleAndCheck(const TensorSpan* tensors, int64_t num_tensors,
@@ -325,13 +332,22 @@ cudaError_t LaunchMultiTensorScaleAndCheck(const TensorSpan* tensors, int64_t nu
                                            void* host_scratch, void* device_scratch,
                                            bool* all_finite, float* sum_of_squares,
                                            cudaStream_t stream) {
-  if (!gpu::IsValidList(tensors, num_tensors) || device_scratch == nullptr ||
-      all_finite == nullptr || sum_of_squares == nullptr) {
-    return cudaErrorInvalidValue;
-  }
   return gpu::LaunchCheckedJob<true>(tensors, num_tensors, factor, with_sum_of_squares,
                                      host_scratch, {device_scratch, all_finite, sum_of_squares},
                                      stream);
+}
+
+size_t MultiTensorCheckScratchBytes(const TensorSpan* tensors, int64_t num_tensors) {
+  return gpu::CheckedScratchBytes(tensors, num_tensors, /*read_only=*/true);
+}
+
+cudaError_t LaunchMultiTensorCheck(const TensorSpan* tensors, int64_t num_tensors,
+                                   ScaleFactor factor, bool with_sum_of_squares,
+                                   void* host_scratch, void* device_scratch, bool* all_finite,
+                                   float* sum_of_squares, cudaStream_t stream) {
+  return gpu::LaunchCheckedJob<false>(tensors, num_tensors, factor, with_sum_of_squares,
+                                      host_scratch, {device_scratch, all_finite, sum_of_squares},
+                                      stream);
 }
 
 }  // namespace fixed_loss_scale

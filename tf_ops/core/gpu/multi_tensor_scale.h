@@ -1,5 +1,5 @@
 // Launchers of the GPU kernels of this library's ops (FixedScaleLoss,
-// FixedUnscaleGrads and FixedUnscaleGradsAndCheck): a plain
+// FixedUnscaleGrads, FixedUnscaleGradsAndCheck and FixedCheckGrads): a plain
 // C++ API over device pointers, sizes, dtype tags and a cudaStream_t that
 // depends on the CUDA runtime only (no TensorFlow), so the TensorFlow kernel
 // (tf_ops/tf/kernels/fixed_loss_scale_gpu.cc) is a thin adapter and
@@ -77,6 +77,26 @@ cudaError_t LaunchMultiTensorScaleAndCheck(const TensorSpan* tensors, int64_t nu
                                            void* host_scratch, void* device_scratch,
                                            bool* all_finite, float* sum_of_squares,
                                            cudaStream_t stream);
+
+// FixedCheckGrads: the check of LaunchMultiTensorScaleAndCheck without its
+// writes, in one launch with the same fixed-order reduction. Reads
+// tensors[i].in only; tensors[i].out may be null and is never written (the
+// chunks follow the input's alignment, as an in-place launch's do). The flag is
+// the checked launch's for the same tensors and factor; so is the sum of
+// squares, bit for bit, whenever that launch's input and output sit at the same
+// offset modulo 16 bytes (in place, or TensorFlow's aligned buffers). Also for
+// an empty list (true, and 0 or the not-computed NaN).
+//
+// Device scratch bytes (the table when it travels in a buffer, the per-block
+// partials and the ticket counter): a multiple of 8, never 0; 0 for an
+// invalid list. The host scratch is MultiTensorScaleScratchBytes(num_tensors).
+size_t MultiTensorCheckScratchBytes(const TensorSpan* tensors, int64_t num_tensors);
+
+// Scratch, lifetime and error contract as LaunchMultiTensorScaleAndCheck's.
+cudaError_t LaunchMultiTensorCheck(const TensorSpan* tensors, int64_t num_tensors,
+                                   ScaleFactor factor, bool with_sum_of_squares,
+                                   void* host_scratch, void* device_scratch, bool* all_finite,
+                                   float* sum_of_squares, cudaStream_t stream);
 
 }  // namespace fixed_loss_scale
 
