@@ -1,0 +1,147 @@
+"""The upstream test files themselves, run unchanged where a caller supplies them.
+
+CI runs their restatements (tests/upstream/, every case, never skipped). The
+originals are in no wheel and their code is not kept here; where one is saved
+locally this module runs it too, unchanged, against this package's classes,
+and against the upstream classes as the control (slow):
+
+- $FLS_TF_LOSS_SCALE_OPTIMIZER_TEST (default tests/upstream/
+  loss_scale_optimizer_test_tf.py): TensorFlow's
+  tensorflow/python/training/experimental/loss_scale_optimizer_test.py
+  (verified at commit 5eb09a1b60d1d0d5ab8bfaf1df5da56f7d47af5e); its
+  `loss_scale_module` and `loss_scale_optimizer` names are rebound to
+  namespaces holding fixed_loss_scale.DynamicLossScale and
+  MixedPrecisionLossScaleOptimizer.
+- $FLS_TF_KERAS_LSO_TEST (default tests/upstream/
+  loss_scale_optimizer_test_tf_keras.py): tf_keras's
+  tf_keras/mixed_precision/loss_scale_optimizer_test.py (verified at v2.21.0);
+  its `loss_scale_optimizer` module is a namespace where BaseLossScaleOptimizer,
+  LossScaleOptimizer and LossScaleOptimizerV3 are fixed_loss_scale.tf_keras's.
+  Two of its cases cannot hold for a subclass and are skipped, saying why
+  (tests/upstream/test_tf_keras_lso_restated_config.py's docstring).
+- TF's loss_scale_test.py: tests/test_tf_dynamic_upstream.py.
+
+Shims, for module paths the files name that moved since (their behaviour is
+untouched): TF's `distribution_strategy_context` is distribute_lib; the
+tf_keras source paths (`tf_keras.optimizers`, `tf_keras.optimizers.sgd`,
+`tf_keras.testing_infra`, ...) are the wheel's `tf_keras.src.*`.
+"""
+
+import importlib
+import importlib.util
+import os
+import sys
+import types
+import unittest
+
+import pytest
+from tensorflow.python.distribute import distribute_lib
+from tensorflow.python.training.experimental import loss_scale as tf_loss_scale
+from tensorflow.python.training.experimental import loss_scale_optimizer as tf_lso
+
+import fixed_loss_scale as fls
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TF_LSO_TEST = os.environ.get("FLS_TF_LOSS_SCALE_OPTIMIZER_TEST",
+                             os.path.join(HERE, "upstream", "loss_scale_optimizer_test_tf.py"))
+TF_KERAS_LSO_TEST = os.environ.get(
+    "FLS_TF_KERAS_LSO_TEST", os.path.join(HERE, "upstream", "loss_scale_optimizer_test_tf_keras.py"))
+_TF_KERAS_SOURCE_PATHS = [
+    "mixed_precision.test_util", "optimizers.adam", "optimizers.optimizer", "optimizers.sgd",
+    "optimizers.legacy.adam", "optimizers.legacy.gradient_descent",
+    "optimizers.legacy.optimizer_v2", "optimizers.schedules.learning_rate_schedule",
+    "testing_infra", "testing_infra.test_combinations", "testing_infra.test_utils"]
+
+
+def _load(name, path, aliases, rebind):
+  """`path` as module `name`, with `aliases` in sys.modules while it imports,
+  then its globals in `rebind` replaced."""
+  added = {k: v for k, v in aliases.items() if k not in sys.modules}
+  sys.modules.update(added)
+  try:
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+  finally:
+    for key in added:
+      del sys.modules[key]
+  vars(module).update(rebind)
+  return module
+
+
+def _missing(path, what):
+  return (f"{what} is not present at {path}: it is in no wheel and its code is not kept in "
+          "this repository (CI runs its restatement in tests/upstream/); save it there or "
+          "point the environment variable named in this module's docstring at it")
+
+
+def _tf_modules():
+  aliases = {"tensorflow.python.distribute.distribution_strategy_context": distribute_lib}
+  ours = {"loss_scale_module": types.SimpleNamespace(
+              **{**vars(tf_loss_scale), "DynamicLossScale": fls.DynamicLossScale,
+                 "FixedLossScale": fls.FixedLossScale, "get": fls.get}),
+          "loss_scale_optimizer": types.SimpleNamespace(
+              **{**vars(tf_lso),
+                 "MixedPrecisionLossScaleOptimizer": fls.MixedPrecisionLossScaleOptimizer})}
+  return (_load("upstream_tf_lso_test_ours", TF_LSO_TEST, aliases, ours),
+          _load("upstream_tf_lso_test_theirs", TF_LSO_TEST, aliases, {}))
+
+
+def _tf_keras_modules():
+  from tf_keras.src.mixed_precision import loss_scale_optimizer as tfk_lso  # pylint: disable=import-outside-toplevel
+  from fixed_loss_scale import tf_keras as ftk  # pylint: disable=import-outside-toplevel
+  aliases = {f"tf_keras.{p}": importlib.import_module(f"tf_keras.src.{p}")
+             for p in _TF_KERAS_SOURCE_PATHS}
+  ours_module = types.SimpleNamespace(**{
+      **vars(tfk_lso), "BaseLossScaleOptimizer": ftk.LossScaleOptimizer,
+      "LossScaleOptimizer": ftk.LegacyLossScaleOptimizer,
+      "LossScaleOptimizerV3": ftk.LossScaleOptimizerV3})
+  # The source tree's `tf_keras.optimizers` (convert_to_legacy_optimizer included).
+  rebind = {"optimizers": importlib.import_module("tf_keras.src.optimizers")}
+  ours = _load("upstream_tf_keras_lso_test_ours", TF_KERAS_LSO_TEST,
+               {**aliases, "tf_keras.mixed_precision.loss_scale_optimizer": ours_module}, rebind)
+  theirs = _load("upstream_tf_keras_lso_test_theirs", TF_KERAS_LSO_TEST,
+                 {**aliases, "tf_keras.mixed_precision.loss_scale_optimizer": tfk_lso}, rebind)
+  return ours, theirs
+
+
+if os.path.exists(TF_LSO_TEST):
+  _tf_ours, _tf_theirs = _tf_modules()
+
+  class TestTFOptimizerFileOnOurs(_tf_ours.MixedPrecisionLossScaleOptimizerTest):
+    """TF's file with fixed_loss_scale's wrapper and DynamicLossScale."""
+
+  @pytest.mark.slow
+  class TestTFOptimizerFileOnTFsControl(_tf_theirs.MixedPrecisionLossScaleOptimizerTest):
+    """The control: the same file and shims, TF's classes."""
+else:
+  def test_tf_loss_scale_optimizer_test_file():
+    pytest.skip(_missing(TF_LSO_TEST, "TF's loss_scale_optimizer_test.py"))
+
+
+_SUBCLASS = ("a wrapper converted by tf_keras's convert_to_legacy_optimizer, or saved under "
+             "the deleted LossScaleOptimizerV1's name, is tf_keras's own class "
+             "(tests/upstream/test_tf_keras_lso_restated_config.py)")
+
+
+def _skip_subclass_cases(cls):
+  for name in dir(cls):
+    if name == "testConvertToLegacyOptimizer" or (
+        name.startswith("testSerializationWithBuiltInOptimizer") and "v1" in name):
+      setattr(cls, name, unittest.skip(_SUBCLASS)(lambda self: None))
+  return cls
+
+
+if os.path.exists(TF_KERAS_LSO_TEST):
+  _tfk_ours, _tfk_theirs = _tf_keras_modules()
+
+  @_skip_subclass_cases
+  class TestTFKerasFileOnOurs(_tfk_ours.LossScaleOptimizerTest):
+    """tf_keras's file with fixed_loss_scale.tf_keras's classes."""
+
+  @pytest.mark.slow
+  class TestTFKerasFileOnTFKerasControl(_tfk_theirs.LossScaleOptimizerTest):
+    """The control: the same file and shims, tf_keras's classes."""
+else:
+  def test_tf_keras_loss_scale_optimizer_test_file():
+    pytest.skip(_missing(TF_KERAS_LSO_TEST, "tf_keras's loss_scale_optimizer_test.py"))
