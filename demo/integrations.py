@@ -4,9 +4,12 @@
      (the op types that actually executed, from the Session's step stats);
   2. Keras model.fit under mixed_float16 with fixed_loss_scale.keras.FixedLossScaleOptimizer;
   3. a tf.distribute.MirroredStrategy over two logical CPU devices, one
-     FixedScaleLoss and one FixedUnscaleGrads per replica, on its device.
+     FixedScaleLoss and one FixedUnscaleGrads per replica, on its device;
+  4. tf_keras (Keras 2) model.fit under mixed_float16 with
+     fixed_loss_scale.tf_keras.LossScaleOptimizer next to tf_keras's own
+     class: the same weights bit for bit, the package's op in the graph.
 
-Run standalone: .venv/bin/python demo/integrations.py [--section tf1|keras|mirrored]
+Run standalone: .venv/bin/python demo/integrations.py [--section tf1|keras|mirrored|tf_keras]
 Logical devices must be configured before TensorFlow initializes its devices;
 if that has already happened in this process, the MirroredStrategy section
 reruns this script in a subprocess.
@@ -166,6 +169,42 @@ def mirrored():
   return losses
 
 
+def tf_keras_fit():
+  try:
+    import tf_keras  # pylint: disable=import-outside-toplevel
+
+    from fixed_loss_scale import tf_keras as fls_tf_keras  # pylint: disable=import-outside-toplevel
+  except ImportError as error:
+    print(f"== 4. tf_keras: skipped ({error})")
+    return [1.0, 0.0]
+  print("== 4. tf_keras model.fit, mixed_float16, fixed_loss_scale.tf_keras.LossScaleOptimizer(SGD)")
+  x, y = _data(4, 128)  # at 2**15 the first scaled float16 gradients overflow: the scale halves
+  runs = {}
+  tf_keras.mixed_precision.set_global_policy("mixed_float16")
+  try:
+    for name, lso in (("ours", fls_tf_keras.LossScaleOptimizer),
+                      ("tf_keras", tf_keras.mixed_precision.LossScaleOptimizer)):
+      tf_keras.utils.set_random_seed(0)
+      model = tf_keras.Sequential([tf_keras.layers.Dense(32, activation="relu", input_shape=(8,)),
+                                   tf_keras.layers.Dense(1, dtype="float32")])
+      model.compile(optimizer=lso(tf_keras.optimizers.SGD(1e-2), dynamic_growth_steps=4),
+                    loss="mse")
+      losses = model.fit(x, y, batch_size=16, epochs=4, verbose=0).history["loss"]
+      runs[name] = (model, losses, float(model.optimizer.loss_scale))
+  finally:
+    tf_keras.mixed_precision.set_global_policy("float32")
+  model, losses, scale = runs["ours"]
+  same = all(np.array_equal(a.view(np.uint32), b.view(np.uint32))
+             for a, b in zip(model.get_weights(), runs["tf_keras"][0].get_weights()))
+  types = [op.type for op in tf.function(model.train_step).get_concrete_function(
+      (tf.constant(x[:16]), tf.constant(y[:16]))).graph.get_operations()]
+  print(f"   loss per epoch: {_fmt(losses)}; loss scale now {scale:g} "
+        f"(tf_keras's class: {runs['tf_keras'][2]:g})")
+  print(f"   same weights bit for bit as tf_keras's class: {same}; "
+        f"FixedUnscaleGradsAndCheck in the train step: {'FixedUnscaleGradsAndCheck' in types}")
+  return losses if same and scale == runs["tf_keras"][2] else None
+
+
 def _run_mirrored_in_subprocess():
   proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--section", "mirrored"],
                         timeout=180, check=False)
@@ -174,18 +213,20 @@ def _run_mirrored_in_subprocess():
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description="fixed_loss_scale integrations demo")
-  parser.add_argument("--section", choices=["all", "tf1", "keras", "mirrored"], default="all")
+  parser.add_argument("--section", choices=["all", "tf1", "keras", "mirrored", "tf_keras"],
+                      default="all")
   args = parser.parse_args(argv)
   two_cpus = _configure_two_logical_cpus() if args.section in ("all", "mirrored") else False
   failures = []
-  sections = {"tf1": tf1_session, "keras": keras_fit, "mirrored": mirrored}
+  sections = {"tf1": tf1_session, "keras": keras_fit, "mirrored": mirrored,
+              "tf_keras": tf_keras_fit}
   for name in (sections if args.section == "all" else [args.section]):
     if name == "mirrored" and not two_cpus:
       if args.section == "mirrored" or _run_mirrored_in_subprocess() != 0:
         failures.append(name)
       continue
     losses = sections[name]()
-    if not losses[-1] < losses[0]:
+    if losses is None or not losses[-1] < losses[0]:
       failures.append(name)
   print(f"integrations demo: {'OK' if not failures else 'FAILED: ' + ', '.join(failures)} "
         f"({time.time() - _START:.1f} s including imports)")
