@@ -67,7 +67,7 @@ def trace_arms(kind, variables, hybrids):
   if hybrids:
     available, why_not = op_builds("fixed_check_grads")
     for arm in step_arms.HYBRID_ARMS:
-      if arm == "hybrid_check_grouped" and not available:
+      if arm.startswith("hybrid_check") and not available:
         missing[arm] = why_not
       else:
         optimizers[arm] = step_arms.inner_optimizer(kind)

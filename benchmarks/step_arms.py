@@ -21,7 +21,8 @@ LEARNING_RATE = 1e-3
 WRAPPER_ARMS = ("bare", "bare_again", "keras_lso", "ours_dynamic", "ours_dynamic_fused",
                 "ours_fixed_skip", "ours_fixed_skip_fused")
 HYBRID_ARMS = ("hybrid_tf_check_divide", "hybrid_tf_check_grouped",
-               "hybrid_fused_dropped_grouped", "hybrid_fused_outputs", "hybrid_check_grouped")
+               "hybrid_fused_dropped_grouped", "hybrid_fused_outputs", "hybrid_check_grouped",
+               "hybrid_check_per_variable")
 LABELS = {
     "bare": "inner optimizer alone, no loss scaling",
     "bare_again": "inner optimizer again (control: two traces of one step)",
@@ -36,6 +37,7 @@ LABELS = {
                                     "FixedUnscaleGrads",
     "hybrid_fused_outputs": "FixedUnscaleGradsAndCheck | its unscaled outputs",
     "hybrid_check_grouped": "read-only check | grouped FixedUnscaleGrads",
+    "hybrid_check_per_variable": "read-only check | one FixedUnscaleGrads per gradient",
 }
 # Ours and the hybrids against Keras's: overhead over the bare step.
 RATIO_BASE = "keras_lso"
@@ -142,7 +144,8 @@ def _grouped_check(grads, scale):
 # ops.fixed_check_grads) and TF's own, so that they keep measuring the same
 # shapes whatever the package's wrappers run: the first is Keras's design
 # rebuilt, the fused-op pair the design the wrappers had before the read-only
-# check, the last the design they have now on CPU.
+# check, the last two the design they have now on CPU, with the unscale
+# grouped as the check is or one op per gradient, next to its update.
 def _hybrid_passes(arm, grads, scale):
   """(flag, a function giving the gradients to apply inside the branch)."""
   if arm == "hybrid_tf_check_divide":
@@ -156,6 +159,9 @@ def _hybrid_passes(arm, grads, scale):
     return flag, lambda: unscaled
   if arm == "hybrid_check_grouped":
     return _grouped_check(grads, scale), lambda: _grouped_unscale(grads)
+  if arm == "hybrid_check_per_variable":
+    return _grouped_check(grads, scale), lambda: [ops.fixed_unscale_grads([g], LOSS_SCALE)[0]
+                                                  for g in grads]
   raise ValueError(arm)
 
 

@@ -49,6 +49,7 @@ STATIC_ARMS = {
     "hybrid_fused_dropped_grouped": (UNSCALE, UNSCALE, False),
     "hybrid_fused_outputs": (UNSCALE, NOTHING, False),
     "hybrid_check_grouped": (READ_CHECK, UNSCALE, False),
+    "hybrid_check_per_variable": (READ_CHECK, UNSCALE, False),
 }
 
 

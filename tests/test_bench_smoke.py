@@ -160,7 +160,8 @@ def test_overflow_benchmark_writes_every_arm(tmp_path):
   every_arm = (["bare", "bare_again", "keras_lso", "ours_dynamic", "ours_dynamic_fused",
                 "ours_fixed_skip", "ours_fixed_skip_fused"] +
                ["hybrid_tf_check_divide", "hybrid_tf_check_grouped",
-                "hybrid_fused_dropped_grouped", "hybrid_fused_outputs", "hybrid_check_grouped"])
+                "hybrid_fused_dropped_grouped", "hybrid_fused_outputs", "hybrid_check_grouped",
+                "hybrid_check_per_variable"])
   assert sorted(step["step_s"]) == sorted(every_arm)
   # Keras checks per tensor; ours with the package's ops, not TF's check.
   assert "IsFinite" in step["ops"]["keras_lso"]
