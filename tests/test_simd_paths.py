@@ -59,6 +59,15 @@ def load_shim():
       ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
       ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_double, ctypes.c_int,
       ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_double)]
+  # The check without store (tests/test_check_grads_cpu.py).
+  library.fls_check.argtypes = [
+      ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+      ctypes.c_int64, ctypes.c_float, ctypes.c_double, ctypes.c_int, ctypes.c_int,
+      ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_double)]
+  library.fls_check_list.argtypes = [
+      ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+      ctypes.c_int, ctypes.c_float, ctypes.c_double, ctypes.c_int,
+      ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_double)]
   return library
 
 

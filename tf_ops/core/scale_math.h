@@ -274,6 +274,11 @@ FLS_HOST_DEVICE float SquareOfBFloat16Bits(uint16_t b) {
   return x * x;
 }
 
+// The float32 bits of a check's sum_of_squares when it was not asked for: a
+// quiet NaN, so that a caller who reads it anyway gets no plausible number.
+// The same bits on every device.
+constexpr uint32_t kNotComputedBits = 0x7fc00000u;
+
 // Scales element `i` of a tensor stored as `dtype`, in place when `in` and `out`
 // alias: with the hardware's floating-point mode (kFlushed false), or as the
 // CPU computes it under FTZ/DAZ, in IEEE arithmetic (kFlushed true).

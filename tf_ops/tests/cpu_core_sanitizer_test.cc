@@ -20,7 +20,10 @@
 // outputs, the flag against the reference outputs' finiteness (one Inf or NaN
 // among finite values of every class, NaNs just outside the range), the sum
 // of squares against an exact long double sum within NOTE [sum of squares]'s
-// bound, shards combined in order, empty lists, a flag already false.
+// bound, shards combined in order, empty lists, a flag already false. The
+// check without store (CheckByteRange, CheckElementsWithPath): the checked
+// loops' flag and sum bit for bit, the reference's, the input untouched, and
+// no output pointer at all (a store would fault).
 //
 // Usage: cpu_core_sanitizer_test [seed]   (exit 0 and "PASSED" on success)
 #include <cmath>
@@ -98,6 +101,19 @@ void CoreScaleAndCheckElements(const fls::TensorSpan& span, int64_t first, int64
   ScopedCoreEnvironment environment;
   fls::ScaleAndCheckElementsWithPath(fls::ActiveCpuPath(), span, first, last, factor,
                                      with_squares, check);
+}
+
+void CoreCheckByteRange(const std::vector<fls::TensorSpan>& spans,
+                        const std::vector<int64_t>& offsets, int64_t begin, int64_t end,
+                        fls::ScaleFactor factor, bool with_squares, fls::ScaleCheck* check) {
+  ScopedCoreEnvironment environment;
+  fls::CheckByteRange(spans, offsets, begin, end, factor, with_squares, check);
+}
+void CoreCheckElements(const fls::TensorSpan& span, int64_t first, int64_t last,
+                       fls::ScaleFactor factor, bool with_squares, fls::ScaleCheck* check) {
+  ScopedCoreEnvironment environment;
+  fls::CheckElementsWithPath(fls::ActiveCpuPath(), span, first, last, factor, with_squares,
+                             check);
 }
 
 // ---- failure reporting ------------------------------------------------------
@@ -894,6 +910,108 @@ void TestCheckedManyAndDegenerate(std::mt19937_64& rng) {
   EXPECT(empty.all_finite && empty.sum_of_squares == 0.0, "an empty range changed the check");
 }
 
+// A case's input as a read-only span: no output pointer.
+fls::TensorSpan ReadOnly(const Case& c) { return fls::TensorSpan{c.in->data(), nullptr, c.n, c.dtype}; }
+
+// A copy of `c`'s input, in place, at the same misalignment: what the checked
+// loop must see to make the same blocks as the check-only loop.
+std::unique_ptr<Case> InPlaceCopy(const Case& c, int misalign, std::mt19937_64& rng) {
+  auto copy = MakeCase(c.dtype, c.n, misalign, 0, /*in_place=*/true, rng);
+  copy->input = c.input;
+  for (int64_t i = 0; i < c.n; ++i) StoreBits(copy->in->data(), c.dtype, i, c.input[i]);
+  return copy;
+}
+
+void ExpectSameCheck(const fls::ScaleCheck& got, const fls::ScaleCheck& fused,
+                     const std::string& what) {
+  EXPECT(got.all_finite == fused.all_finite &&
+             std::memcmp(&got.sum_of_squares, &fused.sum_of_squares, sizeof(double)) == 0,
+         "%s: check-only (%d, %a), checked loop (%d, %a)", what.c_str(), got.all_finite,
+         got.sum_of_squares, fused.all_finite, fused.sum_of_squares);
+}
+
+void ExpectInputUntouched(const Case& c, const std::string& what) {
+  for (int64_t i = 0; i < c.n; ++i) {
+    EXPECT(LoadBits(c.in->data(), c.dtype, i) == c.input[i], "%s: input %lld changed",
+           what.c_str(), static_cast<long long>(i));
+  }
+}
+
+// The check without store over one tensor at every size, alignment and
+// sub-range: the checked loop's flag and sum (run in place on a copy at the
+// same alignment), the reference's, the input untouched; scales below 1 let
+// finite values overflow. Then random partitions of lists, as the shards.
+void TestCheckOnly(std::mt19937_64& rng) {
+  std::vector<int64_t> sizes;
+  for (int64_t n = 0; n <= 40; ++n) sizes.push_back(n);
+  for (int64_t p : {63, 64, 65, 127, 129, 255, 257, 1025, 4097, 16411}) sizes.push_back(p);
+  const float scales[] = {1.0f, 3.0f, 1000.0f, 0.5f, 0x1p-20f};
+  long runs = 0;
+  for (DType d : kDTypes) {
+    for (int64_t n : sizes) {
+      for (int misalign = 0; misalign < 8; misalign += (n > 300 ? 3 : 1)) {
+        for (bool with_squares : {false, true}) {
+          const fls::ScaleFactor factor = Unscale(scales[rng() % 5]);
+          auto c = MakeCase(d, n, misalign, 0, /*in_place=*/true, rng);
+          FillForCheck(*c, rng);
+          auto fused = InPlaceCopy(*c, misalign, rng);
+          const int64_t first = (n == 0 || rng() % 2) ? 0 : rng() % (n + 1);
+          const int64_t last = (n == 0 || rng() % 2) ? n : first + rng() % (n - first + 1);
+          fls::ScaleCheck check;
+          fls::ScaleCheck fused_check;
+          CoreCheckElements(ReadOnly(*c), first, last, factor, with_squares, &check);
+          CoreScaleAndCheckElements(fused->span, first, last, factor, with_squares, &fused_check);
+          const std::string what = "CheckElementsWithPath n=" + std::to_string(n) + " [" +
+                                   std::to_string(first) + ", " + std::to_string(last) + ")";
+          ExpectSameCheck(check, fused_check, what);
+          bool finite;
+          long double exact;
+          ExpectedCheck(*c, factor, first, last, &finite, &exact);
+          CheckScaleCheck(check, finite, exact, last - first, d, with_squares, 0.0, what);
+          ExpectInputUntouched(*c, what);
+          runs += 1;
+        }
+      }
+    }
+  }
+  for (int trial = 0; trial < 200; ++trial) {
+    const bool with_squares = trial & 1;
+    std::vector<std::unique_ptr<Case>> cases;
+    std::vector<std::unique_ptr<Case>> copies;
+    std::vector<fls::TensorSpan> spans;
+    std::vector<fls::TensorSpan> fused_spans;
+    const int num = 1 + rng() % 30;
+    for (int i = 0; i < num; ++i) {
+      const int misalign = rng() % 8;
+      cases.push_back(MakeCase(kDTypes[rng() % 4], (rng() % 5 == 0) ? 0 : 1 + rng() % 300,
+                               misalign, 0, /*in_place=*/true, rng, /*ordinary=*/trial % 3 != 0));
+      copies.push_back(InPlaceCopy(*cases.back(), misalign, rng));
+      spans.push_back(ReadOnly(*cases.back()));
+      fused_spans.push_back(copies.back()->span);
+    }
+    const std::vector<int64_t> offsets = fls::ByteOffsets(spans);
+    std::vector<int64_t> cuts{0, offsets.back()};
+    for (int i = rng() % 20; i > 0; --i) cuts.push_back(rng() % (offsets.back() + 1));
+    std::sort(cuts.begin(), cuts.end());
+    const fls::ScaleFactor factor = Unscale(trial % 4 == 0 ? 0.5f : 3.0f);
+    for (size_t i = 0; i + 1 < cuts.size(); ++i) {
+      fls::ScaleCheck check;
+      fls::ScaleCheck fused_check;
+      CoreCheckByteRange(spans, offsets, cuts[i], cuts[i + 1], factor, with_squares, &check);
+      CoreScaleAndCheckByteRange(fused_spans, offsets, cuts[i], cuts[i + 1], factor,
+                                 with_squares, &fused_check);
+      ExpectSameCheck(check, fused_check, "CheckByteRange partition " + std::to_string(trial));
+      runs += 1;
+    }
+    for (auto& c : cases) ExpectInputUntouched(*c, "CheckByteRange");
+  }
+  std::vector<fls::TensorSpan> none;
+  fls::ScaleCheck empty;
+  CoreCheckByteRange(none, fls::ByteOffsets(none), 0, 0, Unscale(2.0f), true, &empty);
+  EXPECT(empty.all_finite && empty.sum_of_squares == 0.0, "check-only: an empty list counted");
+  std::printf("  check without store: %ld calls\n", runs);
+}
+
 // The reference itself, on values worked by hand.
 void TestReference() {
   const float third = 1.0f / 3.0f;
@@ -947,6 +1065,7 @@ int main(int argc, char** argv) {
     TestCheckedIgnoresNeighbours(rng);
     TestCheckedPartitions(rng);
     TestCheckedManyAndDegenerate(rng);
+    TestCheckOnly(rng);
   }
   std::printf("%ld checks, %ld failures\n", g_checks, g_failures);
   if (g_failures) {

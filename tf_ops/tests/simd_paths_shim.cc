@@ -17,6 +17,59 @@ using fixed_loss_scale::ScaleCheck;
 using fixed_loss_scale::ScaleFactor;
 using fixed_loss_scale::TensorSpan;
 
+namespace {
+
+// Sets the MXCSR flush-to-zero and denormals-are-zero bits (ftz_daz != 0, as
+// in TensorFlow's threads) or clears them, for the object's lifetime.
+class ScopedMxcsr {
+ public:
+  explicit ScopedMxcsr(int ftz_daz) {
+#if defined(__x86_64__)
+    saved_ = _mm_getcsr();
+    _mm_setcsr(ftz_daz ? (saved_ | fixed_loss_scale::kMxcsrFtzDaz)
+                       : (saved_ & ~fixed_loss_scale::kMxcsrFtzDaz));
+#endif
+  }
+  ~ScopedMxcsr() {
+#if defined(__x86_64__)
+    _mm_setcsr(saved_);
+#endif
+  }
+
+ private:
+  unsigned int saved_ = 0;
+};
+
+// The list of fls_scale_list; `outs` may be null (the check-only range).
+std::vector<TensorSpan> ListSpans(int num_tensors, const int* dtypes, const void* const* ins,
+                                  void* const* outs, const int64_t* num_elements) {
+  std::vector<TensorSpan> spans;
+  for (int i = 0; i < num_tensors; ++i) {
+    spans.push_back(TensorSpan{ins[i], outs == nullptr ? nullptr : outs[i], num_elements[i],
+                               static_cast<DType>(dtypes[i])});
+  }
+  return spans;
+}
+
+// Each range [cuts[k], cuts[k+1]) folded by `range` into its own ScaleCheck,
+// the checks combined in range order (as the kernel does with its shards).
+template <typename Range>
+void CheckRanges(const std::vector<TensorSpan>& spans, const int64_t* cuts, int num_cuts,
+                 Range range, int* all_finite, double* sum_of_squares) {
+  const std::vector<int64_t> offsets = fixed_loss_scale::ByteOffsets(spans);
+  ScaleCheck total;
+  for (int k = 0; k + 1 < num_cuts; ++k) {
+    ScaleCheck check;
+    range(spans, offsets, cuts[k], cuts[k + 1], &check);
+    total.all_finite &= check.all_finite;
+    total.sum_of_squares += check.sum_of_squares;
+  }
+  *all_finite = total.all_finite ? 1 : 0;
+  *sum_of_squares = total.sum_of_squares;
+}
+
+}  // namespace
+
 extern "C" {
 
 // out[first:last] = in[first:last] * factor with `path`; `dtype` numbers as
@@ -25,41 +78,47 @@ extern "C" {
 // otherwise cleared; the caller's MXCSR is restored afterwards.
 void fls_scale(int path, int dtype, const void* in, void* out, int64_t num_elements,
                int64_t first, int64_t last, float factor_f, double factor_d, int ftz_daz) {
-#if defined(__x86_64__)
-  const unsigned int saved = _mm_getcsr();
-  _mm_setcsr(ftz_daz ? (saved | fixed_loss_scale::kMxcsrFtzDaz)
-                     : (saved & ~fixed_loss_scale::kMxcsrFtzDaz));
-#endif
   const TensorSpan span{in, out, num_elements, static_cast<DType>(dtype)};
+  const ScopedMxcsr mode(ftz_daz);
   fixed_loss_scale::ScaleElementsWithPath(static_cast<CpuPath>(path), span, first, last,
                                           ScaleFactor{factor_f, factor_d});
-#if defined(__x86_64__)
-  _mm_setcsr(saved);
-#endif
 }
 
 // fls_scale through ScaleAndCheckElementsWithPath: also returns whether every
 // output is finite (*all_finite, 0 or 1) and, when with_sum_of_squares, the sum
-// of their squares (*sum_of_squares, float64 as the core keeps it; untouched
-// otherwise).
+// of their squares (*sum_of_squares, float64 as the core keeps it, added to
+// the value passed in; untouched otherwise).
 void fls_scale_and_check(int path, int dtype, const void* in, void* out, int64_t num_elements,
                          int64_t first, int64_t last, float factor_f, double factor_d,
                          int ftz_daz, int with_sum_of_squares, int* all_finite,
                          double* sum_of_squares) {
-#if defined(__x86_64__)
-  const unsigned int saved = _mm_getcsr();
-  _mm_setcsr(ftz_daz ? (saved | fixed_loss_scale::kMxcsrFtzDaz)
-                     : (saved & ~fixed_loss_scale::kMxcsrFtzDaz));
-#endif
   const TensorSpan span{in, out, num_elements, static_cast<DType>(dtype)};
   ScaleCheck check;
   check.sum_of_squares = *sum_of_squares;
-  fixed_loss_scale::ScaleAndCheckElementsWithPath(static_cast<CpuPath>(path), span, first, last,
-                                                  ScaleFactor{factor_f, factor_d},
-                                                  with_sum_of_squares != 0, &check);
-#if defined(__x86_64__)
-  _mm_setcsr(saved);
-#endif
+  {
+    const ScopedMxcsr mode(ftz_daz);
+    fixed_loss_scale::ScaleAndCheckElementsWithPath(static_cast<CpuPath>(path), span, first,
+                                                    last, ScaleFactor{factor_f, factor_d},
+                                                    with_sum_of_squares != 0, &check);
+  }
+  *all_finite = check.all_finite ? 1 : 0;
+  *sum_of_squares = check.sum_of_squares;
+}
+
+// fls_scale_and_check through CheckElementsWithPath (FixedCheckGrads): the
+// same *all_finite and *sum_of_squares, nothing written.
+void fls_check(int path, int dtype, const void* in, int64_t num_elements, int64_t first,
+               int64_t last, float factor_f, double factor_d, int ftz_daz,
+               int with_sum_of_squares, int* all_finite, double* sum_of_squares) {
+  const TensorSpan span{in, nullptr, num_elements, static_cast<DType>(dtype)};
+  ScaleCheck check;
+  check.sum_of_squares = *sum_of_squares;
+  {
+    const ScopedMxcsr mode(ftz_daz);
+    fixed_loss_scale::CheckElementsWithPath(static_cast<CpuPath>(path), span, first, last,
+                                            ScaleFactor{factor_f, factor_d},
+                                            with_sum_of_squares != 0, &check);
+  }
   *all_finite = check.all_finite ? 1 : 0;
   *sum_of_squares = check.sum_of_squares;
 }
@@ -70,10 +129,7 @@ void fls_scale_and_check(int path, int dtype, const void* in, void* out, int64_t
 void fls_scale_list(int num_tensors, const int* dtypes, const void* const* ins,
                     void* const* outs, const int64_t* num_elements, const int64_t* cuts,
                     int num_cuts, float factor_f, double factor_d) {
-  std::vector<TensorSpan> spans;
-  for (int i = 0; i < num_tensors; ++i) {
-    spans.push_back(TensorSpan{ins[i], outs[i], num_elements[i], static_cast<DType>(dtypes[i])});
-  }
+  const std::vector<TensorSpan> spans = ListSpans(num_tensors, dtypes, ins, outs, num_elements);
   const std::vector<int64_t> offsets = fixed_loss_scale::ByteOffsets(spans);
   for (int k = 0; k + 1 < num_cuts; ++k) {
     fixed_loss_scale::ScaleByteRange(spans, offsets, cuts[k], cuts[k + 1],
@@ -89,22 +145,32 @@ void fls_scale_and_check_list(int num_tensors, const int* dtypes, const void* co
                               void* const* outs, const int64_t* num_elements, const int64_t* cuts,
                               int num_cuts, float factor_f, double factor_d,
                               int with_sum_of_squares, int* all_finite, double* sum_of_squares) {
-  std::vector<TensorSpan> spans;
-  for (int i = 0; i < num_tensors; ++i) {
-    spans.push_back(TensorSpan{ins[i], outs[i], num_elements[i], static_cast<DType>(dtypes[i])});
-  }
-  const std::vector<int64_t> offsets = fixed_loss_scale::ByteOffsets(spans);
-  ScaleCheck total;
-  for (int k = 0; k + 1 < num_cuts; ++k) {
-    ScaleCheck check;
-    fixed_loss_scale::ScaleAndCheckByteRange(spans, offsets, cuts[k], cuts[k + 1],
-                                             ScaleFactor{factor_f, factor_d},
-                                             with_sum_of_squares != 0, &check);
-    total.all_finite &= check.all_finite;
-    total.sum_of_squares += check.sum_of_squares;
-  }
-  *all_finite = total.all_finite ? 1 : 0;
-  *sum_of_squares = total.sum_of_squares;
+  const ScaleFactor factor{factor_f, factor_d};
+  CheckRanges(
+      ListSpans(num_tensors, dtypes, ins, outs, num_elements), cuts, num_cuts,
+      [&](const std::vector<TensorSpan>& spans, const std::vector<int64_t>& offsets,
+          int64_t begin, int64_t end, ScaleCheck* check) {
+        fixed_loss_scale::ScaleAndCheckByteRange(spans, offsets, begin, end, factor,
+                                                 with_sum_of_squares != 0, check);
+      },
+      all_finite, sum_of_squares);
+}
+
+// fls_scale_and_check_list through CheckByteRange (FixedCheckGrads): the same
+// *all_finite and *sum_of_squares, from `ins` alone.
+void fls_check_list(int num_tensors, const int* dtypes, const void* const* ins,
+                    const int64_t* num_elements, const int64_t* cuts, int num_cuts,
+                    float factor_f, double factor_d, int with_sum_of_squares, int* all_finite,
+                    double* sum_of_squares) {
+  const ScaleFactor factor{factor_f, factor_d};
+  CheckRanges(
+      ListSpans(num_tensors, dtypes, ins, nullptr, num_elements), cuts, num_cuts,
+      [&](const std::vector<TensorSpan>& spans, const std::vector<int64_t>& offsets,
+          int64_t begin, int64_t end, ScaleCheck* check) {
+        fixed_loss_scale::CheckByteRange(spans, offsets, begin, end, factor,
+                                         with_sum_of_squares != 0, check);
+      },
+      all_finite, sum_of_squares);
 }
 
 }  // extern "C"

@@ -1,7 +1,8 @@
 // What the two AVX-512 translation units share (simd_avx512.cc and
 // simd_avx512_bf16.cc): the 512-bit register primitives of the traits
-// templates of scale_loop.h, with masks for the remainder. Included after scale_loop.h, compiled for the includer's
-// FLS_SIMD_TARGET (NOTE [one target per translation unit]).
+// templates of scale_traits.h, with masks for the remainder. Included after
+// scale_loop.h, compiled for the includer's FLS_SIMD_TARGET (NOTE [one target
+// per translation unit]).
 #ifndef FIXED_LOSS_SCALE_CORE_CPU_AVX512_OPS_H_
 #define FIXED_LOSS_SCALE_CORE_CPU_AVX512_OPS_H_
 

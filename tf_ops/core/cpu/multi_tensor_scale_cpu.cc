@@ -69,10 +69,10 @@ struct DoubleElement {
   static double SquareOf(T y) { return y * y; }
 };
 
-// The portable checked loop: the unchecked loop's outputs, their finiteness
-// and (kSumOfSquares) the sum of their squares in blocks of kSquaresPerFlush
-// (NOTE [sum of squares] in scale_loop.h).
-template <typename E, bool kSumOfSquares>
+// The portable checked loop: the unchecked loop's outputs (stored unless
+// !kStore), their finiteness and (kSumOfSquares) the sum of their squares in
+// blocks of kSquaresPerFlush (NOTE [sum of squares] in scale_loop.h).
+template <typename E, bool kSumOfSquares, bool kStore = true>
 void ScalarChecked(const typename E::T* src, typename E::T* dst, int64_t n,
                    typename E::Multiplier f, ScaleCheck* check) {
   bool finite = true;
@@ -82,7 +82,7 @@ void ScalarChecked(const typename E::T* src, typename E::T* dst, int64_t n,
     typename E::Square block = 0;
     for (int64_t i = begin; i < end; ++i) {
       const typename E::T y = E::Scale(src[i], f);
-      dst[i] = y;
+      if constexpr (kStore) dst[i] = y;
       finite &= E::Finite(y);
       if constexpr (kSumOfSquares) block += E::SquareOf(y);
     }
@@ -90,6 +90,13 @@ void ScalarChecked(const typename E::T* src, typename E::T* dst, int64_t n,
   }
   check->all_finite &= finite;
   if constexpr (kSumOfSquares) check->sum_of_squares += total;
+}
+
+// NOTE [check without store] (scale_loop.h).
+template <typename E, bool kSumOfSquares>
+void ScalarCheck(const typename E::T* src, int64_t n, typename E::Multiplier f,
+                 ScaleCheck* check) {
+  ScalarChecked<E, kSumOfSquares, false>(src, nullptr, n, f, check);
 }
 
 }  // namespace
@@ -102,7 +109,11 @@ extern const PathLoops kScalarLoops = {
     CheckedLoops{ScalarChecked<HalfElement, false>, ScalarChecked<BFloat16Element, false>,
                  ScalarChecked<FloatElement, false>, ScalarChecked<DoubleElement, false>},
     CheckedLoops{ScalarChecked<HalfElement, true>, ScalarChecked<BFloat16Element, true>,
-                 ScalarChecked<FloatElement, true>, ScalarChecked<DoubleElement, true>}};
+                 ScalarChecked<FloatElement, true>, ScalarChecked<DoubleElement, true>},
+    CheckOnlyLoops{ScalarCheck<HalfElement, false>, ScalarCheck<BFloat16Element, false>,
+                   ScalarCheck<FloatElement, false>, ScalarCheck<DoubleElement, false>},
+    CheckOnlyLoops{ScalarCheck<HalfElement, true>, ScalarCheck<BFloat16Element, true>,
+                   ScalarCheck<FloatElement, true>, ScalarCheck<DoubleElement, true>}};
 
 #if defined(FLS_HAVE_X86_SIMD)
 bool MxcsrFlushesSubnormals() { return (_mm_getcsr() & kMxcsrFtzDaz) == kMxcsrFtzDaz; }
@@ -147,52 +158,37 @@ CpuPath ChoosePath() {
   return path;
 }
 
-// Runs `loop` over elements [first, first + n) of a span stored as T.
-template <typename T, typename Multiplier>
-void RunLoop(void (*loop)(const T*, T*, int64_t, Multiplier), const TensorSpan& span,
-             int64_t first, int64_t n, Multiplier multiplier) {
-  loop(static_cast<const T*>(span.in) + first, static_cast<T*>(span.out) + first, n, multiplier);
-}
-
-void ScaleWith(const PathLoops& loops, const TensorSpan& span, int64_t first, int64_t last,
-               ScaleFactor factor) {
-  if (first >= last) return;
-  const int64_t n = last - first;
-  switch (span.dtype) {
-    case DType::kHalf:
-      return RunLoop(loops.half, span, first, n, factor.f);
-    case DType::kBFloat16:
-      return RunLoop(loops.bfloat16, span, first, n, factor.f);
-    case DType::kFloat:
-      return RunLoop(loops.float32, span, first, n, factor.f);
-    case DType::kDouble:
-      return RunLoop(loops.float64, span, first, n, factor.d);
-  }
-}
-
-// Runs `loop` over elements [first, first + n) of a span stored as T, folding
-// into *check.
-template <typename T, typename Multiplier>
-void RunCheckedLoop(void (*loop)(const T*, T*, int64_t, Multiplier, ScaleCheck*),
-                    const TensorSpan& span, int64_t first, int64_t n, Multiplier multiplier,
-                    ScaleCheck* check) {
+// Runs `loop` over elements [first, first + n) of a span stored as T: a loop
+// that writes out (ScaleLoop, ScaleAndCheckLoop) or one that only reads
+// (CheckLoop); `rest` is the check's ScaleCheck*, if any.
+template <typename T, typename Multiplier, typename... Rest>
+void RunLoop(void (*loop)(const T*, T*, int64_t, Multiplier, Rest...), const TensorSpan& span,
+             int64_t first, int64_t n, Multiplier multiplier, Rest... rest) {
   loop(static_cast<const T*>(span.in) + first, static_cast<T*>(span.out) + first, n, multiplier,
-       check);
+       rest...);
+}
+template <typename T, typename Multiplier, typename... Rest>
+void RunLoop(void (*loop)(const T*, int64_t, Multiplier, Rest...), const TensorSpan& span,
+             int64_t first, int64_t n, Multiplier multiplier, Rest... rest) {
+  loop(static_cast<const T*>(span.in) + first, n, multiplier, rest...);
 }
 
-void ScaleAndCheckWith(const simd::CheckedLoops& loops, const TensorSpan& span, int64_t first,
-                       int64_t last, ScaleFactor factor, ScaleCheck* check) {
+// Runs the loop of `loops` (a PathLoops, CheckedLoops or CheckOnlyLoops) for
+// span's dtype over its elements [first, last).
+template <typename Loops, typename... Rest>
+void RunWith(const Loops& loops, const TensorSpan& span, int64_t first, int64_t last,
+             ScaleFactor factor, Rest... rest) {
   if (first >= last) return;
   const int64_t n = last - first;
   switch (span.dtype) {
     case DType::kHalf:
-      return RunCheckedLoop(loops.half, span, first, n, factor.f, check);
+      return RunLoop(loops.half, span, first, n, factor.f, rest...);
     case DType::kBFloat16:
-      return RunCheckedLoop(loops.bfloat16, span, first, n, factor.f, check);
+      return RunLoop(loops.bfloat16, span, first, n, factor.f, rest...);
     case DType::kFloat:
-      return RunCheckedLoop(loops.float32, span, first, n, factor.f, check);
+      return RunLoop(loops.float32, span, first, n, factor.f, rest...);
     case DType::kDouble:
-      return RunCheckedLoop(loops.float64, span, first, n, factor.d, check);
+      return RunLoop(loops.float64, span, first, n, factor.d, rest...);
   }
 }
 
@@ -200,6 +196,15 @@ void ScaleAndCheckWith(const simd::CheckedLoops& loops, const TensorSpan& span, 
 const simd::CheckedLoops& CheckedLoopsFor(CpuPath path, bool with_sum_of_squares) {
   const PathLoops& loops = LoopsFor(path);
   return with_sum_of_squares ? loops.checked_with_squares : loops.checked;
+}
+const simd::CheckOnlyLoops& CheckOnlyLoopsFor(CpuPath path, bool with_sum_of_squares) {
+  const PathLoops& loops = LoopsFor(path);
+  return with_sum_of_squares ? loops.check_only_with_squares : loops.check_only;
+}
+
+// `path` if this build and CPU support it, else kScalar.
+CpuPath SupportedOrScalar(CpuPath path) {
+  return CpuPathSupported(path) ? path : CpuPath::kScalar;
 }
 
 // Smallest element index of a span whose first byte is at or after `byte`.
@@ -265,21 +270,25 @@ std::vector<int64_t> ByteOffsets(const std::vector<TensorSpan>& spans) {
 }
 
 void ScaleElements(const TensorSpan& span, int64_t first, int64_t last, ScaleFactor factor) {
-  ScaleWith(LoopsFor(ActiveCpuPath()), span, first, last, factor);
+  RunWith(LoopsFor(ActiveCpuPath()), span, first, last, factor);
 }
 
 void ScaleElementsWithPath(CpuPath path, const TensorSpan& span, int64_t first, int64_t last,
                            ScaleFactor factor) {
-  ScaleWith(LoopsFor(CpuPathSupported(path) ? path : CpuPath::kScalar), span, first, last,
-            factor);
+  RunWith(LoopsFor(SupportedOrScalar(path)), span, first, last, factor);
 }
 
 void ScaleAndCheckElementsWithPath(CpuPath path, const TensorSpan& span, int64_t first,
                                    int64_t last, ScaleFactor factor, bool with_sum_of_squares,
                                    ScaleCheck* check) {
-  ScaleAndCheckWith(
-      CheckedLoopsFor(CpuPathSupported(path) ? path : CpuPath::kScalar, with_sum_of_squares),
-      span, first, last, factor, check);
+  RunWith(CheckedLoopsFor(SupportedOrScalar(path), with_sum_of_squares), span, first, last,
+          factor, check);
+}
+
+void CheckElementsWithPath(CpuPath path, const TensorSpan& span, int64_t first, int64_t last,
+                           ScaleFactor factor, bool with_sum_of_squares, ScaleCheck* check) {
+  RunWith(CheckOnlyLoopsFor(SupportedOrScalar(path), with_sum_of_squares), span, first, last,
+          factor, check);
 }
 
 namespace {
@@ -315,7 +324,7 @@ void ScaleByteRange(const std::vector<TensorSpan>& spans,
   const PathLoops& loops = LoopsFor(ActiveCpuPath());
   ForEachSpanInByteRange(spans, byte_offsets, byte_begin, byte_end,
                          [&](const TensorSpan& span, int64_t first, int64_t last) {
-                           ScaleWith(loops, span, first, last, factor);
+                           RunWith(loops, span, first, last, factor);
                          });
 }
 
@@ -326,7 +335,17 @@ void ScaleAndCheckByteRange(const std::vector<TensorSpan>& spans,
   const simd::CheckedLoops& loops = CheckedLoopsFor(ActiveCpuPath(), with_sum_of_squares);
   ForEachSpanInByteRange(spans, byte_offsets, byte_begin, byte_end,
                          [&](const TensorSpan& span, int64_t first, int64_t last) {
-                           ScaleAndCheckWith(loops, span, first, last, factor, check);
+                           RunWith(loops, span, first, last, factor, check);
+                         });
+}
+
+void CheckByteRange(const std::vector<TensorSpan>& spans, const std::vector<int64_t>& byte_offsets,
+                    int64_t byte_begin, int64_t byte_end, ScaleFactor factor,
+                    bool with_sum_of_squares, ScaleCheck* check) {
+  const simd::CheckOnlyLoops& loops = CheckOnlyLoopsFor(ActiveCpuPath(), with_sum_of_squares);
+  ForEachSpanInByteRange(spans, byte_offsets, byte_begin, byte_end,
+                         [&](const TensorSpan& span, int64_t first, int64_t last) {
+                           RunWith(loops, span, first, last, factor, check);
                          });
 }
 

@@ -1,4 +1,4 @@
-// The CPU core of both ops: multiply every element of a list of tensors by one
+// The CPU core of the ops: multiply every element of a list of tensors by one
 // factor, in plain C++ over pointers and sizes (no TensorFlow header), so that
 // it is built and run standalone under sanitizers (tf_ops/tests/). The
 // TensorFlow adapter (tf_ops/tf/kernels/fixed_loss_scale_cpu.cc) only runs the
@@ -32,9 +32,10 @@ void ScaleByteRange(const std::vector<TensorSpan>& spans,
 // Scales elements [first, last) of one span, with the active CpuPath.
 void ScaleElements(const TensorSpan& span, int64_t first, int64_t last, ScaleFactor factor);
 
-// What FixedUnscaleGradsAndCheck learns from the outputs it writes: whether
-// every one is finite (no Inf, no NaN; subnormals and the largest values are
-// finite) and, when asked, the sum of their squares (NOTE [sum of squares] in
+// What FixedUnscaleGradsAndCheck learns from the outputs it writes (and
+// FixedCheckGrads from the same outputs, unwritten): whether every one is
+// finite (no Inf, no NaN; subnormals and the largest values are finite) and,
+// when asked, the sum of their squares (NOTE [sum of squares] in
 // scale_loop.h). Each shard folds into its own ScaleCheck; the caller combines
 // them in shard order, so the sum is the same for a given thread count.
 struct ScaleCheck {
@@ -50,6 +51,14 @@ void ScaleAndCheckByteRange(const std::vector<TensorSpan>& spans,
                             const std::vector<int64_t>& byte_offsets, int64_t byte_begin,
                             int64_t byte_end, ScaleFactor factor, bool with_sum_of_squares,
                             ScaleCheck* check);
+
+// FixedCheckGrads: ScaleAndCheckByteRange's *check, from the spans' `in` alone
+// (`out` is never read or written; NOTE [check without store] in
+// scale_loop.h). Bit-identical to ScaleAndCheckByteRange's where each span's
+// out has its in's address mod 64, as TensorFlow's 64-byte aligned buffers do.
+void CheckByteRange(const std::vector<TensorSpan>& spans, const std::vector<int64_t>& byte_offsets,
+                    int64_t byte_begin, int64_t byte_end, ScaleFactor factor,
+                    bool with_sum_of_squares, ScaleCheck* check);
 
 // NOTE [shard plan]: below kMinShardedBytes (bytes read, counted once) a list
 // is scaled on the calling thread alone: waking another thread costs more than
@@ -99,6 +108,10 @@ void ScaleElementsWithPath(CpuPath path, const TensorSpan& span, int64_t first, 
 void ScaleAndCheckElementsWithPath(CpuPath path, const TensorSpan& span, int64_t first,
                                    int64_t last, ScaleFactor factor, bool with_sum_of_squares,
                                    ScaleCheck* check);
+// CheckByteRange over elements [first, last) of one span, with an explicit
+// path, which must be supported (tests).
+void CheckElementsWithPath(CpuPath path, const TensorSpan& span, int64_t first, int64_t last,
+                           ScaleFactor factor, bool with_sum_of_squares, ScaleCheck* check);
 
 }  // namespace fixed_loss_scale
 

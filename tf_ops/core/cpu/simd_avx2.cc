@@ -13,12 +13,13 @@
 // NOTE [one target per translation unit] (scale_loop.h).
 #define FLS_SIMD_TARGET __attribute__((target("avx2,f16c,fma")))
 #include "tf_ops/core/cpu/scale_loop.h"
+#include "tf_ops/core/cpu/scale_traits.h"
 
 namespace fixed_loss_scale {
 namespace simd {
 namespace {
 
-// The 256-bit primitives of the traits templates of scale_loop.h.
+// The 256-bit primitives of the traits templates of scale_traits.h.
 struct Ops {
   static constexpr bool kMasked = false;
   FLS_SIMD_INLINE static __m256 Splat(float f) { return _mm256_set1_ps(f); }

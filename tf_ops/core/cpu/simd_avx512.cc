@@ -19,6 +19,7 @@
 // NOTE [one target per translation unit] (scale_loop.h).
 #define FLS_SIMD_TARGET __attribute__((target("avx2,f16c,fma,avx512f,avx512bw,avx512vl")))
 #include "tf_ops/core/cpu/scale_loop.h"
+#include "tf_ops/core/cpu/scale_traits.h"
 // (after scale_loop.h, which defines FLS_SIMD_INLINE)
 #include "tf_ops/core/cpu/avx512_ops.h"
 
@@ -35,6 +36,8 @@ constexpr PathLoops WithConvertLoops(PathLoops loops) {
   loops.bfloat16 = ScaleBFloat16ConvertLoop;
   loops.checked.bfloat16 = ScaleAndCheckBFloat16ConvertLoop;
   loops.checked_with_squares.bfloat16 = ScaleAndCheckBFloat16ConvertLoopWithSquares;
+  loops.check_only.bfloat16 = CheckBFloat16ConvertLoop;
+  loops.check_only_with_squares.bfloat16 = CheckBFloat16ConvertLoopWithSquares;
   return loops;
 }
 

@@ -17,6 +17,7 @@
 #define FLS_SIMD_TARGET \
   __attribute__((target("avx2,f16c,fma,avx512f,avx512bw,avx512vl,avx512bf16")))
 #include "tf_ops/core/cpu/scale_loop.h"
+#include "tf_ops/core/cpu/scale_traits.h"
 // (after scale_loop.h, which defines FLS_SIMD_INLINE)
 #include "tf_ops/core/cpu/avx512_ops.h"
 
@@ -29,7 +30,7 @@ FLS_SIMD_INLINE __m512 WidenBFloat16x16(__m256i b) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
 }
 
-// BFloat16Traits (scale_loop.h) with the rounding of VCVTNE2PS2BF16, prefetched.
+// BFloat16Traits (scale_traits.h) with the rounding of VCVTNE2PS2BF16, prefetched.
 struct BFloat16ConvertTraits : BFloat16Traits<Ops> {
   static constexpr int kPrefetchBytes = kPrefetchBytes16;
   FLS_SIMD_INLINE static Vector Scale(Vector b, Multiplier m) {
@@ -56,6 +57,16 @@ FLS_SIMD_TARGET void ScaleAndCheckBFloat16ConvertLoopWithSquares(const uint16_t*
                                                                  uint16_t* dst, int64_t n,
                                                                  float f, ScaleCheck* check) {
   ScaleAndCheckLoop<BFloat16ConvertTraits, true>(src, dst, n, f, check);
+}
+
+FLS_SIMD_TARGET void CheckBFloat16ConvertLoop(const uint16_t* src, int64_t n, float f,
+                                              ScaleCheck* check) {
+  CheckLoop<BFloat16ConvertTraits, false>(src, n, f, check);
+}
+
+FLS_SIMD_TARGET void CheckBFloat16ConvertLoopWithSquares(const uint16_t* src, int64_t n, float f,
+                                                         ScaleCheck* check) {
+  CheckLoop<BFloat16ConvertTraits, true>(src, n, f, check);
 }
 
 bool CpuHasAvx512Bf16() {

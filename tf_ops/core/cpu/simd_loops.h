@@ -61,8 +61,17 @@ struct CheckedLoops {
   void (*float64)(const double* src, double* dst, int64_t n, double f, ScaleCheck* check);
 };
 
+// One check-only loop per storage type (CheckByteRange): the checked loop's
+// *check, nothing written (NOTE [check without store] in scale_loop.h).
+struct CheckOnlyLoops {
+  void (*half)(const uint16_t* src, int64_t n, float f, ScaleCheck* check);
+  void (*bfloat16)(const uint16_t* src, int64_t n, float f, ScaleCheck* check);
+  void (*float32)(const float* src, int64_t n, float f, ScaleCheck* check);
+  void (*float64)(const double* src, int64_t n, double f, ScaleCheck* check);
+};
+
 // One loop per storage type, over elements [0, n) of src/dst, and the checked
-// loops: the finite test alone, and with the sum of squares.
+// and check-only loops: the finite test alone, and with the sum of squares.
 struct PathLoops {
   void (*half)(const uint16_t* src, uint16_t* dst, int64_t n, float f);
   void (*bfloat16)(const uint16_t* src, uint16_t* dst, int64_t n, float f);
@@ -70,6 +79,8 @@ struct PathLoops {
   void (*float64)(const double* src, double* dst, int64_t n, double f);
   CheckedLoops checked;
   CheckedLoops checked_with_squares;
+  CheckOnlyLoops check_only;
+  CheckOnlyLoops check_only_with_squares;
 };
 
 // The portable loops (multi_tensor_scale_cpu.cc).
@@ -94,6 +105,9 @@ void ScaleAndCheckBFloat16ConvertLoop(const uint16_t* src, uint16_t* dst, int64_
                                       ScaleCheck* check);
 void ScaleAndCheckBFloat16ConvertLoopWithSquares(const uint16_t* src, uint16_t* dst, int64_t n,
                                                  float f, ScaleCheck* check);
+void CheckBFloat16ConvertLoop(const uint16_t* src, int64_t n, float f, ScaleCheck* check);
+void CheckBFloat16ConvertLoopWithSquares(const uint16_t* src, int64_t n, float f,
+                                         ScaleCheck* check);
 
 // Whether this CPU has AVX512_BF16.
 bool CpuHasAvx512Bf16();
