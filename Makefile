@@ -61,7 +61,7 @@ TF_SRCS := tf_ops/tf/ops/fixed_loss_scale_ops.cc \
            tf_ops/tf/kernels/fixed_loss_scale_cpu.cc
 CORE_OBJS := $(patsubst %.cc,$(BUILD_DIR)/%.o,$(CORE_CPU_SRCS))
 CPU_OBJS := $(CORE_OBJS) $(patsubst %.cc,$(BUILD_DIR)/%.o,$(TF_SRCS))
-HEADERS := $(wildcard tf_ops/core/*.h tf_ops/core/cpu/*.h tf_ops/core/gpu/*.h tf_ops/tf/kernels/*.h)
+HEADERS := $(wildcard tf_ops/core/*.h tf_ops/core/cpu/*.h tf_ops/core/gpu/*.h tf_ops/tf/*.h tf_ops/tf/kernels/*.h)
 
 $(BUILD_DIR)/tf_ops/core/%.o: tf_ops/core/%.cc $(HEADERS) config.mk
 	@mkdir -p $(dir $@)

@@ -1,11 +1,14 @@
-"""Python wrappers for the FixedScaleLoss, FixedUnscaleGrads and
-FixedUnscaleGradsAndCheck ops, and their gradients.
+"""Python wrappers for the FixedScaleLoss, FixedUnscaleGrads,
+FixedUnscaleGradsAndCheck, FixedCheckGrads and FixedUnscaleGradsByTensor ops,
+and their gradients.
 
 The wrappers validate their arguments with messages that name the op, the
 argument and the offending dtype or value, then emit the raw op. They work in
-graph mode and eagerly. FixedScaleLoss and FixedUnscaleGrads are linear, so
-each is its own gradient; FixedUnscaleGradsAndCheck's unscaled outputs are
-linear in its grads too, and its sum of squares is quadratic in them.
+graph mode and eagerly. FixedScaleLoss, FixedUnscaleGrads and
+FixedUnscaleGradsByTensor are linear, so each is its own gradient;
+FixedUnscaleGradsAndCheck's unscaled outputs are linear in its grads too, and
+its sum of squares is quadratic in them. FixedCheckGrads has none (NOTE [no
+gradient for the check], below).
 """
 
 import math
@@ -133,14 +136,54 @@ def fixed_unscale_grads_and_check(grads, loss_scale, sum_of_squares=False, name=
     the sum of the squares of every unscaled value (NOTE [sum of squares] in
     tf_ops/core/cpu/scale_loop.h) or, without `sum_of_squares`, a quiet NaN.
   """
-  if not isinstance(sum_of_squares, (bool, np.bool_)):
-    raise TypeError(f"{CHECK_OP}: sum_of_squares must be True or False, got "
-                    f"{type(sum_of_squares).__name__}: {sum_of_squares!r}")
+  _check_bool(sum_of_squares, CHECK_OP, "sum_of_squares")
   loss_scale = loss_scale_tensor(loss_scale)
   grads = [as_float_tensor(g, CHECK_OP, f"grads[{i}]") for i, g in enumerate(grads)]
   unscaled, all_finite, squares = _raw_ops.fixed_unscale_grads_and_check(
       grads, loss_scale, with_sum_of_squares=bool(sum_of_squares), name=name)
   return list(unscaled), all_finite, squares
+
+
+CHECK_ONLY_OP = "FixedCheckGrads"
+UNSCALE_BY_TENSOR_OP = "FixedUnscaleGradsByTensor"
+
+
+def _check_bool(value, op_name, arg_name):
+  if not isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{op_name}: {arg_name} must be True or False, got "
+                    f"{type(value).__name__}: {value!r}")
+
+
+def fixed_check_grads(grads, loss_scale, sum_of_squares=False, name=None):
+  """The check of `fixed_unscale_grads_and_check` without its writes: one
+  FixedCheckGrads op, which reads `grads` and writes no gradient.
+
+  Args and the flag and sum: as `fixed_unscale_grads_and_check`, bit for bit
+  (the flag and sum of the *unscaled* values, `g * (1 / loss_scale)`).
+
+  Returns:
+    `(all_finite, sum_of_squares)`: a bool scalar and a float32 scalar (a
+    quiet NaN without `sum_of_squares`). Not differentiable: a gradient
+    through it raises LookupError.
+  """
+  _check_bool(sum_of_squares, CHECK_ONLY_OP, "sum_of_squares")
+  loss_scale = loss_scale_tensor(loss_scale, CHECK_ONLY_OP)
+  grads = [as_float_tensor(g, CHECK_ONLY_OP, f"grads[{i}]") for i, g in enumerate(grads)]
+  all_finite, squares = _raw_ops.fixed_check_grads(
+      grads, loss_scale, with_sum_of_squares=bool(sum_of_squares), name=name)
+  return all_finite, squares
+
+
+def fixed_unscale_grads_by_tensor(grads, loss_scale, name=None):
+  """`[g * (1 / loss_scale) for g in grads]` with the scale as a tensor, no
+  check: one FixedUnscaleGradsByTensor op. The results are bit for bit
+  `fixed_unscale_grads_and_check`'s unscaled list (and `fixed_unscale_grads`'
+  for a scale in [1, 2**126]); `loss_scale` as there."""
+  loss_scale = loss_scale_tensor(loss_scale, UNSCALE_BY_TENSOR_OP)
+  grads = [as_float_tensor(g, UNSCALE_BY_TENSOR_OP, f"grads[{i}]") for i, g in enumerate(grads)]
+  if not grads:
+    return []
+  return list(_raw_ops.fixed_unscale_grads_by_tensor(grads, loss_scale, name=name))
 
 
 def _register_gradient(op_type):
@@ -200,3 +243,23 @@ def _fixed_unscale_grads_and_check_grad(op, *upstream):
     total.append(tf.zeros_like(op.inputs[i]) if grad is None else grad)
   unscaled_upstream = _raw_ops.fixed_unscale_grads_and_check(total, loss_scale)[0]
   return list(unscaled_upstream) + [None]
+
+
+@_register_gradient(UNSCALE_BY_TENSOR_OP)
+def _fixed_unscale_grads_by_tensor_grad(op, *grads):
+  """Each output is input * (1/s): upstream gradients are unscaled by the same
+  op and loss_scale input; none flows to loss_scale (a loss scale is not
+  trained)."""
+  loss_scale = op.inputs[-1]
+  grads = [tf.zeros_like(x) if g is None else g for g, x in zip(grads, op.inputs[:-1])]
+  if not grads:
+    return [None]
+  return list(_raw_ops.fixed_unscale_grads_by_tensor(grads, loss_scale)) + [None]
+
+
+# NOTE [no gradient for the check]: FixedCheckGrads registers no gradient, so
+# differentiating through it raises LookupError naming the op. A zero gradient
+# (tf.no_gradient) would be wrong without a word: its sum_of_squares depends on
+# the grads. It feeds a skip decision or a clipping factor, which no one
+# differentiates; a caller who does wants FixedUnscaleGradsAndCheck, whose sum
+# has a gradient.

@@ -7,7 +7,7 @@
 // Like everything under tf_ops/core/ it includes no TensorFlow, Eigen or CUDA
 // header: the CPU core, the CUDA kernel body and launcher, and the host-only
 // tests build with g++ or nvcc alone. The op registration and the OpKernels
-// (tf_ops/tf/) and the Python package (through the C API, core_c_api.h) read
+// (tf_ops/tf/) and the Python package (through the C API, c_api.h) read
 // these definitions instead of restating them.
 #ifndef FIXED_LOSS_SCALE_CORE_TENSOR_SPAN_H_
 #define FIXED_LOSS_SCALE_CORE_TENSOR_SPAN_H_
@@ -82,11 +82,12 @@ inline bool IsValidLossScale(float loss_scale) {
   return loss_scale >= kMinLossScale && loss_scale <= kMaxLossScale;
 }
 
-// NOTE [tensor loss scale range]: FixedUnscaleGradsAndCheck takes its scale
-// as a tensor, so that a dynamic scale drives it, and a dynamic scale leaves
-// [1, 2^126]: TF's DynamicLossScale doubles up to float32's largest value,
-// Keras 3's halves without a floor. The op therefore accepts any positive,
-// finite, normal float32 and computes what TensorFlow's own arithmetic
+// NOTE [tensor loss scale range]: FixedUnscaleGradsAndCheck, FixedCheckGrads
+// and FixedUnscaleGradsByTensor take their scale as a tensor, so that a
+// dynamic scale drives them, and a dynamic scale leaves [1, 2^126]: TF's
+// DynamicLossScale doubles up to float32's largest value, Keras 3's halves
+// without a floor. The ops therefore accept any positive, finite, normal
+// float32 and compute what TensorFlow's own arithmetic
 // (`g * (1 / scale)`) computes on the CPU: below 1 the factor exceeds 1 (an
 // unscaled value may overflow, and the check, which reads the outputs, says
 // so); above 2^126 the float32 factor is subnormal, which TensorFlow's CPU

@@ -1,14 +1,15 @@
-// The device contract of FixedScaleLoss, FixedUnscaleGrads and
-// FixedUnscaleGradsAndCheck.
+// The device contract of the ops.
 //
-// All three ops are "multiply a list of tensors by one factor": FixedScaleLoss is a
+// All of them "multiply a list of tensors by one factor": FixedScaleLoss is a
 // list of one with factor loss_scale, FixedUnscaleGrads the gradient list with
 // factor 1/loss_scale (see ScaleFactor in tf_ops/core/tensor_span.h), and
-// FixedUnscaleGradsAndCheck the same as FixedUnscaleGrads, also checking the
-// values it writes. The OpKernels in fixed_loss_scale_kernels.cc validate,
-// forward or allocate outputs, and make one call to MultiTensorScale<Device>
-// (or MultiTensorScaleAndCheck<Device>), specialised for CPU in
-// fixed_loss_scale_cpu.cc and for GPU in fixed_loss_scale_gpu.cc.
+// FixedUnscaleGradsByTensor the same with the scale as a tensor.
+// FixedUnscaleGradsAndCheck also checks the values it writes, and
+// FixedCheckGrads checks them without writing them. The OpKernels in
+// fixed_loss_scale_kernels.cc validate, forward or allocate outputs, and make
+// one call to MultiTensorScale<Device>, MultiTensorScaleAndCheck<Device> or
+// MultiTensorCheck<Device>, specialised for CPU in fixed_loss_scale_cpu.cc and
+// for GPU in fixed_loss_scale_gpu.cc.
 #ifndef FIXED_LOSS_SCALE_TF_KERNELS_FIXED_LOSS_SCALE_H_
 #define FIXED_LOSS_SCALE_TF_KERNELS_FIXED_LOSS_SCALE_H_
 
@@ -35,6 +36,17 @@ struct MultiTensorScaleAndCheck {
   // `with_sum_of_squares` (NOTE [sum of squares] in
   // tf_ops/core/cpu/scale_loop.h), else the quiet NaN 0x7fc00000.
   // `spans` may be empty: the outputs are written all the same.
+  absl::Status operator()(tensorflow::OpKernelContext* context,
+                          const std::vector<TensorSpan>& spans, ScaleFactor factor,
+                          bool with_sum_of_squares, bool* all_finite,
+                          float* sum_of_squares) const;
+};
+
+template <typename Device>
+struct MultiTensorCheck {
+  // MultiTensorScaleAndCheck's *all_finite and *sum_of_squares, bit for bit,
+  // from the spans' `in` alone: nothing is written but the two scalars
+  // (FixedCheckGrads; the spans' `out` is null).
   absl::Status operator()(tensorflow::OpKernelContext* context,
                           const std::vector<TensorSpan>& spans, ScaleFactor factor,
                           bool with_sum_of_squares, bool* all_finite,

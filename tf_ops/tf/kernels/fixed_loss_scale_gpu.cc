@@ -1,13 +1,14 @@
-// GPU specialisations of MultiTensorScale and MultiTensorScaleAndCheck: thin
-// adapters from the op's spans to the CUDA-runtime-only launchers
-// (tf_ops/core/gpu/multi_tensor_scale.h), each of which makes one kernel
-// launch on the op's stream for the whole list.
+// GPU specialisations of MultiTensorScale, MultiTensorScaleAndCheck and
+// MultiTensorCheck: thin adapters from the op's spans to the CUDA-runtime-only
+// launchers (tf_ops/core/gpu/multi_tensor_scale.h), each of which makes one
+// kernel launch on the op's stream for the whole list.
 //
 // Compiled by g++ against the CUDA headers in TensorFlow's wheel; the launcher
-// is compiled by nvcc and linked with the static CUDA runtime. TensorFlow makes
-// the op's GPU context current on this thread before Compute
-// (BaseGPUDevice::Compute activates the stream's context), and a CUDA runtime
-// uses the context current to the thread, so the launch lands on the op's GPU.
+// objects link no CUDA runtime of their own and call the one TensorFlow loaded
+// (NOTE [one CUDA runtime] in the Makefile). TensorFlow makes the op's GPU
+// context current on this thread before Compute (BaseGPUDevice::Compute
+// activates the stream's context), and a CUDA runtime uses the context current
+// to the thread, so the launch lands on the op's GPU.
 #if GOOGLE_CUDA
 
 #include <string>
@@ -90,19 +91,22 @@ absl::Status MultiTensorScale<Eigen::GpuDevice>::operator()(OpKernelContext* con
   return LaunchStatus(context, launched);
 }
 
+namespace {
+
 // The host scratch is the table's alone, as for MultiTensorScale (NOTE [pinned
 // table lifetime]); the device scratch also holds the per-block partials and
 // the counter of the last-block reduction. Device memory needs no hold past
 // Compute (same NOTE). The launcher writes both outputs, on the op's stream,
-// also for an empty list.
-template <>
-absl::Status MultiTensorScaleAndCheck<Eigen::GpuDevice>::operator()(
-    OpKernelContext* context, const std::vector<TensorSpan>& spans, ScaleFactor factor,
-    bool with_sum_of_squares, bool* all_finite, float* sum_of_squares) const {
+// also for an empty list. `scratch_bytes` is the launch's device scratch size
+// function, `launch` the launcher: the checked launch (FixedUnscaleGradsAndCheck)
+// or the check-only one (FixedCheckGrads), whose contracts are the same.
+template <typename ScratchBytes, typename Launch>
+absl::Status LaunchCheck(OpKernelContext* context, const std::vector<TensorSpan>& spans,
+                         ScaleFactor factor, bool with_sum_of_squares, bool* all_finite,
+                         float* sum_of_squares, ScratchBytes scratch_bytes, Launch launch) {
   const int64_t num_tensors = static_cast<int64_t>(spans.size());
   const int64_t host_bytes = static_cast<int64_t>(MultiTensorScaleScratchBytes(num_tensors));
-  const int64_t device_bytes =
-      static_cast<int64_t>(MultiTensorScaleAndCheckScratchBytes(spans.data(), num_tensors));
+  const int64_t device_bytes = static_cast<int64_t>(scratch_bytes(spans.data(), num_tensors));
   Tensor host_scratch;
   Tensor device_scratch;
   if (host_bytes > 0) {
@@ -111,13 +115,32 @@ absl::Status MultiTensorScaleAndCheck<Eigen::GpuDevice>::operator()(
   if (device_bytes > 0) {
     TF_RETURN_IF_ERROR(AllocateDeviceScratch(context, device_bytes, &device_scratch));
   }
-  const cudaError_t launched = LaunchMultiTensorScaleAndCheck(
-      spans.data(), num_tensors, factor, with_sum_of_squares,
-      host_bytes > 0 ? host_scratch.data() : nullptr,
-      device_bytes > 0 ? device_scratch.data() : nullptr, all_finite, sum_of_squares,
-      context->eigen_gpu_device().stream());
+  const cudaError_t launched =
+      launch(spans.data(), num_tensors, factor, with_sum_of_squares,
+             host_bytes > 0 ? host_scratch.data() : nullptr,
+             device_bytes > 0 ? device_scratch.data() : nullptr, all_finite, sum_of_squares,
+             context->eigen_gpu_device().stream());
   if (host_bytes > 0) ReleaseWhenStreamPasses(context, host_scratch);
   return LaunchStatus(context, launched);
+}
+
+}  // namespace
+
+template <>
+absl::Status MultiTensorScaleAndCheck<Eigen::GpuDevice>::operator()(
+    OpKernelContext* context, const std::vector<TensorSpan>& spans, ScaleFactor factor,
+    bool with_sum_of_squares, bool* all_finite, float* sum_of_squares) const {
+  return LaunchCheck(context, spans, factor, with_sum_of_squares, all_finite, sum_of_squares,
+                     MultiTensorScaleAndCheckScratchBytes, LaunchMultiTensorScaleAndCheck);
+}
+
+// The spans' `out` is null: the launch reads `in` alone.
+template <>
+absl::Status MultiTensorCheck<Eigen::GpuDevice>::operator()(
+    OpKernelContext* context, const std::vector<TensorSpan>& spans, ScaleFactor factor,
+    bool with_sum_of_squares, bool* all_finite, float* sum_of_squares) const {
+  return LaunchCheck(context, spans, factor, with_sum_of_squares, all_finite, sum_of_squares,
+                     MultiTensorCheckScratchBytes, LaunchMultiTensorCheck);
 }
 
 }  // namespace fixed_loss_scale

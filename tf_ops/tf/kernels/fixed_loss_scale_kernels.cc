@@ -1,8 +1,9 @@
-// OpKernels for FixedScaleLoss, FixedUnscaleGrads and FixedUnscaleGradsAndCheck:
-// validate the scale (an attr, or the check op's scalar input), forward each
-// input buffer to its output when TensorFlow allows (in place) or allocate a
-// new one, then make one MultiTensorScale<Device> (MultiTensorScaleAndCheck<Device>)
-// call for the whole list.
+// OpKernels for FixedScaleLoss, FixedUnscaleGrads, FixedUnscaleGradsAndCheck,
+// FixedCheckGrads and FixedUnscaleGradsByTensor: validate the scale (an attr,
+// or a scalar input), forward each input buffer to its output when TensorFlow
+// allows (in place) or allocate a new one, then make one MultiTensorScale<Device>
+// (MultiTensorScaleAndCheck<Device>, MultiTensorCheck<Device>) call for the
+// whole list.
 #include <cstdio>
 #include <vector>
 
@@ -11,6 +12,7 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/types.h"
 #include "tf_ops/tf/kernels/fixed_loss_scale.h"
+#include "tf_ops/tf/loss_scale_errors.h"
 #if GOOGLE_CUDA
 #include "tf_ops/core/gpu/device_support.h"
 #endif
@@ -129,10 +131,7 @@ class ScaleListOp : public ScaleOpBase {
     OP_REQUIRES_OK(context, context->GetAttr("loss_scale", &loss_scale_));
     // NOTE [loss scale range] (tf_ops/core/tensor_span.h).
     OP_REQUIRES(context, IsValidLossScale(loss_scale_),
-                tensorflow::errors::InvalidArgument(type_string(),
-                                                    ": loss_scale must be finite, >= 1 and <= "
-                                                    "2^126, got ",
-                                                    loss_scale_));
+                InvalidLossScaleAttr(type_string(), loss_scale_));
   }
 
   void Compute(OpKernelContext* context) override {
@@ -154,6 +153,27 @@ using FixedScaleLossOp = ScaleListOp<Device, false>;
 template <typename Device>
 using FixedUnscaleGradsOp = ScaleListOp<Device, true>;
 
+// The value of the loss_scale input `index` (in host memory on every device),
+// validated (NOTE [tensor loss scale range], tf_ops/core/tensor_span.h).
+absl::StatusOr<float> TensorLossScale(OpKernelContext* context, int index) {
+  const Tensor& loss_scale = context->input(index);
+  const std::string& op = context->op_kernel().type_string();
+  if (!tensorflow::TensorShapeUtils::IsScalar(loss_scale.shape())) {
+    return LossScaleNotScalar(op, loss_scale.shape().DebugString());
+  }
+  const float value = loss_scale.scalar<float>()();
+  if (!IsValidTensorLossScale(value)) return InvalidTensorLossScale(op, value);
+  return value;
+}
+
+// Allocates the two scalar outputs of a check, all_finite and sum_of_squares,
+// at `index` and `index + 1`.
+absl::Status AllocateCheckOutputs(OpKernelContext* context, int index, Tensor** all_finite,
+                                  Tensor** sum_of_squares) {
+  TF_RETURN_IF_ERROR(context->allocate_output(index, tensorflow::TensorShape({}), all_finite));
+  return context->allocate_output(index + 1, tensorflow::TensorShape({}), sum_of_squares);
+}
+
 // FixedUnscaleGradsAndCheck: grads (inputs [0, n)) unscaled into outputs
 // [0, n) as FixedUnscaleGrads does, by the loss_scale input (the last input,
 // never forwarded; in host memory on every device, so it is validated here),
@@ -169,28 +189,15 @@ class FixedUnscaleGradsAndCheckOp : public ScaleOpBase {
 
   void Compute(OpKernelContext* context) override {
     const int num_grads = context->num_inputs() - 1;
-    const Tensor& loss_scale = context->input(num_grads);
-    OP_REQUIRES(context, tensorflow::TensorShapeUtils::IsScalar(loss_scale.shape()),
-                tensorflow::errors::InvalidArgument(
-                    type_string(), ": loss_scale must be a scalar, got shape ",
-                    loss_scale.shape().DebugString()));
-    const float value = loss_scale.scalar<float>()();
-    // NOTE [tensor loss scale range] (tf_ops/core/tensor_span.h).
-    OP_REQUIRES(context, IsValidTensorLossScale(value),
-                tensorflow::errors::InvalidArgument(
-                    type_string(),
-                    ": loss_scale must be a positive, finite, normal float32 (>= 2^-126), got ",
-                    value));
+    const absl::StatusOr<float> value = TensorLossScale(context, num_grads);
+    OP_REQUIRES_OK(context, value.status());
     Tensor* all_finite = nullptr;
     Tensor* sum_of_squares = nullptr;
-    OP_REQUIRES_OK(context,
-                   context->allocate_output(num_grads, tensorflow::TensorShape({}), &all_finite));
-    OP_REQUIRES_OK(context, context->allocate_output(num_grads + 1, tensorflow::TensorShape({}),
-                                                     &sum_of_squares));
+    OP_REQUIRES_OK(context, AllocateCheckOutputs(context, num_grads, &all_finite, &sum_of_squares));
     std::vector<TensorSpan> spans;
     OP_REQUIRES_OK(context, PrepareSpans(context, &spans));
     OP_REQUIRES_OK(context, MultiTensorScaleAndCheck<Device>()(
-                                context, spans, TensorReciprocalFactorFor(value),
+                                context, spans, TensorReciprocalFactorFor(*value),
                                 with_sum_of_squares_,
                                 all_finite->scalar<bool>().data(),
                                 sum_of_squares->scalar<float>().data()));
@@ -200,9 +207,77 @@ class FixedUnscaleGradsAndCheckOp : public ScaleOpBase {
   bool with_sum_of_squares_ = false;
 };
 
-// Registers the three ops' kernels for `Device`: their "T" takes the four
-// storage types of the core (DType). FixedUnscaleGradsAndCheck reads its
-// loss_scale on the host (HostMemory; on CPU all memory is host memory).
+// FixedUnscaleGradsByTensor: FixedUnscaleGradsAndCheck's unscaled grads, by
+// the same validated loss_scale input, through the plain MultiTensorScale call
+// (no check).
+template <typename Device>
+class FixedUnscaleGradsByTensorOp : public ScaleOpBase {
+ public:
+  explicit FixedUnscaleGradsByTensorOp(OpKernelConstruction* context)
+      : ScaleOpBase(context, context->num_inputs() - 1) {}
+
+  void Compute(OpKernelContext* context) override {
+    const absl::StatusOr<float> value = TensorLossScale(context, context->num_inputs() - 1);
+    OP_REQUIRES_OK(context, value.status());
+    std::vector<TensorSpan> spans;
+    OP_REQUIRES_OK(context, PrepareSpans(context, &spans));
+    if (spans.empty()) return;
+    OP_REQUIRES_OK(context,
+                   MultiTensorScale<Device>()(context, spans, TensorReciprocalFactorFor(*value)));
+  }
+};
+
+// FixedCheckGrads: FixedUnscaleGradsAndCheck's all_finite and sum_of_squares
+// (outputs 0 and 1) from the grads (inputs [0, n)) and the loss_scale input
+// (input n), one MultiTensorCheck<Device> call; no gradient is forwarded or
+// written. Empty grads are left out of the spans; with none left the outputs
+// are still written (true, and 0 or the "not computed" NaN).
+template <typename Device>
+class FixedCheckGradsOp : public OpKernel {
+ public:
+  explicit FixedCheckGradsOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("with_sum_of_squares", &with_sum_of_squares_));
+    const int num_grads = context->num_inputs() - 1;
+    dtypes_.reserve(num_grads);
+    for (int i = 0; i < num_grads; ++i) {
+      absl::StatusOr<DType> dtype = ToDType(input_type(i));
+      OP_REQUIRES_OK(context, dtype.status());
+      dtypes_.push_back(*dtype);
+    }
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const int num_grads = static_cast<int>(dtypes_.size());
+    const absl::StatusOr<float> value = TensorLossScale(context, num_grads);
+    OP_REQUIRES_OK(context, value.status());
+    Tensor* all_finite = nullptr;
+    Tensor* sum_of_squares = nullptr;
+    OP_REQUIRES_OK(context, AllocateCheckOutputs(context, 0, &all_finite, &sum_of_squares));
+    std::vector<TensorSpan> spans;
+    spans.reserve(num_grads);
+    for (int i = 0; i < num_grads; ++i) {
+      const Tensor& grad = context->input(i);
+      if (grad.NumElements() > 0) {
+        spans.push_back(TensorSpan{grad.data(), nullptr, grad.NumElements(), dtypes_[i]});
+      }
+    }
+    OP_REQUIRES_OK(context, MultiTensorCheck<Device>()(
+                                context, spans, TensorReciprocalFactorFor(*value),
+                                with_sum_of_squares_, all_finite->scalar<bool>().data(),
+                                sum_of_squares->scalar<float>().data()));
+  }
+
+  // NOTE [inline] (ScaleOpBase).
+  bool IsExpensive() override { return false; }
+
+ private:
+  bool with_sum_of_squares_ = false;
+  std::vector<DType> dtypes_;
+};
+
+// Registers the ops' kernels for `Device`: their "T" takes the four storage
+// types of the core (DType). The ops with a loss_scale input read it on the
+// host (HostMemory; on CPU all memory is host memory).
 template <typename Device>
 void RegisterKernels(const char* device_type, const char* device_name) {
   const tensorflow::DataType types[] = {tensorflow::DT_HALF, tensorflow::DT_BFLOAT16,
@@ -227,6 +302,18 @@ void RegisterKernels(const char* device_type, const char* device_name) {
       "FixedUnscaleGradsAndCheck",
       [](OpKernelConstruction* context) -> OpKernel* {
         return new FixedUnscaleGradsAndCheckOp<Device>(context);
+      },
+      "loss_scale");
+  register_op(
+      "FixedUnscaleGradsByTensor",
+      [](OpKernelConstruction* context) -> OpKernel* {
+        return new FixedUnscaleGradsByTensorOp<Device>(context);
+      },
+      "loss_scale");
+  register_op(
+      "FixedCheckGrads",
+      [](OpKernelConstruction* context) -> OpKernel* {
+        return new FixedCheckGradsOp<Device>(context);
       },
       "loss_scale");
 }
