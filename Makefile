@@ -43,8 +43,10 @@ venv: $(VENV_STAMP)
 # ---- the op library -------------------------------------------------------
 CXX ?= g++
 # CXX_FLAGS, GPU_DEFINES and NVCC_FLAGS come from config.mk (configure.sh), which
-# Bazel's tf_ops/BUILD reads too; only paths are added here.
-CXXFLAGS_COMMON := $(CXX_FLAGS) -fPIC -I. -I$(TF_INCLUDE) $(TF_DEFINES)
+# Bazel's tf_ops/BUILD reads too; only paths are added here. TensorFlow's
+# headers (and the CUDA headers in its wheel) are system headers: a warning in
+# the build output is then one of ours.
+CXXFLAGS_COMMON := $(CXX_FLAGS) -fPIC -I. -isystem $(TF_INCLUDE) $(TF_DEFINES)
 CPU_CXXFLAGS := $(CXXFLAGS_COMMON)
 LDFLAGS_TF := -shared -L$(TF_LIBDIR) -l:$(TF_LIBNAME) -Wl,-rpath,'$$ORIGIN/../tensorflow'
 
@@ -113,7 +115,7 @@ GPU_OBJS := $(CUDA_LAUNCHER_OBJ) $(DEVICE_SUPPORT_OBJ) $(BUILD_DIR)/tf_ops/tf/ke
 GPU_LDFLAGS := -ldl
 $(BUILD_DIR)/tf_ops/tf/kernels/fixed_loss_scale_kernels.o \
 $(BUILD_DIR)/tf_ops/tf/kernels/fixed_loss_scale_gpu.o: \
-    CPU_CXXFLAGS := $(CXXFLAGS_COMMON) $(GPU_DEFINES) -I$(TF_CUDA_INCLUDE)
+    CPU_CXXFLAGS := $(CXXFLAGS_COMMON) $(GPU_DEFINES) -isystem $(TF_CUDA_INCLUDE)
 ifeq ($(CUDA_TOOLCHAIN),clang)
 $(CUDA_LAUNCHER_OBJ): tf_ops/core/gpu/multi_tensor_scale.cu $(HEADERS) config.mk \
                       tools/build_cuda_object.sh tools/make_fatbin.py
