@@ -105,20 +105,6 @@ def _tf_keras_modules():
   return ours, theirs
 
 
-if os.path.exists(TF_LSO_TEST):
-  _tf_ours, _tf_theirs = _tf_modules()
-
-  class TestTFOptimizerFileOnOurs(_tf_ours.MixedPrecisionLossScaleOptimizerTest):
-    """TF's file with fixed_loss_scale's wrapper and DynamicLossScale."""
-
-  @pytest.mark.slow
-  class TestTFOptimizerFileOnTFsControl(_tf_theirs.MixedPrecisionLossScaleOptimizerTest):
-    """The control: the same file and shims, TF's classes."""
-else:
-  def test_tf_loss_scale_optimizer_test_file():
-    pytest.skip(_missing(TF_LSO_TEST, "TF's loss_scale_optimizer_test.py"))
-
-
 _SUBCLASS = ("a wrapper converted by tf_keras's convert_to_legacy_optimizer, or saved under "
              "the deleted LossScaleOptimizerV1's name, is tf_keras's own class "
              "(tests/upstream/test_tf_keras_lso_restated_config.py)")
@@ -132,16 +118,23 @@ def _skip_subclass_cases(cls):
   return cls
 
 
-if os.path.exists(TF_KERAS_LSO_TEST):
-  _tfk_ours, _tfk_theirs = _tf_keras_modules()
+def _define(prefix, path, what, load, case_class, adjust=lambda cls: cls):
+  """Test{prefix}OnOurs and (slow) Test{prefix}Control: the upstream file's
+  `case_class` loaded by `load` with this package's classes and with the
+  upstream ones; where the file is missing, one test that skips saying so."""
+  if not os.path.exists(path):
+    def test_missing():
+      pytest.skip(_missing(path, what))
+    globals()[f"test_{prefix.lower()}_file"] = test_missing
+    return
+  ours, theirs = load()
+  globals()[f"Test{prefix}OnOurs"] = adjust(
+      type(f"Test{prefix}OnOurs", (getattr(ours, case_class),), {}))
+  globals()[f"Test{prefix}Control"] = pytest.mark.slow(
+      type(f"Test{prefix}Control", (getattr(theirs, case_class),), {}))
 
-  @_skip_subclass_cases
-  class TestTFKerasFileOnOurs(_tfk_ours.LossScaleOptimizerTest):
-    """tf_keras's file with fixed_loss_scale.tf_keras's classes."""
 
-  @pytest.mark.slow
-  class TestTFKerasFileOnTFKerasControl(_tfk_theirs.LossScaleOptimizerTest):
-    """The control: the same file and shims, tf_keras's classes."""
-else:
-  def test_tf_keras_loss_scale_optimizer_test_file():
-    pytest.skip(_missing(TF_KERAS_LSO_TEST, "tf_keras's loss_scale_optimizer_test.py"))
+_define("TFOptimizerFile", TF_LSO_TEST, "TF's loss_scale_optimizer_test.py", _tf_modules,
+        "MixedPrecisionLossScaleOptimizerTest")
+_define("TFKerasFile", TF_KERAS_LSO_TEST, "tf_keras's loss_scale_optimizer_test.py",
+        _tf_keras_modules, "LossScaleOptimizerTest", _skip_subclass_cases)

@@ -25,12 +25,13 @@ from tf_keras_restate import CLASSES
 from tf_keras_restate import SGD
 from tf_keras_restate import assert_all_close
 from tf_keras_restate import create_lso
-from tf_keras_restate import family_param
-from tf_keras_restate import full_param
+from tf_keras_restate import family_cases
+from tf_keras_restate import full_cases
 from tf_keras_restate import in_full_mode
 from tf_keras_restate import maybe_function
+from tf_keras_restate import minimizing
 from tf_keras_restate import run_fn_with_grad_check
-from tf_keras_restate import run_if_graph
+from tf_keras_restate import run_step
 from tf_keras_restate import which_param
 from conftest import run_worker
 from upstream_modes import identity_asserting_its_gradient
@@ -44,8 +45,7 @@ def tf_keras_two_replica_results(tmp_path_factory):
   """tests/workers/tf_keras_nan_replica.py's results (two logical CPUs)."""
   out = tmp_path_factory.mktemp("nan_replica")
   run_worker("tf_keras_nan_replica.py", out)
-  with open(out / "results.json") as f:
-    return json.load(f)
+  return json.loads((out / "results.json").read_text())
 
 
 @which_param
@@ -54,8 +54,7 @@ def test_is_instance(which):
     assert isinstance(create_lso(which, inner), CLASSES[which]["base"])
 
 
-@full_param
-@which_param
+@full_cases
 def test_fixed_loss_scale_applied_to_loss_with_minimize(which, family, strategy, mode,
                                                         use_tf_function):
   def case(evaluate, strategy_obj):
@@ -65,9 +64,7 @@ def test_fixed_loss_scale_applied_to_loss_with_minimize(which, family, strategy,
     assert 10.0 % strategy_obj.num_replicas_in_sync == 0
     run_fn = run_fn_with_grad_check(strategy_obj, var, opt,
                                     10.0 / strategy_obj.num_replicas_in_sync)
-    run_op = strategy_obj.experimental_run(maybe_function(run_fn, use_tf_function))
-    evaluate(v1.global_variables_initializer())
-    run_if_graph(evaluate, run_op)
+    run_step(evaluate, strategy_obj, maybe_function(run_fn, use_tf_function), initialize=True)
     assert_all_close(evaluate(var), [3.0])  # 5 - 2 * 1
 
   in_full_mode(mode, strategy, case)
@@ -85,15 +82,13 @@ def test_fixed_loss_scale_applied_to_loss_with_get_gradients(which):
   run_in_mode("graph", case)
 
 
-@family_param
-@which_param
+@family_cases
 def test_dynamic_attrs_with_fixed_loss_scale(which, family):
   opt = create_lso(which, SGD[family](), dynamic=False, initial_scale=2.0)
   assert not opt.dynamic and opt.dynamic_counter is None and opt.dynamic_growth_steps is None
 
 
-@family_param
-@which_param
+@family_cases
 def test_get_scaled_loss(which, family):
   opt = create_lso(which, SGD[family](), dynamic=False, initial_scale=2.0)
   for dtype in ("float32", "float16"):
@@ -102,8 +97,7 @@ def test_get_scaled_loss(which, family):
     assert opt.get_scaled_loss(lambda loss=loss: loss)().numpy() == 10.0
 
 
-@family_param
-@which_param
+@family_cases
 def test_get_unscaled_gradients(which, family):
   opt = create_lso(which, SGD[family](), dynamic=False, initial_scale=2)
   grads = opt.get_unscaled_gradients(
@@ -111,8 +105,7 @@ def test_get_unscaled_gradients(which, family):
   assert [None if g is None else g.numpy() for g in grads] == [1.5, None, -2.0]
 
 
-@family_param
-@which_param
+@family_cases
 def test_get_unscaled_sparse_gradients(which, family):
   opt = create_lso(which, SGD[family](), dynamic=False, initial_scale=2)
   sparse = tf.IndexedSlices(tf.convert_to_tensor([[4.0, 2.0], [8.0, 5.0]]),
@@ -123,8 +116,7 @@ def test_get_unscaled_sparse_gradients(which, family):
   np.testing.assert_array_equal(grad.values.numpy(), [[2.0, 1.0], [4.0, 2.5]])
 
 
-@full_param
-@which_param
+@full_cases
 def test_dynamic_loss_scale(which, family, strategy, mode, use_tf_function):
   def case(evaluate, strategy_obj):
     replicas = strategy_obj.num_replicas_in_sync
@@ -136,29 +128,24 @@ def test_dynamic_loss_scale(which, family, strategy, mode, use_tf_function):
     assert opt.initial_scale % replicas == 0
     run_fn = maybe_function(run_fn_with_grad_check(strategy_obj, var, opt, expected_gradient),
                             use_tf_function)
-    run_op = strategy_obj.experimental_run(run_fn)
-    evaluate(v1.global_variables_initializer())
-    run_if_graph(evaluate, run_op)
+    run_step(evaluate, strategy_obj, run_fn, initialize=True)
     assert_all_close(evaluate(var), [3.0])
     # The scale doubled, and with it the gradient the identity sees.
     evaluate(expected_gradient.assign(2 * 2.0 / replicas))
-    run_op = strategy_obj.experimental_run(run_fn)
-    run_if_graph(evaluate, run_op)
+    run_step(evaluate, strategy_obj, run_fn)
     assert_all_close(evaluate(var), [1.0])
 
   in_full_mode(mode, strategy, case)
 
 
-@family_param
-@which_param
+@family_cases
 def test_dynamic_loss_scale_default_values(which, family):
   opt = create_lso(which, SGD[family]())
   assert opt.initial_scale == 2**15 and opt.dynamic_growth_steps == 2000
   assert opt.loss_scale.numpy() == 2**15
 
 
-@full_param
-@which_param
+@full_cases
 def test_clipping(which, family, strategy, mode, use_tf_function):
   def case(evaluate, strategy_obj):
     for clip_type in ("clipnorm", "global_clipnorm", "clipvalue"):
@@ -170,55 +157,44 @@ def test_clipping(which, family, strategy, mode, use_tf_function):
         assert getattr(opt, clip_type) == 2.0
       assert opt.initial_scale % strategy_obj.num_replicas_in_sync == 0
       replicas = strategy_obj.num_replicas_in_sync
-      run_fn = maybe_function(lambda: opt.minimize(lambda: var * 4 / replicas, var_list=[var]),
-                              use_tf_function)
-      run_op = strategy_obj.experimental_run(run_fn)
-      evaluate(v1.global_variables_initializer())
-      run_if_graph(evaluate, run_op)
+      run_fn = minimizing(opt, lambda: var * 4 / replicas, var, use_tf_function)
+      run_step(evaluate, strategy_obj, run_fn, initialize=True)
       assert_all_close(evaluate(var), [1.0])  # gradient 4 clipped to 2: 5 - 2 * 2
       assert evaluate(opt.loss_scale) == 4
       if not legacy:
         return  # upstream stops here for the new optimizer (no clip attributes)
       setattr(opt, clip_type, 3.0)
-      run_op = strategy_obj.experimental_run(run_fn)
-      run_if_graph(evaluate, run_op)
+      run_step(evaluate, strategy_obj, run_fn)
       assert_all_close(evaluate(var), [-5.0])  # clipped to 3: 1 - 3 * 2
       assert evaluate(opt.loss_scale) == 8
       # An inf gradient is skipped, not clipped.
-      run_fn = lambda: opt.minimize(lambda: var * float("Inf"), var_list=[var])  # noqa: E731
-      run_op = strategy_obj.experimental_run(run_fn)
-      run_if_graph(evaluate, run_op)
+      run_fn = minimizing(opt, lambda: var * float("Inf"), var)
+      run_step(evaluate, strategy_obj, run_fn)
       assert_all_close(evaluate(var), [-5.0])
       assert evaluate(opt.loss_scale) == 4
 
   in_full_mode(mode, strategy, case)
 
 
-@full_param
-@which_param
+@full_cases
 def test_dynamic_update(which, family, strategy, mode, use_tf_function):
   def case(evaluate, strategy_obj):
     var = tf.Variable([1.0, 2.0])
     opt = create_lso(which, SGD[family](1.0), initial_scale=2, dynamic_growth_steps=1)
     replicas = strategy_obj.num_replicas_in_sync
-    run_fn = maybe_function(lambda: opt.minimize(lambda: var * 2.0 / replicas, var_list=[var]),
-                            use_tf_function)
-    run_op = strategy_obj.experimental_run(run_fn)
-    evaluate(v1.global_variables_initializer())
-    run_if_graph(evaluate, run_op)
+    run_fn = minimizing(opt, lambda: var * 2.0 / replicas, var, use_tf_function)
+    run_step(evaluate, strategy_obj, run_fn, initialize=True)
     assert_all_close(evaluate(var), [-1.0, 0.0])
     assert evaluate(opt.loss_scale) == 4.0
-    run_fn = lambda: opt.minimize(lambda: var * float("NaN"), var_list=[var])  # noqa: E731
-    run_op = strategy_obj.experimental_run(run_fn)
-    run_if_graph(evaluate, run_op)
+    run_fn = minimizing(opt, lambda: var * float("NaN"), var)
+    run_step(evaluate, strategy_obj, run_fn)
     assert_all_close(evaluate(var), [-1.0, 0.0])  # NaN: not applied
     assert evaluate(opt.loss_scale) == 2.0
 
   in_full_mode(mode, strategy, case)
 
 
-@full_param
-@which_param
+@full_cases
 def test_dynamic_loss_scale_with_float16_loss(which, family, strategy, mode, use_tf_function):
   def case(evaluate, strategy_obj):
     var = tf.Variable([5.0])
@@ -226,9 +202,7 @@ def test_dynamic_loss_scale_with_float16_loss(which, family, strategy, mode, use
     replicas = strategy_obj.num_replicas_in_sync
     run_fn = maybe_function(lambda: opt.minimize(
         lambda: tf.cast(var / replicas, "float16"), var_list=[var]), use_tf_function)
-    run_op = strategy_obj.experimental_run(run_fn)
-    evaluate(v1.global_variables_initializer())
-    run_if_graph(evaluate, run_op)
+    run_step(evaluate, strategy_obj, run_fn, initialize=True)
     assert_all_close(evaluate(var), [3.0])
 
   in_full_mode(mode, strategy, case)
@@ -250,8 +224,7 @@ def test_custom_aggregator(which):
   assert opt.loss_scale.numpy() == 1.0
 
 
-@full_param
-@which_param
+@full_cases
 def test_dynamic_loss_scale_with_slots(which, family, strategy, mode, use_tf_function):
   if (family, strategy, mode) == ("legacy", "mirrored", "graph"):
     pytest.skip("upstream skips this combination (b/138667997, control flow v2)")
@@ -261,15 +234,11 @@ def test_dynamic_loss_scale_with_slots(which, family, strategy, mode, use_tf_fun
     opt = create_lso(which, SGD[family](1.0, momentum=1.0), initial_scale=2.0,
                      dynamic_growth_steps=1)
     replicas = strategy_obj.num_replicas_in_sync
-    run_fn = maybe_function(lambda: opt.minimize(lambda: var / replicas, var_list=[var]),
-                            use_tf_function)
-    run_op = strategy_obj.experimental_run(run_fn)
-    evaluate(v1.global_variables_initializer())
-    run_if_graph(evaluate, run_op)
+    run_fn = minimizing(opt, lambda: var / replicas, var, use_tf_function)
+    run_step(evaluate, strategy_obj, run_fn, initialize=True)
     assert_all_close(evaluate(var), [0.0, 1.0])  # accumulator 1
     assert evaluate(opt.loss_scale) == 4.0
-    run_op = strategy_obj.experimental_run(run_fn)
-    run_if_graph(evaluate, run_op)
+    run_step(evaluate, strategy_obj, run_fn)
     assert_all_close(evaluate(var), [-2.0, -1.0])  # accumulator 2
     assert evaluate(opt.loss_scale) == 8.0
     if isinstance(opt, CLASSES[which]["legacy"]):
@@ -278,24 +247,18 @@ def test_dynamic_loss_scale_with_slots(which, family, strategy, mode, use_tf_fun
   in_full_mode(mode, strategy, case)
 
 
-@full_param
-@which_param
+@full_cases
 def test_iterations_incremented(which, family, strategy, mode, use_tf_function):
   def case(evaluate, strategy_obj):
     opt = create_lso(which, SGD[family](1.0))
     var = tf.Variable([5.0])
     replicas = strategy_obj.num_replicas_in_sync
-    run_fn = maybe_function(lambda: opt.minimize(lambda: var * 2.0 / replicas, [var]),
-                            use_tf_function)
-    run_op = strategy_obj.experimental_run(run_fn)
-    evaluate(v1.global_variables_initializer())
-    run_if_graph(evaluate, run_op)
+    run_fn = minimizing(opt, lambda: var * 2.0 / replicas, var, use_tf_function)
+    run_step(evaluate, strategy_obj, run_fn, initialize=True)
     assert evaluate(var) == 3.0 and evaluate(opt.iterations) == 1
     # A NaN step is not applied but counted.
-    run_fn = maybe_function(lambda: opt.minimize(lambda: var * float("NaN"), [var]),
-                            use_tf_function)
-    run_op = strategy_obj.experimental_run(run_fn)
-    run_if_graph(evaluate, run_op)
+    run_fn = minimizing(opt, lambda: var * float("NaN"), var, use_tf_function)
+    run_step(evaluate, strategy_obj, run_fn)
     assert evaluate(var) == 3.0 and evaluate(opt.iterations) == 2
 
   in_full_mode(mode, strategy, case)

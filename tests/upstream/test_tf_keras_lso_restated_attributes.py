@@ -15,7 +15,7 @@ from tf_keras_restate import SGD
 from tf_keras_restate import assert_all_close
 from tf_keras_restate import create_lso
 from tf_keras_restate import eval_if_tensor
-from tf_keras_restate import family_param
+from tf_keras_restate import family_cases
 from tf_keras_restate import which_param
 
 BASES = {"new": tf_keras.optimizers.Optimizer, "legacy": tf_keras.optimizers.legacy.Optimizer}
@@ -79,8 +79,7 @@ def test_hyper_parameters_exposed(which):
     lso.loss_scale = 2.0  # the LossScaleOptimizer's attribute, not the inner hyperparameter
 
 
-@family_param
-@which_param
+@family_cases
 def test_arbitrary_attributes_not_exposed(which, family):
   inner = SGD[family]()
   lso = create_lso(which, inner)
@@ -100,8 +99,7 @@ def test_dir(which):
   assert "nesterov" not in names and "nesterov" in dir(lso.inner_optimizer)
 
 
-@family_param
-@which_param
+@family_cases
 def test_loss_scale_delegation_with_wrapper(which, family):
   class Wrapper(BASES[family]):
     def __init__(self):

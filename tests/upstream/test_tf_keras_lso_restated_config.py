@@ -28,7 +28,7 @@ from tf_keras_restate import FULL
 from tf_keras_restate import SGD
 from tf_keras_restate import create_lso
 from tf_keras_restate import eval_if_tensor
-from tf_keras_restate import family_param
+from tf_keras_restate import family_cases
 from tf_keras_restate import in_full_mode
 from tf_keras_restate import maybe_function
 from tf_keras_restate import run_fn_with_grad_check
@@ -219,8 +219,7 @@ def test_serialization_with_built_in_optimizer(which, lso_type, mode):
   run_in_mode(mode, case)
 
 
-@family_param
-@which_param
+@family_cases
 def test_serialization_with_custom_optimizer(which, family):
   class AttributeSGD(type(SGD[family]())):
     def __init__(self, *args, **kwargs):
@@ -260,8 +259,7 @@ def test_convert_to_legacy_optimizer(which):
     assert converted.get_config() == reference_config
 
 
-@family_param
-@which_param
+@family_cases
 def test_unsupported_strategy(which, family):
   strategy = tf.distribute.experimental.CentralStorageStrategy()
   message = ("Loss scaling is not supported with the tf.distribute.Strategy: "
@@ -275,8 +273,7 @@ def test_unsupported_strategy(which, family):
       strategy.experimental_run(lambda: opt.minimize(lambda: var * 2.0, [var]))
 
 
-@family_param
-@which_param
+@family_cases
 def test_invalid_args_with_fixed_loss_scale(which, family):
   with pytest.raises(ValueError, match='"initial_scale" must be specified if "dynamic" is False'):
     create_lso(which, SGD[family](), dynamic=False)
@@ -285,16 +282,14 @@ def test_invalid_args_with_fixed_loss_scale(which, family):
     create_lso(which, SGD[family](), dynamic=False, initial_scale=1, dynamic_growth_steps=2)
 
 
-@family_param
-@which_param
+@family_cases
 def test_dynamic_must_be_bool(which, family):
   with pytest.raises(TypeError, match='"dynamic" argument to LossScaleOptimizer.__init__ must '
                                       "be a bool, but got: 'dynamic'"):
     create_lso(which, SGD[family](), "dynamic")
 
 
-@family_param
-@which_param
+@family_cases
 def test_scaling_warning(which, family):
   var = tf.Variable(1.0)
   for before, warned in (
@@ -312,8 +307,7 @@ def test_scaling_warning(which, family):
       assert warned in mock_warn.call_args_list[0][0][0]
 
 
-@family_param
-@which_param
+@family_cases
 def test_scaling_no_warning(which, family):
   var = tf.Variable(1.0)
   lso = create_lso(which, SGD[family]())
@@ -324,16 +318,14 @@ def test_scaling_no_warning(which, family):
     mock_warn.assert_not_called()
 
 
-@family_param
-@which_param
+@family_cases
 def test_error_when_nesting(which, family):
   opt = create_lso(which, SGD[family]())
   with pytest.raises(TypeError, match="LossScaleOptimizer cannot wrap another LossScaleOptimizer"):
     create_lso(which, opt)
 
 
-@family_param
-@which_param
+@family_cases
 def test_error_wrapping_same_optimizer_multiple_times(which, family):
   inner = SGD[family]()
   create_lso(which, inner)

@@ -39,6 +39,11 @@ mode_param = pytest.mark.parametrize("mode", ["graph", "eager"])
 strategy_param = pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 
 
+def every_strategy_class_and_mode(test):
+  """Upstream's TESTCASES x run_in_graph_and_eager_modes, for each class."""
+  return strategy_param(which_param(mode_param(test)))
+
+
 def _step(strategy, opt, loss, var):
   """strategy.experimental_run of `opt.minimize(loss, var_list=[var])`."""
   return strategy.experimental_run(lambda: opt.minimize(loss, var_list=[var]))
@@ -50,9 +55,7 @@ def _run_in_graph(evaluate, op):
     evaluate(op)
 
 
-@strategy_param
-@which_param
-@mode_param
+@every_strategy_class_and_mode
 def test_fixed_loss_scale_applied_to_loss_with_minimize(strategy, which, mode):
   wrapper, _ = CLASSES[which]
 
@@ -89,9 +92,7 @@ def test_fixed_loss_scale_applied_to_loss_with_get_gradients(which):
   run_in_mode("graph", case)
 
 
-@strategy_param
-@which_param
-@mode_param
+@every_strategy_class_and_mode
 def test_dynamic_loss_scale(strategy, which, mode):
   wrapper, dynamic = CLASSES[which]
 
@@ -120,55 +121,39 @@ def test_dynamic_loss_scale(strategy, which, mode):
   run_in_mode(mode, case)
 
 
-@strategy_param
-@which_param
-@mode_param
-def test_dynamic_update(strategy, which, mode):
+# Upstream's testDynamicUpdate and testDynamicLossScaleWithSlots: var [1, 2],
+# a dynamic scale starting at 2 and updated every step, two minimize steps,
+# each followed by the var and the scale it must leave. (inner optimizer,
+# multiplier, [(loss given var and replicas, var after, scale after)] * 2)
+TWO_STEPS = {
+    "dynamic_update": (lambda: v1.train.GradientDescentOptimizer(1.0), 2, [
+        (lambda var, r: var * 2.0 / r, [-1.0, 0.0], 4.),  # finite gradient 2
+        (lambda var, r: var * float("nan"), [-1.0, 0.0], 2.)]),  # NaN: not applied, halved
+    "dynamic_loss_scale_with_slots": (lambda: v1.train.MomentumOptimizer(1.0, momentum=1.), 4, [
+        (lambda var, r: var / r, [0.0, 1.0], 2. * 4),  # momentum accumulator 1
+        (lambda var, r: var / r, [-2.0, -1.0], 2. * 16)]),  # accumulator 2
+}
+
+
+@pytest.mark.parametrize("name", sorted(TWO_STEPS))
+@every_strategy_class_and_mode
+def test_dynamic_two_steps(name, strategy, which, mode):
   wrapper, dynamic = CLASSES[which]
+  inner, multiplier, steps = TWO_STEPS[name]
 
   def case(evaluate):
     with STRATEGIES[strategy]().scope() as strategy_obj:
       var = tf.Variable([1.0, 2.0])
-      loss_scale = dynamic(initial_loss_scale=2, increment_period=1, multiplier=2)
-      opt = wrapper(v1.train.GradientDescentOptimizer(1.0), loss_scale)
+      loss_scale = dynamic(initial_loss_scale=2., increment_period=1, multiplier=multiplier)
+      opt = wrapper(inner(), loss_scale)
       replicas = strategy_obj.num_replicas_in_sync
-      run_op = _step(strategy_obj, opt, lambda: var * 2.0 / replicas, var)
-      evaluate(v1.global_variables_initializer())
-      _run_in_graph(evaluate, run_op)
-      np.testing.assert_allclose(evaluate(var), [-1.0, 0.0])  # finite gradient 2
-      assert evaluate(opt._loss_scale()) == 4.  # pylint: disable=protected-access
-      run_op = _step(strategy_obj, opt, lambda: var * float("nan"), var)
-      _run_in_graph(evaluate, run_op)
-      np.testing.assert_allclose(evaluate(var), [-1.0, 0.0])  # NaN: not applied
-      assert evaluate(opt._loss_scale()) == 2.  # pylint: disable=protected-access
-
-  run_in_mode(mode, case)
-
-
-@strategy_param
-@which_param
-@mode_param
-def test_dynamic_loss_scale_with_slots(strategy, which, mode):
-  wrapper, dynamic = CLASSES[which]
-
-  def case(evaluate):
-    with STRATEGIES[strategy]().scope() as strategy_obj:
-      var = tf.Variable([1.0, 2.0])
-      initial = 2.
-      loss_scale = dynamic(initial_loss_scale=initial, increment_period=1, multiplier=4)
-      opt = wrapper(v1.train.MomentumOptimizer(1.0, momentum=1.), loss_scale)
-      replicas = strategy_obj.num_replicas_in_sync
-      run_op = _step(strategy_obj, opt, lambda: var / replicas, var)
-      evaluate(v1.global_variables_initializer())
-      _run_in_graph(evaluate, run_op)
-      # Accumulator 0 + gradient 1 = 1, subtracted from var.
-      np.testing.assert_allclose(evaluate(var), [0.0, 1.0])
-      assert evaluate(opt._loss_scale()) == initial * 4  # pylint: disable=protected-access
-      run_op = _step(strategy_obj, opt, lambda: var / replicas, var)
-      _run_in_graph(evaluate, run_op)
-      # Accumulator 1 + gradient 1 = 2, subtracted from var.
-      np.testing.assert_allclose(evaluate(var), [-2., -1.])
-      assert evaluate(opt._loss_scale()) == initial * 16  # pylint: disable=protected-access
+      for i, (loss, var_after, scale_after) in enumerate(steps):
+        run_op = _step(strategy_obj, opt, lambda loss=loss: loss(var, replicas), var)
+        if i == 0:
+          evaluate(v1.global_variables_initializer())
+        _run_in_graph(evaluate, run_op)
+        np.testing.assert_allclose(evaluate(var), var_after)
+        assert evaluate(opt._loss_scale()) == scale_after  # pylint: disable=protected-access
 
   run_in_mode(mode, case)
 

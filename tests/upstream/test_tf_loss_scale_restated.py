@@ -37,6 +37,11 @@ mode_param = pytest.mark.parametrize("mode", MODES)
 strategy_param = pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 
 
+def every_strategy_class_and_mode(test):
+  """Upstream's TESTCASES x run_in_graph_and_eager_modes, for each class."""
+  return strategy_param(which_param(mode_param(test)))
+
+
 # FixedLossScaleTest
 
 
@@ -158,9 +163,7 @@ TRAJECTORIES = {
 
 
 @pytest.mark.parametrize("name", sorted(TRAJECTORIES))
-@strategy_param
-@which_param
-@mode_param
+@every_strategy_class_and_mode
 def test_dynamic_trajectory(name, strategy, which, mode):
   inputs, expected, initial, period, multiplier, in_scope = TRAJECTORIES[name]
   dynamic = CLASSES[which][1]
@@ -175,9 +178,7 @@ def test_dynamic_trajectory(name, strategy, which, mode):
   assert scales == expected
 
 
-@strategy_param
-@which_param
-@mode_param
+@every_strategy_class_and_mode
 def test_dynamic_single_tensor_gradient(strategy, which, mode):
 
   def case(evaluate):
@@ -229,9 +230,7 @@ def test_dynamic_call_type(which, mode):
   assert run_in_mode(mode, lambda _: isinstance(CLASSES[which][1]()(), tf.Tensor))
 
 
-@strategy_param
-@which_param
-@mode_param
+@every_strategy_class_and_mode
 def test_dynamic_repr(strategy, which, mode):
 
   def case(_):

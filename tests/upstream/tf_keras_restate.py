@@ -43,6 +43,16 @@ full_param = pytest.mark.parametrize("family,strategy,mode,use_tf_function", FUL
 family_param = pytest.mark.parametrize("family", FAMILIES_ONLY)
 
 
+def full_cases(test):
+  """Upstream's opt_and_strategy_and_mode_combinations, for each class."""
+  return full_param(which_param(test))
+
+
+def family_cases(test):
+  """Upstream's opt_combinations_only, for each class."""
+  return family_param(which_param(test))
+
+
 def create_lso(which, inner, dynamic=True, initial_scale=None, dynamic_growth_steps=None):
   """Upstream's create_lso: the front class, which picks the family's class."""
   return CLASSES[which]["base"](inner, dynamic=dynamic, initial_scale=initial_scale,
@@ -59,6 +69,21 @@ def eval_if_tensor(evaluate, value):
   """Upstream's _eval_if_tensor: hyperparameters are variables on legacy
   optimizers and Python floats on the new ones."""
   return evaluate(value) if isinstance(value, (tf.Tensor, tf.Variable)) else value
+
+
+def minimizing(opt, loss, var, use_tf_function=False):
+  """`opt.minimize(loss, var_list=[var])` as a function to run (a tf.function
+  when asked)."""
+  return maybe_function(lambda: opt.minimize(loss, var_list=[var]), use_tf_function)
+
+
+def run_step(evaluate, strategy_obj, run_fn, initialize=False):
+  """strategy.experimental_run(run_fn), then upstream's _run_if_in_graph_mode,
+  the variables initialized first when asked."""
+  run_op = strategy_obj.experimental_run(run_fn)
+  if initialize:
+    evaluate(tf.compat.v1.global_variables_initializer())
+  run_if_graph(evaluate, run_op)
 
 
 def run_fn_with_grad_check(strategy, var, opt, expected_grad):
