@@ -3,6 +3,10 @@
 Importing the package loads the op library (the custom ops that
 fixed_loss_scale.ops wraps) and registers the gradients of those that have
 one; import it before loading a SavedModel or MetaGraph that uses them.
+
+`fixed_loss_scale.tf_keras` (tf_keras's LossScaleOptimizer on the ops) is not
+imported here: it needs the optional tf-keras package (the `[tf-keras]` extra),
+and importing it registers its classes for `tf_keras.models.load_model`.
 """
 
 from fixed_loss_scale import ops
