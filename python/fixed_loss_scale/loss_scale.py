@@ -116,6 +116,37 @@ class FixedLossScale(tf.compat.v1.mixed_precision.FixedLossScale):
     return f"FixedLossScale({self._loss_scale_value!r})"
 
 
+def as_fixed_loss_scale(
+    loss_scale, dynamic_hint="tf.compat.v1.mixed_precision.MixedPrecisionLossScaleOptimizer"):
+  """Returns `loss_scale` as a `fixed_loss_scale.FixedLossScale`: the fixed
+  scales the optimizer wrappers accept (the TF1 compat wrapper, the Keras 3
+  FixedLossScaleOptimizer; `dynamic_hint` names the class to use instead).
+
+  Accepts a Python or numpy number, this package's `FixedLossScale`, or TF's own
+  `tf.compat.v1.mixed_precision.FixedLossScale` (converted, same value).
+
+  Raises:
+    ValueError: for None, 'dynamic', a DynamicLossScale or anything else that is
+      not a fixed scale, and for numbers that are not a usable scale.
+  """
+  if isinstance(loss_scale, FixedLossScale):
+    return loss_scale
+  if isinstance(loss_scale, tf.compat.v1.mixed_precision.FixedLossScale):
+    return FixedLossScale(loss_scale._loss_scale_value)  # pylint: disable=protected-access
+  if loss_scale is None:
+    # TF's MixedPrecisionLossScaleOptimizer's words, then ours.
+    raise ValueError("loss_scale cannot be None; pass a number (at least 1) or a "
+                     f"FixedLossScale, or for dynamic loss scaling use {dynamic_hint}")
+  if isinstance(loss_scale, (str, LossScale, dict)):
+    raise ValueError(
+        f"loss_scale must be a number or a FixedLossScale, got {loss_scale!r}; for dynamic "
+        f"loss scaling use {dynamic_hint}")
+  try:
+    return FixedLossScale(loss_scale)
+  except TypeError as error:
+    raise ValueError(f"loss_scale must be a number or a FixedLossScale: {error}") from None
+
+
 def serialize(loss_scale):
   """Returns a `{'class_name', 'config'}` dict describing `loss_scale`."""
   if not isinstance(loss_scale, LossScale):

@@ -33,35 +33,7 @@ from tensorflow.python.training.experimental import loss_scale_optimizer as tf_l
 from fixed_loss_scale import dynamic
 from fixed_loss_scale import loss_scale as loss_scale_module
 from fixed_loss_scale import scaling
-
-
-def as_fixed_loss_scale(
-    loss_scale, dynamic_hint="tf.compat.v1.mixed_precision.MixedPrecisionLossScaleOptimizer"):
-  """Returns `loss_scale` as a `fixed_loss_scale.FixedLossScale`.
-
-  Accepts a Python or numpy number, this package's `FixedLossScale`, or TF's own
-  `tf.compat.v1.mixed_precision.FixedLossScale` (converted, same value).
-
-  Raises:
-    ValueError: for None, 'dynamic', a DynamicLossScale or anything else that is
-      not a fixed scale, and for numbers that are not a usable scale.
-  """
-  if isinstance(loss_scale, loss_scale_module.FixedLossScale):
-    return loss_scale
-  if isinstance(loss_scale, tf_loss_scale.FixedLossScale):
-    return loss_scale_module.FixedLossScale(loss_scale._loss_scale_value)  # pylint: disable=protected-access
-  if loss_scale is None:
-    # TF's MixedPrecisionLossScaleOptimizer's words, then ours.
-    raise ValueError("loss_scale cannot be None; pass a number (at least 1) or a "
-                     f"FixedLossScale, or for dynamic loss scaling use {dynamic_hint}")
-  if isinstance(loss_scale, (str, tf_loss_scale.LossScale, dict)):
-    raise ValueError(
-        f"loss_scale must be a number or a FixedLossScale, got {loss_scale!r}; for dynamic "
-        f"loss scaling use {dynamic_hint}")
-  try:
-    return loss_scale_module.FixedLossScale(loss_scale)
-  except TypeError as error:
-    raise ValueError(f"loss_scale must be a number or a FixedLossScale: {error}") from None
+from fixed_loss_scale.loss_scale import as_fixed_loss_scale
 
 
 def as_loss_scale(loss_scale):
