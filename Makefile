@@ -58,10 +58,20 @@ CORE_CPU_SRCS := tf_ops/core/cpu/multi_tensor_scale_cpu.cc \
                  tf_ops/core/cpu/simd_avx512.cc \
                  tf_ops/core/cpu/simd_avx512_bf16.cc \
                  tf_ops/core/c_api.cc
+# The fused optimizer updates: built with -ffp-contract=off, since a contracted
+# a*b+c would change their bits (NOTE [fused update numerics] in
+# tf_ops/core/fused_update_math.h).
+FUSED_CPU_SRCS := tf_ops/core/cpu/fused_update_cpu.cc \
+                  tf_ops/core/cpu/fused_update_avx2.cc \
+                  tf_ops/core/cpu/fused_update_avx512.cc
 TF_SRCS := tf_ops/tf/ops/fixed_loss_scale_ops.cc \
            tf_ops/tf/kernels/fixed_loss_scale_kernels.cc \
-           tf_ops/tf/kernels/fixed_loss_scale_cpu.cc
-CORE_OBJS := $(patsubst %.cc,$(BUILD_DIR)/%.o,$(CORE_CPU_SRCS))
+           tf_ops/tf/kernels/fixed_loss_scale_cpu.cc \
+           tf_ops/tf/ops/fused_update_ops.cc \
+           tf_ops/tf/kernels/fused_update_kernels.cc
+FUSED_OBJS := $(patsubst %.cc,$(BUILD_DIR)/%.o,$(FUSED_CPU_SRCS))
+$(FUSED_OBJS): CXX_FLAGS += -ffp-contract=off
+CORE_OBJS := $(patsubst %.cc,$(BUILD_DIR)/%.o,$(CORE_CPU_SRCS)) $(FUSED_OBJS)
 CPU_OBJS := $(CORE_OBJS) $(patsubst %.cc,$(BUILD_DIR)/%.o,$(TF_SRCS))
 HEADERS := $(wildcard tf_ops/core/*.h tf_ops/core/cpu/*.h tf_ops/core/gpu/*.h tf_ops/tf/*.h tf_ops/tf/kernels/*.h)
 
