@@ -39,15 +39,6 @@ namespace fixed_loss_scale {
 namespace simd {
 namespace {
 
-// Elements before `p` reaches a 64-byte boundary, at most n.
-template <typename T>
-inline int64_t HeadToAlign(const T* p, int64_t n) {
-  const uintptr_t misalignment = reinterpret_cast<uintptr_t>(p) & 63u;
-  if (misalignment == 0 || misalignment % sizeof(T) != 0) return 0;
-  const int64_t head = static_cast<int64_t>((64u - misalignment) / sizeof(T));
-  return head < n ? head : n;
-}
-
 // What a loop does with each scaled register: stores it (FixedScaleLoss,
 // FixedUnscaleGrads), stores and checks it (FixedUnscaleGradsAndCheck), or
 // checks it alone (FixedCheckGrads).

@@ -86,6 +86,18 @@ struct PathLoops {
 // The portable loops (multi_tensor_scale_cpu.cc).
 extern const PathLoops kScalarLoops;
 
+// Elements before `p` reaches a 64-byte boundary, at most n: the head every
+// vector loop runs one by one so that its stores are aligned (scale_loop.h).
+// Internal linkage, as the loops that inline it (NOTE [one target per
+// translation unit]).
+template <typename T>
+static inline int64_t HeadToAlign(const T* p, int64_t n) {
+  const uintptr_t misalignment = reinterpret_cast<uintptr_t>(p) & 63u;
+  if (misalignment == 0 || misalignment % sizeof(T) != 0) return 0;
+  const int64_t head = static_cast<int64_t>((64u - misalignment) / sizeof(T));
+  return head < n ? head : n;
+}
+
 // See NOTE [16-bit prefetch].
 constexpr int kPrefetchBytes16 = 2048;
 
