@@ -3,9 +3,10 @@
     python benchmarks/gpu_torch.py        # or: python -m benchmarks.gpu_torch
 
 Times, on every gradient set of benchmarks/gradient_sets.txt (its `full`
-variant, the tensors the launcher driver's bench reads from the same file) and
-in the same units (bytes moved = read + write of every element, GB/s, fraction
-of a device-to-device copy of the same bytes measured in the same run):
+variant, the tensors the launcher driver's bench reads from the same file), in
+float32, float16 and bfloat16 as that bench does, and in the same units (bytes
+moved = read + write of every element, GB/s, fraction of a device-to-device
+copy of the same bytes measured in the same run):
   * torch._foreach_mul_(tensors, inv_scale)
   * torch._amp_foreach_non_finite_check_and_unscale_(tensors, found_inf, inv_scale)
 Needs PyTorch only (no TensorFlow, no numpy): the sets come through the plain-
@@ -21,7 +22,7 @@ if not __package__:  # run as a script: the repository root holds the package
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import gradient_sets  # noqa: E402  pylint: disable=wrong-import-position
 
-DTYPES = ("float32", "float16")
+DTYPES = ("float32", "float16", "bfloat16")
 
 
 def element_counts():
@@ -59,16 +60,22 @@ def bench_set(torch, name, sizes, dtype_name):
 
   copy_us = time_micros(torch, lambda: flat_target.copy_(flat), iterations)
   foreach_us = time_micros(torch, lambda: torch._foreach_mul_(tensors, 1.0), iterations)
-  unscale_us = time_micros(
-      torch,
-      lambda: torch._amp_foreach_non_finite_check_and_unscale_(tensors, found_inf, inv_scale),
-      iterations)
+  try:
+    unscale_us = time_micros(
+        torch,
+        lambda: torch._amp_foreach_non_finite_check_and_unscale_(tensors, found_inf, inv_scale),
+        iterations)
+  except RuntimeError as error:  # a dtype this PyTorch's amp kernel does not take
+    print(f"  {name} {dtype_name}: torch amp unscale_ refused: {error}")
+    unscale_us = None
 
   copy_gbps = bytes_moved / (copy_us * 1e3)
   print(f"  {name:<10} {dtype_name:<7} {len(sizes):4d} tensors {elements:11d} elements "
         f"{bytes_moved / 1e6:9.1f} MB moved")
   for arm, micros in (("torch copy_", copy_us), ("torch _foreach_mul_", foreach_us),
                       ("torch amp unscale_", unscale_us)):
+    if micros is None:
+      continue
     gbps = bytes_moved / (micros * 1e3)
     print(f"    {arm:<22} {micros:10.1f} us {gbps:8.1f} GB/s {100.0 * gbps / copy_gbps:7.1f}% "
           f"of copy")

@@ -6,7 +6,8 @@ executed for every (block, thread) of the launch the launcher makes, on every
 dtype, sizes 0..2^20, legal misaligned offsets, in place and out of place, and
 lists of 1 to 10,000 tensors, with every memory access counted and checked
 against guard bytes; and its element math is compared with the CPU kernels'
-under x86 flush-to-zero. The checked launch of FixedUnscaleGradsAndCheck runs
+under x86 flush-to-zero, also through the paired float16/bfloat16 path on
+every bit pattern. The checked launch of FixedUnscaleGradsAndCheck runs
 the same way: unscaled bits as the unchecked kernel's, the all-finite flag
 exact with one Inf or NaN at heads, tails, pack edges and chunk boundaries, the
 sum of squares within a stated tolerance of a double reference, every byte of
@@ -37,6 +38,12 @@ def test_kernel_body_on_every_block_and_thread_of_its_launches():
   element = re.search(r"element math:\s+(\d+) values x factors against (.*?), (\d+) differ",
                       output)
   assert element and int(element.group(1)) > 5_000_000 and element.group(3) == "0", output
+  # The paired float16/bfloat16 path: every pattern, in every lane, for every
+  # factor, against the CPU kernels; and which lanes it leaves to the
+  # per-element path.
+  paired = re.search(r"paired 16-bit packs:\s+(\d+) values x factors against (.*?), (\d+) differ",
+                     output)
+  assert paired and int(paired.group(1)) > 20_000_000 and paired.group(3) == "0", output
   single = re.search(r"single tensors:\s+(\d+) cases,\s+\d+ tensors,\s+(\d+) elements.*?"
                      r"(\d+) failed", output)
   assert single and int(single.group(1)) > 6000 and single.group(3) == "0", output

@@ -39,6 +39,9 @@
 #                 of both builds: 128-bit global loads and stores (LDG.E.128 /
 #                 STG.E.128; the read-only kernels no store at all), no local
 #                 memory (LDL/STL); registers
+#   SASS per element  tf_ops/tests/element_probe.cu built for the local GPU:
+#                 instructions per element of the paired float16/bfloat16
+#                 path against the per-element one and float32's (printed)
 #   bench         launcher_driver bench on float32, float16 and bfloat16 (vs a
 #                 device-to-device copy; the checked launch and the read-only
 #                 check without and with the sum of squares; the fused launch
@@ -212,6 +215,33 @@ for object in "$WORK/multi_tensor_scale.nvcc.o" "$BUNDLE/multi_tensor_scale.cuda
     echo "--- SASS $object: FAILED"; failures+=("SASS $(basename "$object")")
   fi
 done
+
+step "SASS per element ($SM): the paired 16-bit path against the per-element one (tf_ops/tests/element_probe.cu)"
+# Static instructions of each probe kernel less its Baseline (load and store),
+# per element: PairedOnly is what an ordinary float16/bfloat16 pack runs,
+# PerElement the per-element path it replaced, Paired both with the fallback.
+if "$NVCC" -std=c++17 -O3 -I. -cubin -arch="$SM" tf_ops/tests/element_probe.cu \
+       -o "$WORK/element_probe.cubin" 2>&1; then
+  "$CUOBJDUMP" -sass "$WORK/element_probe.cubin" 2>/dev/null | awk '
+    /Function : / { name = $3; n[name] = 0; next }
+    name != "" && /^ *\/\*[0-9a-f]+\*\/ / && !/NOP/ { n[name]++ }
+    END {
+      split("float16 bfloat16 float32", dtypes, " "); lanes[0] = 8; lanes[1] = 8; lanes[2] = 4
+      for (k in n) {
+        if (!match(k, /(Baseline|PairedOnly|Paired|PerElement)ILNS_5DTypeE[0-9]ENS0_3JobILb[01]ELb[01]/)) continue
+        s = substr(k, RSTART, RLENGTH); kind = s; sub(/ILNS.*/, "", kind)
+        d = substr(s, index(s, "DTypeE") + 6, 1); c = substr(s, length(s), 1)
+        key = d " " c; if (kind == "Baseline") base[key] = n[k]; else count[key " " kind] = n[k]
+      }
+      for (key in count) {
+        split(key, f, " ")
+        printf "  %-9s %-12s %-11s %6.1f instructions per element\n", dtypes[f[1] + 1],
+               f[2] == 1 ? "checked+sum" : "scale", f[3], (count[key] - base[f[1] " " f[2]]) / lanes[f[1]]
+      }
+    }' | sort
+else
+  echo "  element_probe.cu did not build for $SM (informational step)"
+fi
 
 step "bench: ${builds[-1]} launcher (vs device-to-device copy), then PyTorch"
 run "bench" 150 "$d" bench benchmarks/gradient_sets.txt

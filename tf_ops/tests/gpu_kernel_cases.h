@@ -616,9 +616,9 @@ inline std::string CheckOutputsError(const ListCase& list, const ReferenceCheck&
   uint32_t bits;
   memcpy(&bits, &sum_of_squares, 4);
   if (!list.sum_of_squares) {
-    if (bits == gpu::kNotComputedBits) return "";
+    if (bits == kNotComputedBits) return "";
     snprintf(buffer, sizeof(buffer), "sum_of_squares is 0x%08x without the sum, expected 0x%08x",
-             bits, gpu::kNotComputedBits);
+             bits, kNotComputedBits);
     return buffer;
   }
   if (SumOfSquaresMatches(sum_of_squares, reference.sum_of_squares, reference.elements)) {

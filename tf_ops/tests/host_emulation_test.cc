@@ -272,6 +272,107 @@ bool RunElementMath() {
   return wrong == 0;
 }
 
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// ---- The paired 16-bit path (NOTE [paired 16-bit path]) --------------------------
+// Every float16 and bfloat16 pattern through Element::ScalePack, in packs of
+// consecutive patterns, of shuffled ones, and alone among ordinary values at
+// each lane, against the CPU kernels' element math under x86 FTZ/DAZ; for the
+// factors of both ops, 0 (a tensor scale above 2^126 flushes its factor) and a
+// subnormal one (neither is paired). And a checked pack's terms
+// (ThreadCheck::AddPack) against the per-element ones (Add): flag and sum the
+// same bits. Returns the number of differences.
+template <DType kDType>
+int64_t ComparePairedPacks(const std::vector<uint16_t>& inputs, ScaleFactor factor,
+                           int64_t* compared) {
+  using E = gpu::Element<kDType>;
+  using Job = gpu::ScaleAndCheckJob<true>;
+  int64_t wrong = 0;
+  std::vector<uint16_t> expected(inputs.size());
+  {
+    const ScopedFlushToZero flush_to_zero;
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      CpuReferenceElement(kDType, inputs.data(), expected.data(), static_cast<int64_t>(i), factor);
+    }
+  }
+  for (size_t begin = 0; begin + 8 <= inputs.size(); begin += 8) {
+    gpu::Pack<uint16_t> pack;
+    memcpy(&pack, inputs.data() + begin, sizeof(pack));
+    E::ScalePack(pack, E::FactorOf(factor));
+    gpu::ThreadCheck<kDType, Job> by_pack, by_element;
+    by_pack.AddPack(pack);
+    for (int lane = 0; lane < 8; ++lane) by_element.Add(pack.Lane(lane));
+    const gpu::CheckPartial a = by_pack.Partial(), b = by_element.Partial();
+    if (a.not_finite != b.not_finite || memcmp(&a.sum, &b.sum, sizeof(double)) != 0) {
+      if (++wrong <= 5) std::printf("  %s pack at %zu: check terms differ\n", DTypeName(kDType), begin);
+    }
+    for (int lane = 0; lane < 8; ++lane) {
+      ++*compared;
+      if (pack.Lane(lane) == expected[begin + lane]) continue;
+      if (++wrong <= 5) {
+        std::printf("  %s paired x=0x%04x factor=%a: got 0x%04x, CPU gives 0x%04x\n",
+                    DTypeName(kDType), inputs[begin + lane], factor.d, pack.Lane(lane),
+                    expected[begin + lane]);
+      }
+    }
+  }
+  return wrong;
+}
+
+bool RunPairedPackMath() {
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<std::vector<uint16_t>> inputs(3);
+  for (int i = 0; i < 65536; ++i) inputs[0].push_back(static_cast<uint16_t>(i));
+  inputs[1] = inputs[0];
+  Rng rng(16);
+  for (size_t i = inputs[1].size() - 1; i > 0; --i) {
+    std::swap(inputs[1][i], inputs[1][static_cast<size_t>(rng.Uniform(0, static_cast<int64_t>(i)))]);
+  }
+  std::vector<ScaleFactor> factors = ElementFactors();
+  factors.push_back(ScaleFactor{0.0f, 0.0});
+  factors.push_back(ScaleFactor{0x1p-130f, 0x1p-130});
+  int64_t compared = 0, wrong = 0;
+  for (DType dtype : {DType::kHalf, DType::kBFloat16}) {
+    // Each pattern alone in a pack of ones (1.0), at lane i % 8.
+    const uint16_t one = dtype == DType::kHalf ? 0x3c00 : 0x3f80;
+    inputs[2].assign(8 * 65536, one);
+    for (int i = 0; i < 65536; ++i) inputs[2][8 * i + i % 8] = static_cast<uint16_t>(i);
+    for (const ScaleFactor& factor : factors) {
+      for (const std::vector<uint16_t>& values : inputs) {
+        wrong += dtype == DType::kHalf
+                     ? ComparePairedPacks<DType::kHalf>(values, factor, &compared)
+                     : ComparePairedPacks<DType::kBFloat16>(values, factor, &compared);
+      }
+    }
+  }
+  // The routing itself, which the host's software conversions (right for
+  // NaNs and tiny values too) cannot show: float16 NaNs, and only they, are
+  // found; a bfloat16 lane left to the paired path is a zero or a value whose
+  // product with the factor is above FLT_MIN, never a NaN.
+  for (const ScaleFactor& factor : factors) {
+    const uint32_t floor = gpu::BFloat16PairedFloor(factor.f);
+    for (uint32_t bits = 0; bits < 65536; ++bits) {
+      const bool half_nan = (bits & 0x7fffu) > 0x7c00u;
+      wrong += ((gpu::HalfNaNLanes(bits) != 0) != half_nan) +
+               ((gpu::HalfNaNLanes(bits << 16) != 0) != half_nan);
+      if (!gpu::IsPairedFactor(factor.f)) continue;
+      const bool paired = gpu::BFloat16PerElementLanes(bits, floor) == 0;
+      if (paired != (gpu::BFloat16PerElementLanes(bits << 16, floor) == 0)) ++wrong;
+      const float x = BFloat16BitsToFloat(static_cast<uint16_t>(bits));
+      if (paired && (bits & 0x7fffu) != 0 && !(std::fabs(x * factor.f) > 0x1p-126f)) {
+        if (++wrong <= 5) std::printf("  bfloat16 0x%04x paired with factor %a\n", bits, factor.d);
+      }
+    }
+  }
+  std::printf("%-22s %lld values x factors against %s, %lld differ, %.1f s\n", "paired 16-bit packs:",
+              static_cast<long long>(compared),
+              kHardwareFlushReference ? "x86 FTZ/DAZ hardware" : "the software reference",
+              static_cast<long long>(wrong), SecondsSince(start));
+  return wrong == 0;
+}
+
 struct Totals {
   int64_t cases = 0;
   int64_t tensors = 0;
@@ -551,12 +652,9 @@ void PrintTotals(const char* what, const Totals& totals, double seconds) {
       gpu::kBlockSize, static_cast<long long>(totals.failed_cases), seconds);
 }
 
-double SecondsSince(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
-
 int Main() {
   bool ok = RunElementMath();
+  ok = RunPairedPackMath() && ok;
   const auto start = std::chrono::steady_clock::now();
 
   Totals single;

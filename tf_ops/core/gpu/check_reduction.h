@@ -177,10 +177,8 @@ FLS_HOST_DEVICE CheckPartial SumBlockPartials(const CheckTargets& targets, int64
   return sum;
 }
 
-// The quiet NaN a launch without the sum of squares writes: "not computed".
-constexpr uint32_t kNotComputedBits = 0x7fc00000u;
-
-// Thread 0 of the last block, with the list's check.
+// Thread 0 of the last block, with the list's check (without the sum of
+// squares: scale_math.h's kNotComputedBits, as the CPU kernels write).
 template <bool kSumOfSquares, typename Memory>
 FLS_HOST_DEVICE void WriteCheckOutputs(const CheckTargets& targets, CheckPartial total,
                                        const Memory& memory) {

@@ -8,6 +8,7 @@
 #define FIXED_LOSS_SCALE_CORE_GPU_DEVICE_MEMORY_H_
 
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 
 #include "tf_ops/core/gpu/chunk_table.h"
@@ -29,6 +30,25 @@ template <typename Storage>
 struct alignas(kPackBytes) Pack {
   static constexpr int kLanes = static_cast<int>(kPackBytes / sizeof(Storage));
   Storage lanes[kLanes];
+  FLS_HOST_DEVICE Storage Lane(int i) const { return lanes[i]; }
+  FLS_HOST_DEVICE void SetLane(int i, Storage value) { lanes[i] = value; }
+};
+
+// 16-bit elements travel as four 32-bit words, two lanes each (lane 2i in the
+// low half, as in memory on the GPU and on x86): the paired 16-bit path
+// (element_math.h) works on the words, and the compiler keeps a pack in four
+// registers instead of splitting it into eight.
+template <>
+struct alignas(kPackBytes) Pack<uint16_t> {
+  static constexpr int kLanes = 8;
+  uint32_t words[4];
+  FLS_HOST_DEVICE uint16_t Lane(int i) const {
+    return static_cast<uint16_t>(words[i / 2] >> (16 * (i % 2)));
+  }
+  FLS_HOST_DEVICE void SetLane(int i, uint16_t value) {
+    const int shift = 16 * (i % 2);
+    words[i / 2] = (words[i / 2] & ~(0xffffu << shift)) | static_cast<uint32_t>(value) << shift;
+  }
 };
 
 struct DirectMemory {

@@ -1,96 +1,28 @@
 // What one (block, thread) of a GPU launch of this library does, as plain
-// C++: the element math per dtype, what a launch does with each scaled value
-// (its job: write it, check it, or both), and the walk over a chunk in
-// 16-byte packs. multi_tensor_scale.cu wraps it in __global__ kernels;
+// C++: what a launch does with each scaled value (its job: write it, check
+// it, or both), and the walk over a chunk in 16-byte packs, with the one
+// switch over the dtype. multi_tensor_scale.cu wraps it in __global__ kernels;
 // tf_ops/tests/host_emulation_test.cc (g++, no GPU) runs the same code for
 // every (block, thread) of the same launch on the host.
 //
 // The launch geometry and the tables are in chunk_table.h, the memory policy
-// in device_memory.h, the checked launches' reduction in check_reduction.h.
+// in device_memory.h, the element math per dtype in element_math.h, the
+// checked launches' reduction in check_reduction.h.
 // Like scale_math.h these headers need no CUDA, TensorFlow or standard-library
 // container header; FLS_HOST_DEVICE marks what the device runs.
 #ifndef FIXED_LOSS_SCALE_CORE_GPU_MULTI_TENSOR_SCALE_BODY_H_
 #define FIXED_LOSS_SCALE_CORE_GPU_MULTI_TENSOR_SCALE_BODY_H_
 
 #include <cstdint>
+#include <cstring>
 
 #include "tf_ops/core/gpu/check_reduction.h"
 #include "tf_ops/core/gpu/chunk_table.h"
 #include "tf_ops/core/gpu/device_memory.h"
-#include "tf_ops/core/scale_math.h"
+#include "tf_ops/core/gpu/element_math.h"
 
 namespace fixed_loss_scale {
 namespace gpu {
-
-// ---- Element math and check terms per dtype ---------------------------------------
-// Scale: the *Flushed functions of scale_math.h, i.e. the CPU kernels' results
-// inside TensorFlow (FTZ/DAZ), computed in the GPU's IEEE arithmetic.
-// Factor: the multiplier's type (ScaleFactor's f or d). NotFinite: whether
-// stored bits are Inf or NaN (exponent all ones). Widen: a value exactly in
-// Sum, the type a thread sums squares in.
-template <DType kDType>
-struct Element;
-
-// Half, bfloat16 and float32 scale by the float32 factor and sum in float.
-struct FloatFactor {
-  using Factor = float;
-  using Sum = float;
-  static FLS_HOST_DEVICE float FactorOf(ScaleFactor factor) { return factor.f; }
-};
-
-template <>
-struct Element<DType::kHalf> : FloatFactor {
-  using Storage = uint16_t;
-  static FLS_HOST_DEVICE uint16_t Scale(uint16_t x, float factor) {
-    return ScaleHalfBitsFlushed(x, factor);
-  }
-  static FLS_HOST_DEVICE bool NotFinite(uint16_t y) { return !IsFiniteHalfBits(y); }
-  // For the square only: on a GPU the hardware conversion of every pattern
-  // (exact for finite values; an Inf or NaN makes the sum Inf or NaN whatever
-  // its payload), without the per-lane NaN branch of HalfBitsToFloat (NOTE
-  // [device half conversions]), which made float16 lists with the sum of
-  // squares instruction-bound (docs/GPU.md has the numbers).
-  static FLS_HOST_DEVICE float Widen(uint16_t y) {
-#if defined(__CUDA_ARCH__)
-    float widened;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(widened) : "h"(y));
-    return widened;
-#else
-    return HalfBitsToFloat(y);
-#endif
-  }
-};
-
-template <>
-struct Element<DType::kBFloat16> : FloatFactor {
-  using Storage = uint16_t;
-  static FLS_HOST_DEVICE uint16_t Scale(uint16_t x, float factor) {
-    return ScaleBFloat16BitsFlushed(x, factor);
-  }
-  static FLS_HOST_DEVICE bool NotFinite(uint16_t y) { return !IsFiniteBFloat16Bits(y); }
-  static FLS_HOST_DEVICE float Widen(uint16_t y) { return BFloat16BitsToFloat(y); }
-};
-
-template <>
-struct Element<DType::kFloat> : FloatFactor {
-  using Storage = float;
-  static FLS_HOST_DEVICE float Scale(float x, float factor) { return ScaleFloatFlushed(x, factor); }
-  static FLS_HOST_DEVICE bool NotFinite(float y) { return !IsFiniteFloat(y); }
-  static FLS_HOST_DEVICE float Widen(float y) { return y; }
-};
-
-template <>
-struct Element<DType::kDouble> {
-  using Storage = double;
-  using Sum = double;
-  using Factor = double;
-  static FLS_HOST_DEVICE double FactorOf(ScaleFactor factor) { return factor.d; }
-  static FLS_HOST_DEVICE double Scale(double x, double factor) {
-    return ScaleDoubleFlushed(x, factor);
-  }
-  static FLS_HOST_DEVICE bool NotFinite(double y) { return !IsFiniteDouble(y); }
-  static FLS_HOST_DEVICE double Widen(double y) { return y; }
-};
 
 // sum + x * x rounded once (float or double), on the GPU and on the host
 // alike: a compiler may not contract it differently on either side.
@@ -124,19 +56,42 @@ template <bool kSumOfSquares>
 using CheckOnlyJob = Job<false, true, kSumOfSquares>;
 
 // A thread's running check of the scaled values of one dtype; nothing for an
-// unchecked job.
+// unchecked job. float16 and bfloat16 collect their Inf/NaN tests as lane
+// bits of 32-bit words (NOTE [paired 16-bit path]), tested once at the end.
 template <DType kDType, typename TheJob>
 struct ThreadCheck {
   using E = Element<kDType>;
+  using Storage = typename E::Storage;
   typename E::Sum sum = 0;
   bool not_finite = false;
-  FLS_HOST_DEVICE void Add(typename E::Storage y) {
+  uint32_t not_finite_lanes = 0;
+  FLS_HOST_DEVICE void Add(Storage y) {
     if (!TheJob::kCheck) return;
-    not_finite = not_finite | E::NotFinite(y);
+    if constexpr (E::kPaired) {
+      not_finite_lanes |= E::NotFiniteLanes(y);
+    } else {
+      not_finite = not_finite | E::NotFinite(y);
+    }
     if (TheJob::kSumOfSquares) sum = AddSquare(sum, E::Widen(y));
   }
+  FLS_HOST_DEVICE void AddPack(const Pack<Storage>& pack) {
+    if (!TheJob::kCheck) return;
+    if constexpr (E::kPaired) {
+      FLS_UNROLL
+      for (int i = 0; i < kPackBytes / 4; ++i) not_finite_lanes |= E::NotFiniteLanes(pack.words[i]);
+      if (TheJob::kSumOfSquares) {
+        FLS_UNROLL
+        for (int lane = 0; lane < Pack<Storage>::kLanes; ++lane) {
+          sum = AddSquare(sum, E::Widen(pack.Lane(lane)));
+        }
+      }
+    } else {
+      FLS_UNROLL
+      for (int lane = 0; lane < Pack<Storage>::kLanes; ++lane) Add(pack.Lane(lane));
+    }
+  }
   FLS_HOST_DEVICE CheckPartial Partial() const {
-    return CheckPartial{static_cast<double>(sum), not_finite};
+    return CheckPartial{static_cast<double>(sum), not_finite || not_finite_lanes != 0};
   }
 };
 
@@ -176,13 +131,9 @@ FLS_HOST_DEVICE void ScalePacks(const Pack<typename Element<kDType>::Storage>* i
     for (int k = 0; k < kILP; ++k) {
       const int p = step + thread + k * kBlockSize;
       if (p >= num_packs) continue;
-      FLS_UNROLL
-      for (int lane = 0; lane < PackType::kLanes; ++lane) {
-        packs[k].lanes[lane] = Element<kDType>::Scale(packs[k].lanes[lane], factor);
-      }
+      Element<kDType>::ScalePack(packs[k], factor);
       if (TheJob::kWrites) memory.Store(out + p, packs[k]);
-      FLS_UNROLL
-      for (int lane = 0; lane < PackType::kLanes; ++lane) check.Add(packs[k].lanes[lane]);
+      check.AddPack(packs[k]);
     }
   }
 }
