@@ -7,7 +7,7 @@
 #                                  route: puts the CUDA 12 build of the launcher
 #                                  (the library's own device code) and the
 #                                  driver's host object, plus libcudart.so.12,
-#                                  in .gpucheck/ (git-ignored, ~5 MB), which the
+#                                  in .gpucheck/ (git-ignored, ~31 MB), which the
 #                                  GPU machine needs beside the sources
 #   tools/gpu_check.sh             on the GPU machine (= make gpu-check): builds
 #                                  the launcher and launcher_driver with the
