@@ -110,8 +110,8 @@ def test_bad_tensor_scales_are_refused_naming_the_argument():
 
 def test_update_reuses_the_flag_of_unscaled_gradients_and_checks_others():
   """In a graph the unscaling is one FixedUnscaleGradsAndCheck and update()
-  takes its flag: no IsFinite at all. A gradient changed after unscaling (here
-  clipped) is checked again: one IsFinite for it alone."""
+  takes its flag: no check at all. A gradient changed after unscaling (here
+  clipped) is checked again: one read-only FixedCheckGrads for it alone."""
   loss_scale = fls.FixedLossScale(8, skip_non_finite=True)
 
   @tf.function
@@ -126,7 +126,9 @@ def test_update_reuses_the_flag_of_unscaled_gradients_and_checks_others():
   args = (tf.constant([8.0, 16.0]), tf.constant([1.0], tf.float16))
   reused_ops = graph_op_types(reused.get_concrete_function(*args))
   assert reused_ops.count("IsFinite") == 0 and reused_ops.count("FixedUnscaleGradsAndCheck") == 1
-  assert graph_op_types(rechecked.get_concrete_function(*args)).count("IsFinite") == 1
+  rechecked_ops = graph_op_types(rechecked.get_concrete_function(*args))
+  assert rechecked_ops.count("FixedCheckGrads") == 1 and "IsFinite" not in rechecked_ops
+  assert "FixedCheckGrads" not in reused_ops
   assert reused(*args).numpy() and rechecked(*args).numpy()
   assert not reused(tf.constant([8.0, np.inf]), args[1]).numpy()
   assert not rechecked(args[0], tf.constant([np.nan], tf.float16)).numpy()

@@ -83,25 +83,32 @@ def _usable_here(flag):
   return False
 
 
-# NOTE [flag of the op]: a graph tensor that is one of the unscaled_grads
-# outputs of a FixedUnscaleGradsAndCheck op has that op's all_finite output as
-# its flag: the op checked exactly the values it wrote. Read from the graph
-# itself, this needs no registry, survives a SavedModel round trip and finds
-# the flag of an op built by `ops.fixed_unscale_grads_and_check` directly. Only
-# the op's own outputs qualify: a tensor computed from them (clipped, cast,
-# added) is a different op's output and is checked again.
+# NOTE [flag of the op]: a graph tensor written by one of the package's ops
+# has its flag in the graph itself:
+# - an unscaled_grads output of FixedUnscaleGradsAndCheck: that op's
+#   all_finite output (the op checked exactly the values it wrote);
+# - an output of FixedUnscaleGradsByTensor whose input is also read by a
+#   FixedCheckGrads with the same loss_scale input: that check's all_finite
+#   (it checked the same quotients, `g * (1 / scale)`, without writing them).
+# Read from the graph, this needs no registry, survives a SavedModel round
+# trip and finds the flag of ops built by `ops.*` directly. Only the ops' own
+# outputs qualify: a tensor computed from them (clipped, cast, added) is a
+# different op's output and is checked again.
 
 
 def _flag_of_op(tensor):
-  """The all_finite output of the FixedUnscaleGradsAndCheck op that wrote
-  `tensor`, if it is one of its unscaled grads, else None."""
+  """The flag of `tensor` from the op that wrote it (NOTE [flag of the op]), else None."""
   op = getattr(tensor, "op", None)  # eager tensors have no op (AttributeError)
-  if op is None or getattr(op, "type", None) != ops.CHECK_OP:
-    return None
-  num_grads = len(op.outputs) - 2  # the unscaled grads, all_finite, sum_of_squares
-  if tensor.value_index >= num_grads:
-    return None
-  return op.outputs[num_grads]
+  op_type = getattr(op, "type", None)
+  if op_type == ops.CHECK_OP:
+    num_grads = len(op.outputs) - 2  # the unscaled grads, all_finite, sum_of_squares
+    return op.outputs[num_grads] if tensor.value_index < num_grads else None
+  if op_type == ops.UNSCALE_BY_TENSOR_OP:
+    scaled, scale = op.inputs[tensor.value_index], op.inputs[len(op.inputs) - 1]
+    for check in scaled.consumers():
+      if check.type == ops.CHECK_ONLY_OP and check.inputs[len(check.inputs) - 1] is scale:
+        return check.outputs[0]
+  return None
 
 
 def recorded_flag(tensor):
@@ -136,8 +143,15 @@ def all_finite(grads):
     elif not any(flag is seen for seen in flags):
       flags.append(flag)
   if unchecked or not flags:
-    flags.append(is_all_finite(unchecked))
+    flags.append(_check(unchecked))
   return flags[0] if len(flags) == 1 else tf.reduce_all(tf.stack(flags))
+
+
+def _check(tensors):
+  """A check of `tensors`: scaling.check_finite (the read-only op in graphs)."""
+  # scaling imports this module (remember, dense_part), so it is looked up here.
+  from fixed_loss_scale import scaling  # pylint: disable=import-outside-toplevel
+  return scaling.check_finite(tensors)
 
 
 def flag_in_sync(flag):

@@ -13,7 +13,9 @@ with the float64 reciprocal of the float32 scale.
 FixedUnscaleGradsAndCheck per group, for a number and for a loss scale that is
 a float32 scalar tensor (a variable: a dynamic scale) alike (NOTE [fused check
 seam]). `unscale_gradients` with a tensor scale computes the arithmetic above,
-in graphs too.
+in graphs too. For an update that waits for the flag or the norm,
+`check_before_update` and `unscale_deferred` split that call around the wait
+(NOTE [check before the skip]); `check_finite` is the read-only check alone.
 """
 
 import numpy as np
@@ -207,31 +209,61 @@ def _sum_of_squares(unscaled):
   return tf.cast(total, tf.float32)
 
 
-def _unscale_and_check_fused(dense, loss_scale, sum_of_squares):
-  """(unscaled `dense`, flag, sum of squares or None) from one
-  FixedUnscaleGradsAndCheck per group of unscale_groups (NOTE [CPU groups]);
-  `loss_scale` is a validated Python float or a float32 scalar tensor."""
-  if not tf.is_tensor(loss_scale):
-    loss_scale = ops.loss_scale_tensor(loss_scale)  # one Const for every group
-  groups = unscale_groups(dense, unplaced_device_type()) or [[]]
-  unscaled = [None] * len(dense)
-  flags, squares = [], []
-  for group in groups:
-    outputs, flag, group_squares = ops.fixed_unscale_grads_and_check(
-        [dense[i] for i in group], loss_scale, sum_of_squares=sum_of_squares)
-    for position, u in zip(group, outputs):
-      unscaled[position] = u
-    flags.append(flag)
-    squares.append(group_squares)
-  if len(groups) == 1:
-    return unscaled, flags[0], squares[0] if sum_of_squares else None
+def _combine(flags, squares, sum_of_squares):
+  """One flag and sum for several groups: reduce_all of the flags; the float32
+  sums added in float64 and rounded once, as the op's shards (NOTE [sum of
+  squares], scale_loop.h)."""
+  if len(flags) == 1:
+    return flags[0], squares[0] if sum_of_squares else None
   flag = tf.reduce_all(tf.stack(flags))
   if not sum_of_squares:
-    return unscaled, flag, None
-  # As the op's shards (NOTE [sum of squares], scale_loop.h): each group's
-  # float32 sum is added in float64 and the total rounded once.
+    return flag, None
   total = tf.add_n([tf.cast(s, tf.float64) for s in squares])
-  return unscaled, flag, tf.cast(total, tf.float32)
+  return flag, tf.cast(total, tf.float32)
+
+
+def _checked_groups(dense, loss_scale, sum_of_squares, defer):
+  """(outputs, deferred, flag, sum of squares or None) from one op per group of
+  unscale_groups (NOTE [CPU groups]); `loss_scale` is a validated Python float
+  or a float32 scalar tensor. A group gets FixedUnscaleGradsAndCheck (its
+  outputs unscaled) or the read-only check (its outputs the gradients as
+  given, `deferred`): on a CPU with `defer` "cpu", everywhere with "all"
+  (NOTE [check before the skip])."""
+  if not tf.is_tensor(loss_scale):
+    loss_scale = ops.loss_scale_tensor(loss_scale)  # one Const for every group
+  unplaced = unplaced_device_type()
+  groups = unscale_groups(dense, unplaced) or [[]]
+  outputs, deferred = [None] * len(dense), [False] * len(dense)
+  flags, squares = [], []
+  for group in groups:
+    members = [dense[i] for i in group]
+    later = defer == "all" or (
+        defer == "cpu" and (not group or _device_key(members[0].device, unplaced)[3] == "CPU"))
+    if later:
+      flag, group_squares = ops.fixed_check_grads(members, loss_scale,
+                                                  sum_of_squares=sum_of_squares)
+      results = members
+    else:
+      results, flag, group_squares = ops.fixed_unscale_grads_and_check(
+          members, loss_scale, sum_of_squares=sum_of_squares)
+    for position, u in zip(group, results):
+      outputs[position] = u
+      deferred[position] = later
+    flags.append(flag)
+    squares.append(group_squares)
+  return (outputs, deferred) + _combine(flags, squares, sum_of_squares)
+
+
+@tf.autograph.experimental.do_not_convert
+def check_finite(tensors):
+  """True (a bool scalar tensor) iff every element of every tensor in the list
+  `tensors` is finite. In graphs one read-only FixedCheckGrads per group of
+  NOTE [CPU groups] (the scale 1: the quotients are the values); eagerly and
+  under XLA TensorFlow's check, finite.is_all_finite. True for no tensors."""
+  if not uses_custom_ops():
+    return finite.is_all_finite(tensors)
+  dense = [ops.as_float_tensor(t, ops.CHECK_ONLY_OP, f"grads[{i}]") for i, t in enumerate(tensors)]
+  return _checked_groups(dense, 1.0, False, "all")[2]
 
 
 def _unscale_arithmetic(dense, loss_scale, check, sum_of_squares):
@@ -242,10 +274,11 @@ def _unscale_arithmetic(dense, loss_scale, check, sum_of_squares):
   return unscaled, flag, squares
 
 
-def _unscale(grads, loss_scale, check, sum_of_squares=False):
+def _unscale(grads, loss_scale, check, sum_of_squares=False, defer=None):
   """(unscaled `grads`, the all-finite flag of the unscaled dense parts, or None
-  when not `check`, and their float32 sum of squares, or None when not
-  `sum_of_squares`)."""
+  when not `check`, their float32 sum of squares, or None when not
+  `sum_of_squares`, and the flat positions left scaled for later: NOTE [check
+  before the skip], only with `defer` "cpu" or "all")."""
   op_name = ops.CHECK_OP if check else "FixedUnscaleGrads"
   if tf.is_tensor(loss_scale) or isinstance(loss_scale, tf.Variable):
     # A dynamic scale: its dtype and rank checked, its value read once here.
@@ -258,18 +291,21 @@ def _unscale(grads, loss_scale, check, sum_of_squares=False):
       ops.as_float_tensor(_dense_part(flat[i]), op_name, f"grads[{i}]")
       for i in positions
   ]
+  deferred = [False] * len(dense)
   if check and uses_custom_ops():
-    unscaled, flag, squares = _unscale_and_check_fused(dense, loss_scale, sum_of_squares)
+    unscaled, deferred, flag, squares = _checked_groups(dense, loss_scale, sum_of_squares, defer)
   else:
     unscaled, flag, squares = _unscale_arithmetic(dense, loss_scale, check, sum_of_squares)
     if check:
       finite.remember(unscaled, flag)
+  later = [i for i, d in zip(positions, deferred) if d]
   if not dense:
-    return grads, flag, squares
+    return grads, flag, squares, later
   result = list(flat)
-  for i, u in zip(positions, unscaled):
-    result[i] = _rebuild(flat[i], u)
-  return tf.nest.pack_sequence_as(grads, result), flag, squares
+  for i, u, d in zip(positions, unscaled, deferred):
+    if not d:
+      result[i] = _rebuild(flat[i], u)
+  return tf.nest.pack_sequence_as(grads, result), flag, squares, later
 
 
 @tf.autograph.experimental.do_not_convert
@@ -289,44 +325,33 @@ def unscale_gradients(grads, loss_scale):
   return _unscale(grads, loss_scale, check=False)[0]
 
 
-# NOTE [fused check seam]: unscale_and_check is the one place where gradients
-# are unscaled *and* checked for inf/NaN; FixedLossScale(skip_non_finite=True),
-# DynamicLossScale and the optimizer wrappers all get their flag from here (or,
-# through finite.all_finite, from the gradients it returned). In a graph that
-# is not an XLA context it emits one FixedUnscaleGradsAndCheck per group of
-# NOTE [CPU groups], with the scale as the op's input (a Const for a number,
-# the tensor or variable itself for a dynamic scale): one read of every
-# gradient for the unscaled values, the flag and the sum of squares. Several
-# groups give reduce_all of their flags and the float64 sum of their sums,
-# rounded once (NOTE [sum of squares], scale_loop.h). finite.all_finite then finds the flag
-# from the op that wrote each gradient (NOTE [flag of the op] in finite.py),
-# with no registry entry. Eagerly and under XLA (no custom op runs) the body is
-# unscale_gradients' arithmetic followed by TF's own check
-# (finite.is_all_finite), whose flag finite.remember records (NOTE [flag
-# registry]).
+# NOTE [fused check seam]: unscale_and_check unscales and checks in one read.
+# In graphs (not XLA) that is one FixedUnscaleGradsAndCheck per group of NOTE
+# [CPU groups], the scale its input (a Const for a number, the tensor itself
+# for a dynamic scale: any positive normal float32, NOTE [tensor loss scale
+# range] in tf_ops/core/tensor_span.h); several groups give reduce_all of
+# their flags and the float64 sum of their sums, rounded once (_combine).
+# finite.all_finite later finds the flag from the op (NOTE [flag of the op]).
+# Eagerly and under XLA: the arithmetic above, TensorFlow's check and
+# finite.remember. Either way the unscaled values are unscale_gradients' bit
+# for bit, the flag is False iff one of them is inf or NaN (the quotients are
+# checked, not the scaled values: they differ below a scale of 1), and the sum
+# is `tf.linalg.global_norm(g)**2` up to float32 rounding (docs/OVERFLOW.md,
+# "Tolerance of the norm").
 #
-# Either way the unscaled numbers are unscale_gradients' bit for bit (the op is
-# FixedUnscaleGrads with the scale as an input; the arithmetic is the same
-# multiply) and the flag means the same: False iff an unscaled value is inf or
-# NaN; subnormals and the largest finite values are finite. The check reads
-# the unscaled values, not the scaled ones: they differ where a dynamic scale
-# is below 1 (Keras 3's has no floor), where a finite gradient can overflow
-# when unscaled.
-#
-# A tensor scale outside the fixed scales' range [1, 2**126] (TF's dynamic
-# algorithm doubles up to float32's largest value, Keras's halves without a
-# floor) goes to the op as well: the op accepts any positive, finite, normal
-# float32 and computes TensorFlow's CPU arithmetic there (NOTE [tensor loss
-# scale range] in tf_ops/core/tensor_span.h), so no cond and no barrier comes
-# between the gradients and the groups' ops (NOTE [CPU groups]).
-#
-# The squared global norm comes from the same read: the op's sum is NOTE [sum
-# of squares] in tf_ops/core/cpu/scale_loop.h (float32 blocks of at most 256
-# squares per lane, added in float64, rounded once; the GPU alike). Eagerly and
-# under XLA, _sum_of_squares: each tensor's reduce_sum in float32 (float64 for
-# float64), added in float64, rounded once. Neither adds in TensorFlow's order,
-# so both equal `tf.linalg.global_norm(g)**2` to float32 rounding of a sum, not
-# bit for bit: docs/OVERFLOW.md, "Tolerance of the norm".
+# NOTE [check before the skip]: an update that waits for the flag (a skip) or
+# for the norm (global clipping) does not need the quotients before that
+# barrier. The fused op writes every one of them to memory there, and the
+# update reads them back after it. So on a CPU, check_before_update gives each
+# group the read-only FixedCheckGrads (the same flag and sum), which runs as
+# the group's gradients appear, while they are in cache, and writes nothing;
+# unscale_deferred then divides each gradient inside the apply branch, next to
+# its update, which finds the quotient in cache (and the kernel reuses the
+# gradient's buffer where nothing else reads it). A GPU keeps the fused op:
+# one launch instead of two, and no cache that would hold the gradients.
+# DEFER_ON_CPU is that choice for CPUs; the optimizer-step benchmark's arms
+# (python -m benchmarks --overflow) measure both shapes.
+DEFER_ON_CPU = True
 @tf.autograph.experimental.do_not_convert
 def unscale_and_check(grads, loss_scale, sum_of_squares=False):
   """Returns `(unscaled grads, all_finite)`: `unscale_gradients(grads,
@@ -340,6 +365,42 @@ def unscale_and_check(grads, loss_scale, sum_of_squares=False):
   squares of every unscaled value (the squared global norm of
   `tf.clip_by_global_norm`; 0 for no gradients; Inf or NaN when a value is not
   finite), see docs/OVERFLOW.md, "Tolerance of the norm"."""
-  unscaled, flag, squares = _unscale(grads, loss_scale, check=True,
-                                     sum_of_squares=sum_of_squares)
+  unscaled, flag, squares, _ = _unscale(grads, loss_scale, check=True,
+                                        sum_of_squares=sum_of_squares)
   return (unscaled, flag, squares) if sum_of_squares else (unscaled, flag)
+
+
+@tf.autograph.experimental.do_not_convert
+def check_before_update(grads, loss_scale, sum_of_squares=False, defer_everywhere=False):
+  """`unscale_and_check` for an update that waits for the flag (a skip) or the
+  norm (global clipping): returns `(grads, deferred, all_finite,
+  sum_of_squares or None)`, where `grads` is the list `grads` with the
+  positions in `deferred` (a list of indices) still as given -- checked by the
+  read-only op, to be divided by `unscale_deferred` where they are consumed --
+  and the others unscaled as `unscale_and_check` gives them. The flag and sum
+  are `unscale_and_check`'s. `defer_everywhere`: every gradient is checked
+  read-only and deferred, on any device (an update that unscales by itself).
+  NOTE [check before the skip]."""
+  checked, flag, squares, deferred = _unscale(
+      list(grads), loss_scale, check=True, sum_of_squares=sum_of_squares,
+      defer="all" if defer_everywhere else ("cpu" if DEFER_ON_CPU else None))
+  return checked, deferred, flag, squares
+
+
+@tf.autograph.experimental.do_not_convert
+def unscale_deferred(grads, deferred, loss_scale):
+  """`grads` (a list) with the positions in `deferred` divided by `loss_scale`
+  (the scale given to `check_before_update`): the same numbers as
+  `unscale_gradients`, one FixedUnscaleGradsByTensor per group of NOTE [CPU
+  groups] (NOTE [check before the skip])."""
+  grads = list(grads)
+  if not deferred:
+    return grads
+  if not tf.is_tensor(loss_scale):
+    loss_scale = ops.loss_scale_tensor(loss_scale)
+  dense = [_dense_part(grads[i]) for i in deferred]
+  for group in unscale_groups(dense, unplaced_device_type()):
+    unscaled = ops.fixed_unscale_grads_by_tensor([dense[j] for j in group], loss_scale)
+    for j, u in zip(group, unscaled):
+      grads[deferred[j]] = _rebuild(grads[deferred[j]], u)
+  return grads
