@@ -293,8 +293,8 @@ def plan_for(wrapper, grads, variables):
 def apply_prepared(update, step):
   """`update.apply` of an apply_step.Step prepared with unscale_in_update: its
   scaled gradients, scale and squared norm (the apply branch decides, so no
-  flag)."""
-  return update.apply(step.scaled, step.scale, sum_of_squares=step.sum_of_squares)
+  flag). Returns None, as the inner `apply` it replaces."""
+  update.apply(step.scaled, step.scale, sum_of_squares=step.sum_of_squares)
 
 
 def check_fused_update_argument(value, owner):

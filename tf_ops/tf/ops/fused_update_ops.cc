@@ -11,11 +11,12 @@ namespace {
 using tensorflow::shape_inference::InferenceContext;
 using tensorflow::shape_inference::ShapeHandle;
 
-// The inputs from `first` on must be scalars, the optional slot list (M
-// resources) empty or as long as the variables (N), and `decay` empty or of
-// length N. The variables' shapes are known to the kernel alone.
-absl::Status CheckScalarsAndSlots(InferenceContext* c, const char* op, int first,
-                                  const char* optional_slots) {
+// The op's inputs are `lists_of_n` lists of N (var, the slots it always has,
+// grad), an optional slot list of M resources, then scalars: M must be 0 or N,
+// `decay` empty or of length N, and every later input a scalar. The
+// variables' shapes are known to the kernel alone.
+absl::Status UpdateShape(InferenceContext* c, const char* op, int lists_of_n,
+                         const char* optional_slots) {
   int n = 0;
   int m = 0;
   TF_RETURN_IF_ERROR(c->GetAttr("N", &n));
@@ -31,7 +32,7 @@ absl::Status CheckScalarsAndSlots(InferenceContext* c, const char* op, int first
     return tensorflow::errors::InvalidArgument(op, ": decay must be empty or hold N = ", n,
                                                " entries, got ", decay.size());
   }
-  for (int i = first; i < c->num_inputs(); ++i) {
+  for (int i = lists_of_n * n + m; i < c->num_inputs(); ++i) {
     ShapeHandle scalar;
     if (!c->WithRank(c->input(i), 0, &scalar).ok()) {
       return tensorflow::errors::InvalidArgument(op, ": input ", i,
@@ -42,21 +43,12 @@ absl::Status CheckScalarsAndSlots(InferenceContext* c, const char* op, int first
   return absl::OkStatus();
 }
 
-// Inputs before the scalars: var (N), the slot lists, grad (N).
 absl::Status SgdShape(InferenceContext* c) {
-  int n = 0;
-  int m = 0;
-  TF_RETURN_IF_ERROR(c->GetAttr("N", &n));
-  TF_RETURN_IF_ERROR(c->GetAttr("M", &m));
-  return CheckScalarsAndSlots(c, "FixedApplySgd", 2 * n + m, "momentums");
+  return UpdateShape(c, "FixedApplySgd", 2, "momentums");  // var, grad
 }
 
 absl::Status AdamShape(InferenceContext* c) {
-  int n = 0;
-  int m = 0;
-  TF_RETURN_IF_ERROR(c->GetAttr("N", &n));
-  TF_RETURN_IF_ERROR(c->GetAttr("M", &m));
-  return CheckScalarsAndSlots(c, "FixedApplyAdam", 4 * n + m, "vhat");
+  return UpdateShape(c, "FixedApplyAdam", 4, "vhat");  // var, m, v, grad
 }
 
 }  // namespace
