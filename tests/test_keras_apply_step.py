@@ -1,10 +1,10 @@
 """The shape of the Keras wrappers' apply step (apply_step.py) in the graphs they trace.
 
-On a CPU a skip or a global-norm clip gets the read-only FixedCheckGrads before
-the decision and FixedUnscaleGradsByTensor inside the apply branch, one per
-CPU group (scaling.py, NOTE [check before the skip]); gradients placed on a GPU
-keep the fused FixedUnscaleGradsAndCheck before it; the fixed scale's plain path
-keeps its grouped FixedUnscaleGrads. The graphs are read from the traced
+On a CPU a skip gets the read-only FixedCheckGrads before the decision and
+FixedUnscaleGradsByTensor inside the apply branch, one per CPU group
+(scaling.py, NOTE [check before the skip]); gradients placed on a GPU, and a
+global-norm clip with no skip, keep the fused FixedUnscaleGradsAndCheck; the
+fixed scale's plain path keeps its grouped FixedUnscaleGrads. The graphs are read from the traced
 functions: the cond's predicate traced back to the check, its branch functions
 read for the unscale. The numbers of both shapes are compared bit for bit on
 the same steps (a GPU-placed graph runs on this host by soft placement), and
@@ -101,12 +101,13 @@ def test_cpu_skip_checks_before_the_cond_and_unscales_in_the_branch(wrapper, cli
   assert BY_TENSOR not in else_types and CHECK_ONLY not in then_types
 
 
-def test_cpu_clip_without_skip_checks_then_unscales_with_no_cond():
+def test_cpu_clip_without_skip_keeps_the_fused_op():
+  # No decision would hold a deferred unscale back: one fused read for the norm.
   variables = _variables()
   graph = _graph(FixedLossScaleOptimizer(_inner(1.0), 1024), variables)
   outer = [op.type for op in graph.get_operations()]
-  assert outer.count(CHECK_ONLY) == 1 and outer.count(BY_TENSOR) == 1
-  assert FUSED not in outer and not {"If", "StatelessIf"} & set(outer)
+  assert outer.count(FUSED) == 1 and not {CHECK_ONLY, BY_TENSOR} & set(outer)
+  assert not {"If", "StatelessIf"} & set(outer)
 
 
 def test_plain_fixed_scale_keeps_its_grouped_unscale():

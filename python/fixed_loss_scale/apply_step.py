@@ -28,12 +28,13 @@ expression, and what "apply" means.
   the scaled gradients, the scale and the flag): every gradient is only
   checked before the decision, and `step.scaled` holds them.
 
-With a flag or a norm to wait for, the gradients are checked before the
-decision and unscaled after it where that is cheaper: on a CPU the read-only
-check runs first and `gradients()` unscales inside the branch; on a GPU the
-fused unscale-and-check runs first (scaling.py, NOTE [check before the
-skip]). The clipping runs in `gradients()` too. Without either, the grouped
-unscale runs in `prepare`, as the fixed scale's plain path always has.
+With a skip to decide, the gradients are checked before the decision and
+unscaled after it where that is cheaper: on a CPU the read-only check runs
+first and `gradients()` unscales inside the branch; on a GPU the fused
+unscale-and-check runs first (scaling.py, NOTE [check before the skip]). A
+clip without a skip gets the fused op (nothing would gate a later unscale);
+the clipping itself runs in `gradients()`. With neither, the grouped unscale
+runs in `prepare`, as the fixed scale's plain path always has.
 
 `given(grads, check)` is a step for gradients the caller already unscaled:
 applied as they are, the flag from `finite.all_finite` (the flag recorded for
@@ -135,8 +136,14 @@ def prepare(grads, variables, scale, check=True, keep=None, clip=None, unscale_i
       carried[i] = u
     return Step(carried, scale=scale, positions=positions)
   with_sum = clip is not None and bool(to_unscale)
-  checked, later, flag, squares = scaling.check_before_update(
-      to_unscale, scale, sum_of_squares=with_sum, defer_everywhere=unscale_in_update)
+  if check or unscale_in_update:
+    checked, later, flag, squares = scaling.check_before_update(
+        to_unscale, scale, sum_of_squares=with_sum, defer_everywhere=unscale_in_update)
+  else:
+    # A clip and no skip: no decision gates a deferred unscale, which would run
+    # as early as the check; one fused read (NOTE [check before the skip]).
+    checked, flag, squares = scaling.unscale_and_check(to_unscale, scale, sum_of_squares=True)
+    later = []
   deferred = [False] * len(grads)
   for i, g in zip(positions, checked):
     carried[i] = g

@@ -339,18 +339,19 @@ def unscale_gradients(grads, loss_scale):
 # is `tf.linalg.global_norm(g)**2` up to float32 rounding (docs/OVERFLOW.md,
 # "Tolerance of the norm").
 #
-# NOTE [check before the skip]: an update that waits for the flag (a skip) or
-# for the norm (global clipping) does not need the quotients before that
-# barrier. The fused op writes every one of them to memory there, and the
-# update reads them back after it. So on a CPU, check_before_update gives each
-# group the read-only FixedCheckGrads (the same flag and sum), which runs as
-# the group's gradients appear, while they are in cache, and writes nothing;
-# unscale_deferred then divides each gradient inside the apply branch, next to
-# its update, which finds the quotient in cache (and the kernel reuses the
-# gradient's buffer where nothing else reads it). A GPU keeps the fused op:
-# one launch instead of two, and no cache that would hold the gradients.
-# DEFER_ON_CPU is that choice for CPUs; the optimizer-step benchmark's arms
-# (python -m benchmarks --overflow) measure both shapes.
+# NOTE [check before the skip]: an update that waits for the flag (a skip)
+# does not need the quotients before that barrier. The fused op writes every
+# one of them to memory there, and the update reads them back after it. So on
+# a CPU, check_before_update gives each group the read-only FixedCheckGrads
+# (the same flag and sum), which runs as the group's gradients appear, while
+# they are in cache, and writes nothing; unscale_deferred then divides them
+# inside the apply branch, next to their update, which finds the quotients in
+# cache (the kernel reuses a gradient's buffer where nothing else reads it).
+# A GPU keeps the fused op: one launch instead of two, and no cache that would
+# hold the gradients. A global-norm clip with no skip keeps it too: no
+# decision would hold a later unscale back, so it would run as early as the
+# check. DEFER_ON_CPU is the choice for CPUs; the optimizer-step arms of
+# `python -m benchmarks --overflow` measure both shapes.
 DEFER_ON_CPU = True
 @tf.autograph.experimental.do_not_convert
 def unscale_and_check(grads, loss_scale, sum_of_squares=False):
@@ -372,14 +373,14 @@ def unscale_and_check(grads, loss_scale, sum_of_squares=False):
 
 @tf.autograph.experimental.do_not_convert
 def check_before_update(grads, loss_scale, sum_of_squares=False, defer_everywhere=False):
-  """`unscale_and_check` for an update that waits for the flag (a skip) or the
-  norm (global clipping): returns `(grads, deferred, all_finite,
-  sum_of_squares or None)`, where `grads` is the list `grads` with the
-  positions in `deferred` (a list of indices) still as given -- checked by the
-  read-only op, to be divided by `unscale_deferred` where they are consumed --
-  and the others unscaled as `unscale_and_check` gives them. The flag and sum
-  are `unscale_and_check`'s. `defer_everywhere`: every gradient is checked
-  read-only and deferred, on any device (an update that unscales by itself).
+  """`unscale_and_check` for an update that waits for the flag (a skip):
+  returns `(grads, deferred, all_finite, sum_of_squares or None)`. `grads` is
+  the list `grads` with the positions in `deferred` (a list of indices) still
+  as given -- checked by the read-only op, to be divided by `unscale_deferred`
+  where they are consumed -- and the others unscaled as `unscale_and_check`
+  gives them; the flag and sum are `unscale_and_check`'s. `defer_everywhere`:
+  every gradient is checked read-only and deferred, on any device (an update
+  that unscales by itself).
   NOTE [check before the skip]."""
   checked, flag, squares, deferred = _unscale(
       list(grads), loss_scale, check=True, sum_of_squares=sum_of_squares,
