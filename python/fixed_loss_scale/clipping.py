@@ -7,8 +7,8 @@ instead of one `L2Loss` per gradient, and with the loss scale, when given,
 divided out in the same call.
 
 The Keras wrappers (`keras.FixedLossScaleOptimizer`, `keras.LossScaleOptimizer`)
-clip with the same sum when their inner optimizer has `global_clipnorm`, and
-keep the inner optimizer from clipping a second time
+clip with the sum from their check pass when their inner optimizer has
+`global_clipnorm`, and keep the inner optimizer from clipping a second time
 (NOTE [fused global clipping]).
 """
 
@@ -109,12 +109,12 @@ def keras_clip_by_global_norm(grads, sum_of_squares, clip_norm):
 
 # NOTE [fused global clipping]: Keras optimizers clip in `apply`
 # (`_backend_apply_gradients` -> `_clip_gradients`), reading every gradient
-# again for `global_clipnorm`. A wrapper that unscales with
-# `unscale_and_check(..., sum_of_squares=True)` already has the squared norm
-# of exactly the gradients the inner optimizer would clip (the unscaled ones,
-# without None and overwrite-with-gradient variables), so it clips them itself
-# (`keras_clip_by_global_norm`) and calls the inner `apply` under
-# `inner_global_clipping_skipped`, which makes the inner optimizer's
+# again for `global_clipnorm`. A wrapper's check pass (apply_step.prepare:
+# the fused op or the read-only check, with the sum of squares) already has
+# the squared norm of exactly the gradients the inner optimizer would clip
+# (the unscaled ones, without None and overwrite-with-gradient variables), so
+# it clips them itself (`keras_clip_by_global_norm`) and calls the inner
+# `apply` under `inner_global_clipping_skipped`, which makes the inner optimizer's
 # `_clip_gradients` pass gradients through -- in that thread (tf.distribute
 # replicas trace in threads of their own), during that call only. Nothing the
 # user set changes: `global_clipnorm` keeps its value and `get_config` shows
