@@ -301,6 +301,33 @@ def test_tf_own_wrapper_does_not_consult_a_fixed_scale():
   assert not np.isfinite(theirs[-1]).all() and their_step == STEPS
 
 
+def test_tf_own_wrapper_with_our_dynamic_scale_checks_with_one_read_only_op():
+  """TF's compat wrapper unscales the gradients itself and asks update() of a
+  DynamicLossScale: their flag comes from one FixedCheckGrads (scaling.
+  check_finite), not an IsFinite per gradient, and skips as TF's scale does."""
+  results = []
+  for scale in (fls.DynamicLossScale(1024, increment_period=3),
+                v1.mixed_precision.DynamicLossScale(1024, increment_period=3)):
+    w = tf.Variable([1.0, 2.0])
+    b = tf.Variable([0.5])
+    opt = v1.mixed_precision.MixedPrecisionLossScaleOptimizer(
+        v1.train.GradientDescentOptimizer(LR), scale)
+
+    @tf.function
+    def step(x):
+      opt.minimize(lambda: tf.reduce_sum(w * x) + tf.reduce_sum(b * x[:1]), var_list=[w, b])
+
+    outer = [op.type for op in step.get_concrete_function(tf.TensorSpec([2])).graph.get_operations()]
+    for x in ([1.0, 2.0], [np.inf, 1.0], [3.0, -1.0], [1.0, np.nan], [2.0, 2.0]):
+      step(tf.constant(x))
+    results.append((outer, [w.numpy(), b.numpy(), scale().numpy()]))
+  (ours_ops, ours), (tf_ops, theirs) = results
+  assert ours_ops.count("FixedCheckGrads") == 1 and "IsFinite" not in ours_ops
+  assert "FixedCheckGrads" not in tf_ops and "IsFinite" in tf_ops
+  for a, b in zip(ours, theirs):
+    assert_bitwise_equal(a, b)
+
+
 def _keras_model(w0):
   model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, use_bias=False)])
   model.layers[0].kernel.assign(w0)
