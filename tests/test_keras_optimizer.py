@@ -76,7 +76,8 @@ def test_fit_mixed_float16_bit_identical_to_loss_scale_factor(mixed_float16, jit
     # Custom ops have no XLA kernel: the arithmetic path was traced instead.
     assert not CUSTOM_OPS & set(op_types)
   else:
-    assert op_types.count("FixedUnscaleGrads") == 1
+    # The gradients are unscaled inside the fused Adam update (fused_update.py).
+    assert op_types.count("FixedApplyAdam") == 1 and "FixedUnscaleGrads" not in op_types
     assert op_types.count("FixedScaleLoss") == 2  # the scaled loss and its gradient
 
 
@@ -228,7 +229,9 @@ def test_custom_loop_scale_loss_and_apply(mixed_float16):
   theirs, their_ops = train(keras.optimizers.Adam(1e-2, loss_scale_factor=2048.0))
   for a, b in zip(ours, theirs):
     assert_bitwise_equal(a, b)
-  assert op_types.count("FixedUnscaleGrads") == 1 and op_types.count("FixedScaleLoss") == 2
+  # The gradients are unscaled inside the fused Adam update (fused_update.py).
+  assert op_types.count("FixedApplyAdam") == 1 and "FixedUnscaleGrads" not in op_types
+  assert op_types.count("FixedScaleLoss") == 2
   assert not CUSTOM_OPS & set(their_ops)
 
 

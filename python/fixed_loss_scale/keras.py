@@ -16,12 +16,12 @@ with `FixedScaleLoss` and unscales all gradients with `FixedUnscaleGrads` (one
 op, or on CPU one per 1 MiB group: scaling.py NOTE [CPU groups]) before the
 inner optimizer clips (`clipnorm`, `global_clipnorm`, `clipvalue`) and applies
 them; with `global_clipnorm`, an `apply` that unscales also gets the squared
-global norm from the unscaling and clips with it, so the gradients are not read
-again for the norm (clipping.py, NOTE [fused global clipping]). Inside XLA
+global norm from its check pass and clips with it, so the gradients are not
+read again for the norm (clipping.py, NOTE [fused global clipping]). Inside XLA
 (`jit_compile=True`, or Keras's default `jit_compile="auto"` where it turns XLA
 on) and eagerly the same numbers come from plain arithmetic. TensorFlow backend
 only. For dynamic scaling: `LossScaleOptimizer` (keras_dynamic.py), Keras 3's
-class on the fused unscale-and-check (docs/OVERFLOW.md).
+class on the package's check and unscale ops (docs/OVERFLOW.md).
 
 Whether `apply`/`apply_gradients` unscale is fixed when the wrapper is built, by
 its `unscale_in_apply` argument (saved in its config), and never inferred from
@@ -34,8 +34,7 @@ inner optimizer does not run, its `iterations` included, as in Keras 3's
 `LossScaleOptimizer`; the scale stays fixed.
 
 `LossScaleOptimizer` (keras_dynamic.py) is Keras 3's dynamic
-`LossScaleOptimizer`, drop-in, with the unscaling and the finite check in one
-call.
+`LossScaleOptimizer`, drop-in, on the same apply step (apply_step.py).
 """
 
 import warnings
@@ -43,10 +42,11 @@ import warnings
 import keras
 
 from fixed_loss_scale import apply_step
+from fixed_loss_scale import fused_update as fused_update_lib
 from fixed_loss_scale import keras_base
 from fixed_loss_scale import scaling
 from fixed_loss_scale.keras_dynamic import LossScaleOptimizer  # noqa: F401  (public name)
-from fixed_loss_scale.optimizer import as_fixed_loss_scale
+from fixed_loss_scale.loss_scale import as_fixed_loss_scale
 
 # The base-optimizer arguments that Keras 3's LossScaleOptimizer refuses unless
 # they have these values (older saved configs carry them); this class likewise.
@@ -110,7 +110,7 @@ class FixedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     skip_non_finite: None (default): as `loss_scale` says (a
       `FixedLossScale`'s `skip_non_finite`; False for a number). True: `apply`
       skips a step where any gradient is inf or NaN on any replica (the flag
-      comes from the unscaling, `scaling.unscale_and_check`, and is reduced
+      comes from the check before the decision, apply_step.py, and is agreed
       across replicas). Saved by `get_config` when True.
     unscale_in_apply: True (default): `apply` and `apply_gradients` divide the
       gradients they are given by the scale, as Keras 3's `LossScaleOptimizer`
@@ -120,6 +120,12 @@ class FixedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
       which `fit` calls before `apply`, then raises ValueError, and the
       tf.keras 2 name `get_scaled_loss` scales the loss. Saved by
       `get_config`, so `.keras` files keep it.
+    fused_update: True (default): where the inner optimizer is exactly SGD,
+      Adam or AdamW and the step allows it (fused_update.py), `apply` (with
+      `unscale_in_apply`) is one FixedApplySgd / FixedApplyAdam op on the
+      scaled gradients instead of the inner optimizer's `apply`: the same
+      weights, slots and iterations. False: the inner `apply` always. Saved by
+      `get_config` only when False.
 
   Raises:
     ValueError: for a base-optimizer argument (`clipnorm`, ...: set it on the
@@ -133,7 +139,7 @@ class FixedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
   """
 
   def __init__(self, inner_optimizer, loss_scale, name=None, unscale_in_apply=True,
-               skip_non_finite=None, **kwargs):
+               skip_non_finite=None, fused_update=True, **kwargs):
     for arg_name, default_value in _BASE_OPTIMIZER_DEFAULTS.items():
       if arg_name in kwargs:
         value = kwargs.pop(arg_name)
@@ -176,6 +182,8 @@ class FixedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     self._loss_scale_value = loss_scale
     self._unscale_in_apply = unscale_in_apply
     self._skip_non_finite = skip_non_finite
+    self._fused_update = fused_update_lib.check_fused_update_argument(
+        fused_update, type(self).__name__)
     if inner_optimizer.loss_scale_factor is not None:
       warnings.warn(
           f"FixedLossScaleOptimizer: clearing inner_optimizer.loss_scale_factor="
@@ -251,27 +259,38 @@ class FixedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
   def _tf_apply(self, grads, trainable_variables=None):
     """Keras's `apply` calls this on TensorFlow: unscales `grads` if
     `unscale_in_apply` (the default) and lets the inner optimizer clip and
-    apply them; with an inner `global_clipnorm`, the unscaling also gives the
+    apply them; with an inner `global_clipnorm`, the check pass also gives the
     squared global norm and the wrapper clips (clipping.py, NOTE [fused global
     clipping]). With `skip_non_finite` the inner optimizer runs only if every
     gradient is finite on every replica (apply_step.apply_if_finite; the flag
-    comes from the unscaling or, for gradients unscaled before
+    comes from the check before the decision or, for gradients unscaled before
     `apply_gradients`, from finite.all_finite, which finds the flag
     `get_unscaled_gradients` computed: finite.py, NOTE [flag of the op], NOTE
     [flag registry]). Unlike Keras's class, the flag is summed over the
     replicas rather than taken from the first one, so an overflow on any
     replica skips the step on all of them."""
+    grads = list(grads)
     check = self._skip_non_finite
+    update = None
     if self._unscale_in_apply:
       variables = (list(trainable_variables)
                    if trainable_variables is not None else self._trainable_variables)
-      step = keras_base.prepare(self, grads, variables, self._loss_scale_value, check=check)
+      update = fused_update_lib.plan_for(self, grads, variables)
+      if update is not None and not check and update.clip_norm is None:
+        # NOTE [fused update in the wrappers]: no flag and no norm to wait for.
+        update.apply(grads, self._loss_scale_value)
+        return
+      step = keras_base.prepare(self, grads, variables, self._loss_scale_value, check=check,
+                                unscale_in_update=update is not None)
     else:
       step = apply_step.given(grads, check=check)
+    apply_fn = keras_base.inner_apply
+    if update is not None:
+      apply_fn = lambda step, *_: fused_update_lib.apply_prepared(update, step)  # noqa: E731
     if check:
-      apply_step.apply_if_finite(step, keras_base.inner_apply, args=(self, trainable_variables))
+      apply_step.apply_if_finite(step, apply_fn, args=(self, trainable_variables))
     else:
-      keras_base.inner_apply(step, self, trainable_variables)
+      apply_fn(step, self, trainable_variables)
 
   def stateless_apply(self, optimizer_variables, grads, trainable_variables):
     raise ValueError("FixedLossScaleOptimizer does not support stateless_apply "
@@ -288,6 +307,8 @@ class FixedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     }
     if self._skip_non_finite:
       config["skip_non_finite"] = True
+    if not self._fused_update:
+      config["fused_update"] = False
     return config
 
   @classmethod

@@ -30,15 +30,16 @@ if keras.backend.backend() != "tensorflow":
                     f"KERAS_BACKEND is {keras.backend.backend()!r}")
 
 
-def prepare(optimizer, grads, variables, scale, check):
-  """`apply_step.prepare` for a Keras 3 wrapper `optimizer` (module docstring)."""
+def prepare(optimizer, grads, variables, scale, check, unscale_in_update=False):
+  """`apply_step.prepare` for a Keras 3 wrapper `optimizer` (module docstring);
+  `unscale_in_update`: the update unscales (the fused update)."""
   clip_norm = clipping.fused_global_clipnorm(optimizer.inner_optimizer)
   clip = None
   if clip_norm is not None:
     clip = functools.partial(clipping.keras_clip_by_global_norm, clip_norm=clip_norm)
   return apply_step.prepare(grads, variables, scale, check=check,
                             keep=optimizer._overwrite_variable_with_gradient,  # pylint: disable=protected-access
-                            clip=clip)
+                            clip=clip, unscale_in_update=unscale_in_update)
 
 
 def inner_apply(step, optimizer, trainable_variables):

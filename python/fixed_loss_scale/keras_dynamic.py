@@ -1,4 +1,4 @@
-"""LossScaleOptimizer: Keras 3's dynamic LossScaleOptimizer, unscaled and checked in one call.
+"""LossScaleOptimizer: Keras 3's dynamic LossScaleOptimizer on the package's check and unscale ops.
 
 A drop-in for `keras.optimizers.LossScaleOptimizer` (its source:
 keras/src/optimizers/loss_scale_optimizer.py), of which it is a subclass: the
@@ -9,14 +9,14 @@ same trajectory of the scale (halved after a step with inf/NaN gradients,
 which is skipped; doubled after `dynamic_growth_steps` finite steps). What
 differs, on the TensorFlow backend (the only one this package supports):
 
-- Keras checks every gradient with `all(isfinite(g))` and, in the branch
-  where all are finite, divides each by the scale: two reads of every
-  gradient. Here one call, `scaling.unscale_and_check(grads,
-  self.dynamic_scale)` (the fused FixedUnscaleGradsAndCheck op in graphs,
-  arithmetic eagerly and under XLA), unscales and gives the flag, and the
-  branch takes the unscaled gradients (apply_step.py, the step both Keras
-  wrappers share; NOTE [fused check seam] in scaling.py).
-- With an inner `global_clipnorm`, that call also gives the squared norm and
+- Keras checks every gradient with `all(isfinite(g))`, one op per gradient,
+  and divides each by the scale in the branch where all are finite. Here the
+  check is one op per group of gradients (apply_step.py, the step both Keras
+  wrappers share): on a CPU the read-only FixedCheckGrads, the gradients
+  unscaled inside the branch; on a GPU the fused FixedUnscaleGradsAndCheck,
+  whose unscaled outputs the branch takes (scaling.py, NOTE [check before the
+  skip]); eagerly and under XLA, arithmetic.
+- With an inner `global_clipnorm`, the check also gives the squared norm and
   the wrapper clips with Keras's own expression; the inner optimizer does not
   read the gradients again (clipping.py, NOTE [fused global clipping]).
 - Under a distribution strategy the flag is summed across replicas: an
@@ -29,11 +29,14 @@ as under `mixed_float16`) and a power-of-two scale -- Keras's default 2**15, and
 every scale it reaches from one -- give bit-identical weights and scales.
 """
 
+import functools
+
 import keras
 import tensorflow as tf
 
 from fixed_loss_scale import apply_step
 from fixed_loss_scale import finite
+from fixed_loss_scale import fused_update as fused_update_lib
 from fixed_loss_scale import keras_base
 
 # NOTE [Keras drop-in numerics]: Keras divides a gradient by the scale
@@ -47,7 +50,7 @@ from fixed_loss_scale import keras_base
 #
 # Keras's scale can leave the fixed scales' range [1, 2**126]: it halves
 # without a floor (after 16 overflowing steps in a row from 2**15 it is below 1)
-# and doubles without a ceiling. The fused op takes any positive normal float32
+# and doubles without a ceiling. The ops take any positive normal float32
 # scale and computes TensorFlow's arithmetic there (NOTE [tensor loss scale
 # range] in tf_ops/core/tensor_span.h), so the trajectory stays Keras's; one
 # difference remains there: the flag is the unscaled gradients', so below 1 a
@@ -57,8 +60,8 @@ from fixed_loss_scale import keras_base
 
 @keras.saving.register_keras_serializable(package="fixed_loss_scale", name="LossScaleOptimizer")
 class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
-  """`keras.optimizers.LossScaleOptimizer`, with the unscaling and the finite
-  check in one call (see the module docstring).
+  """`keras.optimizers.LossScaleOptimizer`, checked and unscaled by the
+  package's ops (see the module docstring).
 
   ```python
   keras.mixed_precision.set_global_policy("mixed_float16")
@@ -71,24 +74,48 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
   `name`); the `.keras` config names this class
   ("fixed_loss_scale>LossScaleOptimizer"). TensorFlow backend only;
   `stateless_apply` is Keras's (on TensorFlow the inner optimizer refuses it).
+
+  `fused_update` (default True): where the inner optimizer is exactly SGD,
+  Adam or AdamW and the step allows it (fused_update.py), the finite step is
+  one FixedApplySgd / FixedApplyAdam op on the scaled gradients instead of the
+  inner optimizer's `apply`: the same weights, slots and iterations. False
+  keeps the inner `apply` always; `get_config` holds it only when False.
   """
+
+  def __init__(self, inner_optimizer, initial_scale=2.0**15, dynamic_growth_steps=2000,
+               name=None, fused_update=True, **kwargs):
+    super().__init__(inner_optimizer, initial_scale=initial_scale,
+                     dynamic_growth_steps=dynamic_growth_steps, name=name, **kwargs)
+    self._fused_update = fused_update_lib.check_fused_update_argument(
+        fused_update, type(self).__name__)
+
+  def get_config(self):
+    config = super().get_config()
+    if not self._fused_update:
+      config["fused_update"] = False
+    return config
 
   def _tf_apply(self, grads, trainable_variables=None):
     """Keras's `apply` calls this on TensorFlow: unscales and checks `grads` in
     one call, applies them with the inner optimizer if they are all finite on
     every replica, else skips the step, and updates the scale as Keras does
-    (apply_step.py)."""
+    (apply_step.py); with the fused update, checks them and the update
+    unscales (fused_update.py, NOTE [fused update in the wrappers])."""
     grads = list(grads)
     variables = trainable_variables or self._trainable_variables
+    update = fused_update_lib.plan_for(self, grads, variables)
     step = keras_base.prepare(self, grads, variables, tf.convert_to_tensor(self.dynamic_scale),
-                              check=True)
-    apply_step.apply_if_finite(step, self._handle_finite_unscaled,
+                              check=True, unscale_in_update=update is not None)
+    apply_step.apply_if_finite(step, functools.partial(self._handle_finite_unscaled, update=update),
                                self._stateful_handle_non_finite_grads, args=(trainable_variables,))
 
-  def _handle_finite_unscaled(self, step, trainable_variables):
+  def _handle_finite_unscaled(self, step, trainable_variables, update=None):
     """Keras's `_stateful_handle_finite_grads` for a prepared step: the inner
-    apply, then the growth schedule."""
-    keras_base.inner_apply(step, self, trainable_variables)
+    apply (or the fused `update`), then the growth schedule."""
+    if update is None:
+      keras_base.inner_apply(step, self, trainable_variables)
+    else:
+      fused_update_lib.apply_prepared(update, step)
 
     def upscale():
       self.step_counter.assign(0)
