@@ -16,58 +16,36 @@ namespace fixed_loss_scale {
 namespace simd {
 namespace {
 
-// The portable loops: one tight loop per storage type, so the per-element switch
-// of ScaleElement stays out of the hot path.
-void ScalarHalf(const uint16_t* src, uint16_t* dst, int64_t n, float f) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = ScaleHalfBits(src[i], f);
+// The element functions of one storage type (scale_math.h's), for the portable
+// loops; the factor and the squares are float (double for double).
+template <typename Bits, typename M, Bits (*kScale)(Bits, M), bool (*kFinite)(Bits),
+          M (*kSquareOf)(Bits)>
+struct Element {
+  using T = Bits;
+  using Multiplier = M;
+  using Square = M;
+  static T Scale(T x, M f) { return kScale(x, f); }
+  static bool Finite(T y) { return kFinite(y); }
+  static M SquareOf(T y) { return kSquareOf(y); }
+};
+template <typename T>
+T Squared(T y) {
+  return y * y;
 }
-void ScalarBFloat16(const uint16_t* src, uint16_t* dst, int64_t n, float f) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = ScaleBFloat16Bits(src[i], f);
-}
-void ScalarFloat(const float* src, float* dst, int64_t n, float f) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = ScaleFloat(src[i], f);
-}
-void ScalarDouble(const double* src, double* dst, int64_t n, double f) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = ScaleDouble(src[i], f);
-}
+using HalfElement =
+    Element<uint16_t, float, ScaleHalfBits<>, IsFiniteHalfBits, SquareOfHalfBits>;
+using BFloat16Element =
+    Element<uint16_t, float, ScaleBFloat16Bits<>, IsFiniteBFloat16Bits, SquareOfBFloat16Bits>;
+using FloatElement = Element<float, float, ScaleFloat, IsFiniteFloat, Squared<float>>;
+using DoubleElement = Element<double, double, ScaleDouble, IsFiniteDouble, Squared<double>>;
 
-}  // namespace
-
-namespace {
-
-// The element functions of one storage type, for the checked scalar loop.
-struct HalfElement {
-  using T = uint16_t;
-  using Multiplier = float;
-  using Square = float;
-  static T Scale(T x, float f) { return ScaleHalfBits(x, f); }
-  static bool Finite(T y) { return IsFiniteHalfBits(y); }
-  static float SquareOf(T y) { return SquareOfHalfBits(y); }
-};
-struct BFloat16Element {
-  using T = uint16_t;
-  using Multiplier = float;
-  using Square = float;
-  static T Scale(T x, float f) { return ScaleBFloat16Bits(x, f); }
-  static bool Finite(T y) { return IsFiniteBFloat16Bits(y); }
-  static float SquareOf(T y) { return SquareOfBFloat16Bits(y); }
-};
-struct FloatElement {
-  using T = float;
-  using Multiplier = float;
-  using Square = float;
-  static T Scale(T x, float f) { return ScaleFloat(x, f); }
-  static bool Finite(T y) { return IsFiniteFloat(y); }
-  static float SquareOf(T y) { return y * y; }
-};
-struct DoubleElement {
-  using T = double;
-  using Multiplier = double;
-  using Square = double;
-  static T Scale(T x, double f) { return ScaleDouble(x, f); }
-  static bool Finite(T y) { return IsFiniteDouble(y); }
-  static double SquareOf(T y) { return y * y; }
-};
+// The portable loop: one tight loop per storage type, so the per-element
+// switch of ScaleElement stays out of the hot path.
+template <typename E>
+void ScalarScale(const typename E::T* src, typename E::T* dst, int64_t n,
+                 typename E::Multiplier f) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = E::Scale(src[i], f);
+}
 
 // The portable checked loop: the unchecked loop's outputs (stored unless
 // !kStore), their finiteness and (kSumOfSquares) the sum of their squares in
@@ -99,21 +77,17 @@ void ScalarCheck(const typename E::T* src, int64_t n, typename E::Multiplier f,
   ScalarChecked<E, kSumOfSquares, false>(src, nullptr, n, f, check);
 }
 
+// The portable loops, for LoopTableOf.
+struct ScalarLoops {
+  template <typename E> static constexpr auto kScale = &ScalarScale<E>;
+  template <typename E, bool kSq> static constexpr auto kChecked = &ScalarChecked<E, kSq>;
+  template <typename E, bool kSq> static constexpr auto kCheckOnly = &ScalarCheck<E, kSq>;
+};
+
 }  // namespace
 
-extern const PathLoops kScalarLoops = {
-    ScalarHalf,
-    ScalarBFloat16,
-    ScalarFloat,
-    ScalarDouble,
-    CheckedLoops{ScalarChecked<HalfElement, false>, ScalarChecked<BFloat16Element, false>,
-                 ScalarChecked<FloatElement, false>, ScalarChecked<DoubleElement, false>},
-    CheckedLoops{ScalarChecked<HalfElement, true>, ScalarChecked<BFloat16Element, true>,
-                 ScalarChecked<FloatElement, true>, ScalarChecked<DoubleElement, true>},
-    CheckOnlyLoops{ScalarCheck<HalfElement, false>, ScalarCheck<BFloat16Element, false>,
-                   ScalarCheck<FloatElement, false>, ScalarCheck<DoubleElement, false>},
-    CheckOnlyLoops{ScalarCheck<HalfElement, true>, ScalarCheck<BFloat16Element, true>,
-                   ScalarCheck<FloatElement, true>, ScalarCheck<DoubleElement, true>}};
+extern const PathLoops kScalarLoops =
+    LoopTableOf<ScalarLoops, HalfElement, BFloat16Element, FloatElement, DoubleElement>();
 
 #if defined(FLS_HAVE_X86_SIMD)
 bool MxcsrFlushesSubnormals() { return (_mm_getcsr() & kMxcsrFtzDaz) == kMxcsrFtzDaz; }

@@ -254,22 +254,17 @@ FLS_SIMD_TARGET void CheckLoop(const typename Traits::Element* src, int64_t n,
   ScaleLoopBody<Traits, CheckMode<kSumOfSquares>>(src, nullptr, n, f, check);
 }
 
+// The loops above, for LoopTableOf (simd_loops.h).
+struct VectorLoops {
+  template <typename T> static constexpr auto kScale = &ScaleLoop<T>;
+  template <typename T, bool kSq> static constexpr auto kChecked = &ScaleAndCheckLoop<T, kSq>;
+  template <typename T, bool kSq> static constexpr auto kCheckOnly = &CheckLoop<T, kSq>;
+};
+
 // The table of one path from its four traits.
 template <typename Half, typename BFloat16, typename Float, typename Double>
 constexpr PathLoops PathLoopsOf() {
-  return PathLoops{
-      ScaleLoop<Half>,
-      ScaleLoop<BFloat16>,
-      ScaleLoop<Float>,
-      ScaleLoop<Double>,
-      CheckedLoops{ScaleAndCheckLoop<Half, false>, ScaleAndCheckLoop<BFloat16, false>,
-                   ScaleAndCheckLoop<Float, false>, ScaleAndCheckLoop<Double, false>},
-      CheckedLoops{ScaleAndCheckLoop<Half, true>, ScaleAndCheckLoop<BFloat16, true>,
-                   ScaleAndCheckLoop<Float, true>, ScaleAndCheckLoop<Double, true>},
-      CheckOnlyLoops{CheckLoop<Half, false>, CheckLoop<BFloat16, false>,
-                     CheckLoop<Float, false>, CheckLoop<Double, false>},
-      CheckOnlyLoops{CheckLoop<Half, true>, CheckLoop<BFloat16, true>, CheckLoop<Float, true>,
-                     CheckLoop<Double, true>}};
+  return LoopTableOf<VectorLoops, Half, BFloat16, Float, Double>();
 }
 
 }  // namespace

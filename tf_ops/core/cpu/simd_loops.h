@@ -83,6 +83,32 @@ struct PathLoops {
   CheckOnlyLoops check_only_with_squares;
 };
 
+// The table of one path from `L`, its loop templates' addresses (kScale<E>,
+// kChecked<E, kSumOfSquares>, kCheckOnly<E, kSumOfSquares>: VectorLoops in
+// scale_loop.h, ScalarLoops in multi_tensor_scale_cpu.cc), and its four element
+// types (traits) H, B, F, D: half, bfloat16, float, double.
+template <typename L, bool kSq, typename H, typename B, typename F, typename D>
+constexpr CheckedLoops CheckedLoopsOf() {
+  return {L::template kChecked<H, kSq>, L::template kChecked<B, kSq>,
+          L::template kChecked<F, kSq>, L::template kChecked<D, kSq>};
+}
+template <typename L, bool kSq, typename H, typename B, typename F, typename D>
+constexpr CheckOnlyLoops CheckOnlyLoopsOf() {
+  return {L::template kCheckOnly<H, kSq>, L::template kCheckOnly<B, kSq>,
+          L::template kCheckOnly<F, kSq>, L::template kCheckOnly<D, kSq>};
+}
+template <typename L, typename H, typename B, typename F, typename D>
+constexpr PathLoops LoopTableOf() {
+  return PathLoops{L::template kScale<H>,
+                   L::template kScale<B>,
+                   L::template kScale<F>,
+                   L::template kScale<D>,
+                   CheckedLoopsOf<L, false, H, B, F, D>(),
+                   CheckedLoopsOf<L, true, H, B, F, D>(),
+                   CheckOnlyLoopsOf<L, false, H, B, F, D>(),
+                   CheckOnlyLoopsOf<L, true, H, B, F, D>()};
+}
+
 // The portable loops (multi_tensor_scale_cpu.cc).
 extern const PathLoops kScalarLoops;
 
