@@ -7,9 +7,9 @@
 // FixedUnscaleGradsAndCheck also checks the values it writes, and
 // FixedCheckGrads checks them without writing them. The OpKernels in
 // fixed_loss_scale_kernels.cc validate, forward or allocate outputs, and make
-// one call to MultiTensorScale<Device>, MultiTensorScaleAndCheck<Device> or
-// MultiTensorCheck<Device>, specialised for CPU in fixed_loss_scale_cpu.cc and
-// for GPU in fixed_loss_scale_gpu.cc.
+// one call to MultiTensorScale<Device> or MultiTensorCheck<Device>,
+// specialised for CPU in fixed_loss_scale_cpu.cc and for GPU in
+// fixed_loss_scale_gpu.cc.
 #ifndef FIXED_LOSS_SCALE_TF_KERNELS_FIXED_LOSS_SCALE_H_
 #define FIXED_LOSS_SCALE_TF_KERNELS_FIXED_LOSS_SCALE_H_
 
@@ -27,29 +27,23 @@ struct MultiTensorScale {
                           const std::vector<TensorSpan>& spans, ScaleFactor factor) const;
 };
 
-template <typename Device>
-struct MultiTensorScaleAndCheck {
-  // As MultiTensorScale, and writes the two scalar outputs of
-  // FixedUnscaleGradsAndCheck, in `Device` memory (host memory on CPU; on GPU
-  // in the op's stream order): *all_finite, whether every value written is
-  // finite (true for no spans), and *sum_of_squares, their sum of squares when
-  // `with_sum_of_squares` (NOTE [sum of squares] in
-  // tf_ops/core/cpu/scale_loop.h), else the quiet NaN 0x7fc00000.
-  // `spans` may be empty: the outputs are written all the same.
-  absl::Status operator()(tensorflow::OpKernelContext* context,
-                          const std::vector<TensorSpan>& spans, ScaleFactor factor,
-                          bool with_sum_of_squares, bool* all_finite,
-                          float* sum_of_squares) const;
-};
+// What a checked call writes besides its two scalars: the scaled spans
+// (FixedUnscaleGradsAndCheck) or nothing (FixedCheckGrads; the spans' `out` is
+// null). The scalars are the same bits either way.
+enum class CheckWrites { kScaledValues, kNothing };
 
 template <typename Device>
 struct MultiTensorCheck {
-  // MultiTensorScaleAndCheck's *all_finite and *sum_of_squares, bit for bit,
-  // from the spans' `in` alone: nothing is written but the two scalars
-  // (FixedCheckGrads; the spans' `out` is null).
+  // With kScaledValues, as MultiTensorScale; either way writes the two scalar
+  // outputs of FixedUnscaleGradsAndCheck and FixedCheckGrads, in `Device`
+  // memory (host memory on CPU; on GPU in the op's stream order): *all_finite,
+  // whether every value spans[i].in * factor is finite (true for no spans), and
+  // *sum_of_squares, their sum of squares when `with_sum_of_squares` (NOTE [sum
+  // of squares] in tf_ops/core/cpu/scale_loop.h), else the quiet NaN
+  // 0x7fc00000. `spans` may be empty: the outputs are written all the same.
   absl::Status operator()(tensorflow::OpKernelContext* context,
                           const std::vector<TensorSpan>& spans, ScaleFactor factor,
-                          bool with_sum_of_squares, bool* all_finite,
+                          CheckWrites writes, bool with_sum_of_squares, bool* all_finite,
                           float* sum_of_squares) const;
 };
 

@@ -1,6 +1,6 @@
-// CPU specialisations of MultiTensorScale, MultiTensorScaleAndCheck and
-// MultiTensorCheck: the core's byte-balanced shards of the whole list (NOTE [byte sharding], NOTE
-// [shard plan] in tf_ops/core/cpu/multi_tensor_scale_cpu.h), shared between the
+// CPU specialisations of MultiTensorScale and MultiTensorCheck: the core's
+// byte-balanced shards of the whole list (NOTE [byte sharding], NOTE [shard
+// plan] in tf_ops/core/cpu/multi_tensor_scale_cpu.h), shared between the
 // calling thread and helpers on TensorFlow's inter-op threads (NOTE [helpers]).
 #include <algorithm>
 #include <atomic>
@@ -190,26 +190,18 @@ absl::Status MultiTensorScale<Eigen::ThreadPoolDevice>::operator()(
   return absl::OkStatus();
 }
 
-template <>
-absl::Status MultiTensorScaleAndCheck<Eigen::ThreadPoolDevice>::operator()(
-    tensorflow::OpKernelContext* context, const std::vector<TensorSpan>& spans,
-    ScaleFactor factor, bool with_sum_of_squares, bool* all_finite,
-    float* sum_of_squares) const {
-  RunShardedCheck(context, spans, factor, ShardWork::kScaleAndCheck, with_sum_of_squares,
-                  all_finite, sum_of_squares);
-  return absl::OkStatus();
-}
-
-// The shard plan counts the bytes read, as for MultiTensorScaleAndCheck, so
-// both make the same shards and give the same bits (NOTE [check without
-// store] in tf_ops/core/cpu/scale_loop.h).
+// A check without writes counts the bytes read in its shard plan, as the
+// checked scale does, so both make the same shards and give the same bits
+// (NOTE [check without store] in tf_ops/core/cpu/scale_loop.h).
 template <>
 absl::Status MultiTensorCheck<Eigen::ThreadPoolDevice>::operator()(
     tensorflow::OpKernelContext* context, const std::vector<TensorSpan>& spans,
-    ScaleFactor factor, bool with_sum_of_squares, bool* all_finite,
+    ScaleFactor factor, CheckWrites writes, bool with_sum_of_squares, bool* all_finite,
     float* sum_of_squares) const {
-  RunShardedCheck(context, spans, factor, ShardWork::kCheck, with_sum_of_squares, all_finite,
-                  sum_of_squares);
+  RunShardedCheck(context, spans, factor,
+                  writes == CheckWrites::kScaledValues ? ShardWork::kScaleAndCheck
+                                                       : ShardWork::kCheck,
+                  with_sum_of_squares, all_finite, sum_of_squares);
   return absl::OkStatus();
 }
 

@@ -1,7 +1,7 @@
-// GPU specialisations of MultiTensorScale, MultiTensorScaleAndCheck and
-// MultiTensorCheck: thin adapters from the op's spans to the CUDA-runtime-only
-// launchers (tf_ops/core/gpu/multi_tensor_scale.h), each of which makes one
-// kernel launch on the op's stream for the whole list.
+// GPU specialisations of MultiTensorScale and MultiTensorCheck: thin adapters
+// from the op's spans to the CUDA-runtime-only launchers
+// (tf_ops/core/gpu/multi_tensor_scale.h), each of which makes one kernel
+// launch on the op's stream for the whole list.
 //
 // Compiled by g++ against the CUDA headers in TensorFlow's wheel; the launcher
 // objects link no CUDA runtime of their own and call the one TensorFlow loaded
@@ -126,21 +126,15 @@ absl::Status LaunchCheck(OpKernelContext* context, const std::vector<TensorSpan>
 
 }  // namespace
 
-template <>
-absl::Status MultiTensorScaleAndCheck<Eigen::GpuDevice>::operator()(
-    OpKernelContext* context, const std::vector<TensorSpan>& spans, ScaleFactor factor,
-    bool with_sum_of_squares, bool* all_finite, float* sum_of_squares) const {
-  return LaunchCheck(context, spans, factor, with_sum_of_squares, all_finite, sum_of_squares,
-                     MultiTensorScaleAndCheckScratchBytes, LaunchMultiTensorScaleAndCheck);
-}
-
-// The spans' `out` is null: the launch reads `in` alone.
+// With kNothing the spans' `out` is null: the launch reads `in` alone.
 template <>
 absl::Status MultiTensorCheck<Eigen::GpuDevice>::operator()(
     OpKernelContext* context, const std::vector<TensorSpan>& spans, ScaleFactor factor,
-    bool with_sum_of_squares, bool* all_finite, float* sum_of_squares) const {
+    CheckWrites writes, bool with_sum_of_squares, bool* all_finite, float* sum_of_squares) const {
+  const bool scale = writes == CheckWrites::kScaledValues;
   return LaunchCheck(context, spans, factor, with_sum_of_squares, all_finite, sum_of_squares,
-                     MultiTensorCheckScratchBytes, LaunchMultiTensorCheck);
+                     scale ? MultiTensorScaleAndCheckScratchBytes : MultiTensorCheckScratchBytes,
+                     scale ? LaunchMultiTensorScaleAndCheck : LaunchMultiTensorCheck);
 }
 
 }  // namespace fixed_loss_scale

@@ -2,8 +2,8 @@
 // FixedCheckGrads and FixedUnscaleGradsByTensor: validate the scale (an attr,
 // or a scalar input), forward each input buffer to its output when TensorFlow
 // allows (in place) or allocate a new one, then make one MultiTensorScale<Device>
-// (MultiTensorScaleAndCheck<Device>, MultiTensorCheck<Device>) call for the
-// whole list.
+// (MultiTensorCheck<Device>, with or without the writes) call for the whole
+// list.
 #include <cstdio>
 #include <vector>
 
@@ -178,7 +178,7 @@ absl::Status AllocateCheckOutputs(OpKernelContext* context, int index, Tensor** 
 // [0, n) as FixedUnscaleGrads does, by the loss_scale input (the last input,
 // never forwarded; in host memory on every device, so it is validated here),
 // and the all_finite and sum_of_squares scalars (outputs n and n + 1) written
-// by the same MultiTensorScaleAndCheck<Device> call.
+// by the same MultiTensorCheck<Device> call.
 template <typename Device>
 class FixedUnscaleGradsAndCheckOp : public ScaleOpBase {
  public:
@@ -196,9 +196,9 @@ class FixedUnscaleGradsAndCheckOp : public ScaleOpBase {
     OP_REQUIRES_OK(context, AllocateCheckOutputs(context, num_grads, &all_finite, &sum_of_squares));
     std::vector<TensorSpan> spans;
     OP_REQUIRES_OK(context, PrepareSpans(context, &spans));
-    OP_REQUIRES_OK(context, MultiTensorScaleAndCheck<Device>()(
+    OP_REQUIRES_OK(context, MultiTensorCheck<Device>()(
                                 context, spans, TensorReciprocalFactorFor(*value),
-                                with_sum_of_squares_,
+                                CheckWrites::kScaledValues, with_sum_of_squares_,
                                 all_finite->scalar<bool>().data(),
                                 sum_of_squares->scalar<float>().data()));
   }
@@ -263,7 +263,8 @@ class FixedCheckGradsOp : public OpKernel {
     }
     OP_REQUIRES_OK(context, MultiTensorCheck<Device>()(
                                 context, spans, TensorReciprocalFactorFor(*value),
-                                with_sum_of_squares_, all_finite->scalar<bool>().data(),
+                                CheckWrites::kNothing, with_sum_of_squares_,
+                                all_finite->scalar<bool>().data(),
                                 sum_of_squares->scalar<float>().data()));
   }
 
