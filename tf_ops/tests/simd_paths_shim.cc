@@ -51,16 +51,24 @@ std::vector<TensorSpan> ListSpans(int num_tensors, const int* dtypes, const void
   return spans;
 }
 
-// Each range [cuts[k], cuts[k+1]) folded by `range` into its own ScaleCheck,
-// the checks combined in range order (as the kernel does with its shards).
-template <typename Range>
-void CheckRanges(const std::vector<TensorSpan>& spans, const int64_t* cuts, int num_cuts,
-                 Range range, int* all_finite, double* sum_of_squares) {
+// Each range [cuts[k], cuts[k+1]) of `spans` folded into its own ScaleCheck, by
+// ScaleAndCheckByteRange (`write`) or CheckByteRange (FixedCheckGrads, nothing
+// written), the checks combined in range order (as the kernel does with its
+// shards).
+void CheckRanges(const std::vector<TensorSpan>& spans, bool write, const int64_t* cuts,
+                 int num_cuts, ScaleFactor factor, int with_sum_of_squares, int* all_finite,
+                 double* sum_of_squares) {
   const std::vector<int64_t> offsets = fixed_loss_scale::ByteOffsets(spans);
   ScaleCheck total;
   for (int k = 0; k + 1 < num_cuts; ++k) {
     ScaleCheck check;
-    range(spans, offsets, cuts[k], cuts[k + 1], &check);
+    if (write) {
+      fixed_loss_scale::ScaleAndCheckByteRange(spans, offsets, cuts[k], cuts[k + 1], factor,
+                                               with_sum_of_squares != 0, &check);
+    } else {
+      fixed_loss_scale::CheckByteRange(spans, offsets, cuts[k], cuts[k + 1], factor,
+                                       with_sum_of_squares != 0, &check);
+    }
     total.all_finite &= check.all_finite;
     total.sum_of_squares += check.sum_of_squares;
   }
@@ -145,15 +153,9 @@ void fls_scale_and_check_list(int num_tensors, const int* dtypes, const void* co
                               void* const* outs, const int64_t* num_elements, const int64_t* cuts,
                               int num_cuts, float factor_f, double factor_d,
                               int with_sum_of_squares, int* all_finite, double* sum_of_squares) {
-  const ScaleFactor factor{factor_f, factor_d};
-  CheckRanges(
-      ListSpans(num_tensors, dtypes, ins, outs, num_elements), cuts, num_cuts,
-      [&](const std::vector<TensorSpan>& spans, const std::vector<int64_t>& offsets,
-          int64_t begin, int64_t end, ScaleCheck* check) {
-        fixed_loss_scale::ScaleAndCheckByteRange(spans, offsets, begin, end, factor,
-                                                 with_sum_of_squares != 0, check);
-      },
-      all_finite, sum_of_squares);
+  CheckRanges(ListSpans(num_tensors, dtypes, ins, outs, num_elements), /*write=*/true, cuts,
+              num_cuts, ScaleFactor{factor_f, factor_d}, with_sum_of_squares, all_finite,
+              sum_of_squares);
 }
 
 // fls_scale_and_check_list through CheckByteRange (FixedCheckGrads): the same
@@ -162,15 +164,9 @@ void fls_check_list(int num_tensors, const int* dtypes, const void* const* ins,
                     const int64_t* num_elements, const int64_t* cuts, int num_cuts,
                     float factor_f, double factor_d, int with_sum_of_squares, int* all_finite,
                     double* sum_of_squares) {
-  const ScaleFactor factor{factor_f, factor_d};
-  CheckRanges(
-      ListSpans(num_tensors, dtypes, ins, nullptr, num_elements), cuts, num_cuts,
-      [&](const std::vector<TensorSpan>& spans, const std::vector<int64_t>& offsets,
-          int64_t begin, int64_t end, ScaleCheck* check) {
-        fixed_loss_scale::CheckByteRange(spans, offsets, begin, end, factor,
-                                         with_sum_of_squares != 0, check);
-      },
-      all_finite, sum_of_squares);
+  CheckRanges(ListSpans(num_tensors, dtypes, ins, nullptr, num_elements), /*write=*/false,
+              cuts, num_cuts, ScaleFactor{factor_f, factor_d}, with_sum_of_squares, all_finite,
+              sum_of_squares);
 }
 
 }  // extern "C"
