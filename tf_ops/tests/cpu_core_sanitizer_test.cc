@@ -600,6 +600,29 @@ void TestManyTensors(std::mt19937_64& rng) {
   }
 }
 
+// The list of the partition tests: 1 to 40 ordinary cases of random dtypes and
+// misalignments, one in five empty, the others of 1 to 300 elements.
+std::vector<std::unique_ptr<Case>> RandomList(std::mt19937_64& rng, bool in_place) {
+  std::vector<std::unique_ptr<Case>> cases;
+  const int num = 1 + rng() % 40;
+  for (int i = 0; i < num; ++i) {
+    const int64_t n = (rng() % 5 == 0) ? 0 : 1 + rng() % 300;
+    cases.push_back(MakeCase(kDTypes[rng() % 4], n, rng() % 8, rng() % 8, in_place, rng,
+                             /*ordinary=*/true));
+  }
+  return cases;
+}
+
+// Sorted cut points of [0, total]: both ends and up to 29 more anywhere in it
+// (inside elements, repeated: empty ranges too).
+std::vector<int64_t> RandomCuts(std::mt19937_64& rng, int64_t total) {
+  std::vector<int64_t> cuts{0, total};
+  const int num_cuts = rng() % 30;
+  for (int i = 0; i < num_cuts; ++i) cuts.push_back(total == 0 ? 0 : rng() % (total + 1));
+  std::sort(cuts.begin(), cuts.end());
+  return cuts;
+}
+
 // Random partitions of the byte space into ranges (cut points anywhere, inside
 // elements too, empty ranges included), run in random order: every element must
 // be written exactly once. Out of place with sentinel outputs shows no element is
@@ -608,21 +631,11 @@ void TestRandomPartitions(std::mt19937_64& rng) {
   long ranges = 0;
   for (int trial = 0; trial < 300; ++trial) {
     const bool in_place = trial & 1;
-    std::vector<std::unique_ptr<Case>> cases;
-    const int num = 1 + rng() % 40;
-    for (int i = 0; i < num; ++i) {
-      const int64_t n = (rng() % 5 == 0) ? 0 : 1 + rng() % 300;
-      cases.push_back(MakeCase(kDTypes[rng() % 4], n, rng() % 8, rng() % 8, in_place, rng,
-                               /*ordinary=*/true));
-    }
+    std::vector<std::unique_ptr<Case>> cases = RandomList(rng, in_place);
     std::vector<fls::TensorSpan> spans;
     for (auto& c : cases) spans.push_back(c->span);
     const std::vector<int64_t> offsets = fls::ByteOffsets(spans);
-    const int64_t total = offsets.back();
-    std::vector<int64_t> cuts{0, total};
-    const int num_cuts = rng() % 30;
-    for (int i = 0; i < num_cuts; ++i) cuts.push_back(total == 0 ? 0 : rng() % (total + 1));
-    std::sort(cuts.begin(), cuts.end());
+    const std::vector<int64_t> cuts = RandomCuts(rng, offsets.back());
     std::vector<std::pair<int64_t, int64_t>> pieces;
     for (size_t i = 0; i + 1 < cuts.size(); ++i) pieces.emplace_back(cuts[i], cuts[i + 1]);
     std::shuffle(pieces.begin(), pieces.end(), rng);
@@ -809,16 +822,10 @@ void TestCheckedPartitions(std::mt19937_64& rng) {
   for (int trial = 0; trial < 300; ++trial) {
     const bool in_place = trial & 1;
     const bool with_squares = trial & 2;
-    std::vector<std::unique_ptr<Case>> cases;
-    const int num = 1 + rng() % 40;
-    for (int i = 0; i < num; ++i) {
-      const int64_t n = (rng() % 5 == 0) ? 0 : 1 + rng() % 300;
-      cases.push_back(MakeCase(kDTypes[rng() % 4], n, rng() % 8, rng() % 8, in_place, rng,
-                               /*ordinary=*/true));
-    }
+    std::vector<std::unique_ptr<Case>> cases = RandomList(rng, in_place);
     // Sometimes one Inf or NaN somewhere in the list.
     if (trial % 3 == 0) {
-      Case& c = *cases[rng() % num];
+      Case& c = *cases[rng() % cases.size()];
       if (c.n > 0) {
         uint64_t v = RandomBits(rng, c.dtype);
         while (RefFinite(c.dtype, v)) v = RandomBits(rng, c.dtype);
@@ -842,11 +849,7 @@ void TestCheckedPartitions(std::mt19937_64& rng) {
       spans.push_back(c->span);
     }
     const std::vector<int64_t> offsets = fls::ByteOffsets(spans);
-    const int64_t total = offsets.back();
-    std::vector<int64_t> cuts{0, total};
-    const int num_cuts = rng() % 30;
-    for (int i = 0; i < num_cuts; ++i) cuts.push_back(total == 0 ? 0 : rng() % (total + 1));
-    std::sort(cuts.begin(), cuts.end());
+    const std::vector<int64_t> cuts = RandomCuts(rng, offsets.back());
     fls::ScaleCheck combined;
     for (size_t i = 0; i + 1 < cuts.size(); ++i) {
       fls::ScaleCheck check;
