@@ -7,13 +7,12 @@ executed graph ran, timed interleaved, and their overheads over the bare step
 (with quartiles) beside the traffic model's bytes (benchmarks/traffic.py).
 """
 
-import gc
 import time
 
 import numpy as np
 import tensorflow as tf
 
-from benchmarks import step_arms, traffic
+from benchmarks import child, step_arms, traffic
 from benchmarks.arms import optimized_op_counts
 from benchmarks.common import LOSS_SCALE, log
 from benchmarks.gradient_sets import elements, nbytes, set_shapes
@@ -135,36 +134,42 @@ def timed_entry(times, counts, missing):
   return entry
 
 
-def run_step(model, kind, shapes, args, hybrids):
+def run_step(model, kind, quick, rounds, reps, threads, hybrids):
+  """One model's variables and one optimizer, every arm: the result entry.
+  Run in a child process (overflow_optimizer_steps): a traced Keras step keeps
+  its optimizer's slots alive for the life of the process."""
   began = time.perf_counter()
   log(f"[overflow step {model} {kind}]")
+  shapes = set_shapes(model, quick)
   rng = np.random.default_rng(5)
   variables = [tf.Variable(rng.standard_normal(s, dtype=np.float32) + 0.5) for s in shapes]
   fns, counts, missing = trace_arms(kind, variables, hybrids)
-  roofline = NumpyRoofline(shapes, ["float32"] * len(shapes), args.threads)
-  times = interleaved({**fns, COPY: roofline.copy}, args.optimizer_rounds, args.reps)
+  roofline = NumpyRoofline(shapes, ["float32"] * len(shapes), threads)
+  times = interleaved({**fns, COPY: roofline.copy}, rounds, reps)
   roofline.close()
   bytes_per_s = 2 * nbytes(shapes, ["float32"] * len(shapes)) / np.median(times.pop(COPY))
   parameters = sum(elements(s) for s in shapes)
   entry = {"model": model, "optimizer": kind, "parameters": parameters,
            "gradient_bytes": 4 * parameters, "num_variables": len(shapes),
-           "rounds": args.optimizer_rounds, "reps": args.reps, "bandwidth": float(bytes_per_s),
+           "rounds": rounds, "reps": reps, "bandwidth": float(bytes_per_s),
            **timed_entry(times, counts, missing)}
   entry["traffic"] = {arm: traffic.arm_bytes(kind, arm_passes(arm, counts.get(arm, {})))
                       for arm in times}
   log(f"[overflow step {model} {kind}] {time.perf_counter() - began:.0f} s, numpy copy "
       f"{bytes_per_s / 1e9:.1f} GB/s: " +
       ", ".join(f"{a} {v * 1e3:+.1f} ms" for a, v in entry["overhead_s"].items()))
-  del variables, fns
-  gc.collect()
   return entry
 
 
 def overflow_optimizer_steps(args):
   results = []
   for number, model in enumerate(args.step_models):
-    shapes = set_shapes(model, args.quick)
     for kind in args.step_optimizers:
-      hybrids = number == 0 and kind in args.hybrid_optimizers
-      results.append(run_step(model, kind, shapes, args, hybrids))
+      entry = child.call(run_step, {
+          "model": model, "kind": kind, "quick": args.quick, "rounds": args.optimizer_rounds,
+          "reps": args.reps, "threads": args.threads,
+          "hybrids": number == 0 and kind in args.hybrid_optimizers})
+      if isinstance(entry, str):
+        raise RuntimeError(f"optimizer step {model} {kind}: {entry}")
+      results.append(entry)
   return results
