@@ -1,10 +1,11 @@
 """The optimizer wrappers' apply step: unscale, check, clip, agree, then apply or skip.
 
-Layer: the optimizer wrappers call this (keras.py and keras_dynamic.py through
-keras_base.py, the tf_keras wrapper directly); it calls scaling.py (unscaling
-and the check) and finite.py (flags). It imports no Keras: whatever depends on the framework comes in as an
-argument -- which variables take their gradient as it is, the clipping
-expression, and what "apply" means.
+Layer: the Keras 3 wrappers call this (keras.py and keras_dynamic.py through
+keras_base.py); it calls scaling.py (unscaling and the check) and finite.py
+(flags). The tf_keras wrapper keeps tf_keras's own apply_gradients and only
+gives its scale the flag (tf_keras.py). It imports no Keras: whatever depends
+on the framework comes in as an argument -- which variables take their
+gradient as it is, the clipping expression, and what "apply" means.
 
     step = prepare(grads, variables, scale, check=..., keep=..., clip=...,
                    unscale_in_update=False)
