@@ -29,7 +29,7 @@ import fixed_loss_scale as fls  # noqa: E402
 from fixed_loss_scale.keras import FixedLossScaleOptimizer  # noqa: E402
 
 v1 = tf.compat.v1
-CUSTOM_OPS = ("FixedScaleLoss", "FixedUnscaleGrads")
+CUSTOM_OPS = ("FixedScaleLoss", "FixedUnscaleGrads", "FixedApplyAdam")
 DEVICES = ["/cpu:0", "/cpu:1"]
 
 

@@ -92,7 +92,7 @@ def _parse(argv):
 
 def _custom_op_types(concrete_function):
   return sorted(t for t in graph_op_types(concrete_function)
-                if t in ("FixedScaleLoss", "FixedUnscaleGrads"))
+                if t in ("FixedScaleLoss", "FixedUnscaleGrads", "FixedApplySgd"))
 
 
 def train(wrapper, args, strategy, task_index, is_chief):
