@@ -51,7 +51,9 @@ def keras_optimizer_arms(variables, kind, learning_rate):
       "keras_loss_scale_factor": inner(loss_scale_factor=LOSS_SCALE),
       "keras_loss_scale_optimizer": keras.optimizers.LossScaleOptimizer(
           inner(), initial_scale=LOSS_SCALE),
-      "ours_keras": fls_keras.FixedLossScaleOptimizer(inner(), LOSS_SCALE),
+      # The grouped unscale before the inner apply, as these rows compare it with
+      # TF's per-tensor unscale; the fused update is `--overflow`'s arms.
+      "ours_keras": fls_keras.FixedLossScaleOptimizer(inner(), LOSS_SCALE, fused_update=False),
       # One FixedUnscaleGrads for all gradients (ops.fixed_unscale_grads) before
       # the bare optimizer: what ours_keras costs without its CPU groups
       # (scaling.py NOTE [CPU groups]).
