@@ -224,3 +224,32 @@ def test_float16_underflow_rescue():
   assert grad(None).numpy() == 0.0
   rescued = grad(fls.FixedLossScale(2**15)).numpy()
   assert rescued == pytest.approx(1e-8, rel=2e-3)
+
+
+@pytest.mark.parametrize("bad", ["abc", "8", None, [8], (8.0,), {"v": 8}, np.bool_(True),
+                                 np.array([2.0, 4.0]), 8 + 0j, tf.constant(8.0)],
+                         ids=lambda v: type(v).__name__)
+def test_non_numbers_raise_what_tfs_class_raises_in_its_words_first(bad):
+  with pytest.raises(Exception) as tf_error:
+    TFFixedLossScale(bad)
+  assert type(tf_error.value) is ValueError
+  with pytest.raises(ValueError) as ours:
+    fls.FixedLossScale(bad)
+  assert isinstance(ours.value, TypeError)  # this package's type for a wrong type, too
+  assert str(ours.value).startswith(str(tf_error.value))
+  assert type(bad).__name__ in str(ours.value) or "shape" in str(ours.value)
+
+
+def test_a_traced_tensor_raises_what_tfs_class_raises():
+  errors = []
+  for cls in (TFFixedLossScale, fls.FixedLossScale):
+    @tf.function
+    def build(x, cls=cls):
+      return cls(x)
+
+    with pytest.raises(ValueError) as error:
+      build(tf.constant(8.0))
+    # autograph's message: the trace, then "<class name>: <the error's words>".
+    errors.append((error.value, str(error.value).strip().splitlines()[-1].split(": ", 1)[1]))
+  (_, tf_words), (ours, our_words) = errors
+  assert isinstance(ours, TypeError) and our_words.startswith(tf_words)

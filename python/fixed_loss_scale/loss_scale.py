@@ -20,6 +20,19 @@ from fixed_loss_scale import ops
 from fixed_loss_scale import scaling
 
 LossScale = tf.compat.v1.mixed_precision.LossScale
+# What TF's FixedLossScale says of a value that is not a Python int or float.
+_TF_NOT_A_NUMBER = "loss_scale_value must be a Python int or float."
+
+
+class LossScaleValueTypeError(TypeError, ValueError):
+  """A `loss_scale_value` that is not a number, where TF's FixedLossScale
+  refuses it too: a TypeError, as this package refuses a wrong type, and the
+  ValueError TF's class raises for it, so that code written for either
+  (`except ValueError` around TF's class included) catches it."""
+
+  # Exception's own constructor: raised inside a tf.function, the error keeps
+  # its class only if autograph finds this one (it rebuilds the error).
+  __init__ = Exception.__init__
 
 
 class FixedLossScale(tf.compat.v1.mixed_precision.FixedLossScale):
@@ -40,7 +53,9 @@ class FixedLossScale(tf.compat.v1.mixed_precision.FixedLossScale):
 
   Raises:
     TypeError: If `loss_scale_value` is not a real number (bool included), or
-      `skip_non_finite` is not a bool.
+      `skip_non_finite` is not a bool. Where TF's class raises ValueError (any
+      such value but a bool), a `LossScaleValueTypeError`, also a ValueError,
+      whose message starts with TF's.
     ValueError: If `loss_scale_value` is below 1, NaN, Inf or too large for
       float32.
   """
@@ -51,7 +66,12 @@ class FixedLossScale(tf.compat.v1.mixed_precision.FixedLossScale):
     LossScale.__init__(self)  # pylint: disable=non-parent-init-called
     # A Python float, not a tensor: a tensor made here could live on another
     # device or in another graph than the one that uses it.
-    self._loss_scale_value = ops.validate_loss_scale(loss_scale_value, "loss_scale_value")
+    try:
+      self._loss_scale_value = ops.validate_loss_scale(loss_scale_value, "loss_scale_value")
+    except TypeError as error:
+      if isinstance(loss_scale_value, (int, float)):  # a bool: TF's class takes it
+        raise
+      raise LossScaleValueTypeError(f"{_TF_NOT_A_NUMBER} {error}") from None
     if not isinstance(skip_non_finite, (bool, np.bool_)):
       raise TypeError("skip_non_finite must be True or False, got "
                       f"{type(skip_non_finite).__name__}: {skip_non_finite!r}")
