@@ -16,9 +16,9 @@ and against the upstream classes as the control (slow):
   loss_scale_optimizer_test_tf_keras.py): tf_keras's
   tf_keras/mixed_precision/loss_scale_optimizer_test.py (verified at v2.21.0);
   its `loss_scale_optimizer` module is a namespace where BaseLossScaleOptimizer,
-  LossScaleOptimizer and LossScaleOptimizerV3 are fixed_loss_scale.tf_keras's.
-  Two of its cases cannot hold for a subclass and are skipped, saying why
-  (tests/upstream/test_tf_keras_lso_restated_config.py's docstring).
+  LossScaleOptimizer and LossScaleOptimizerV3 are fixed_loss_scale.tf_keras's;
+  every case runs, convert_to_legacy_optimizer and the LossScaleOptimizerV1
+  config included.
 - TF's loss_scale_test.py: tests/test_tf_dynamic_upstream.py.
 
 Shims, for module paths the files name that moved since (their behaviour is
@@ -32,7 +32,6 @@ import importlib.util
 import os
 import sys
 import types
-import unittest
 
 import pytest
 from tensorflow.python.distribute import distribute_lib
@@ -105,20 +104,7 @@ def _tf_keras_modules():
   return ours, theirs
 
 
-_SUBCLASS = ("a wrapper converted by tf_keras's convert_to_legacy_optimizer, or saved under "
-             "the deleted LossScaleOptimizerV1's name, is tf_keras's own class "
-             "(tests/upstream/test_tf_keras_lso_restated_config.py)")
-
-
-def _skip_subclass_cases(cls):
-  for name in dir(cls):
-    if name == "testConvertToLegacyOptimizer" or (
-        name.startswith("testSerializationWithBuiltInOptimizer") and "v1" in name):
-      setattr(cls, name, unittest.skip(_SUBCLASS)(lambda self: None))
-  return cls
-
-
-def _define(prefix, path, what, load, case_class, adjust=lambda cls: cls):
+def _define(prefix, path, what, load, case_class):
   """Test{prefix}OnOurs and (slow) Test{prefix}Control: the upstream file's
   `case_class` loaded by `load` with this package's classes and with the
   upstream ones; where the file is missing, one test that skips saying so."""
@@ -128,8 +114,8 @@ def _define(prefix, path, what, load, case_class, adjust=lambda cls: cls):
     globals()[f"test_{prefix.lower()}_file"] = test_missing
     return
   ours, theirs = load()
-  globals()[f"Test{prefix}OnOurs"] = adjust(
-      type(f"Test{prefix}OnOurs", (getattr(ours, case_class),), {}))
+  globals()[f"Test{prefix}OnOurs"] = type(
+      f"Test{prefix}OnOurs", (getattr(ours, case_class),), {})
   globals()[f"Test{prefix}Control"] = pytest.mark.slow(
       type(f"Test{prefix}Control", (getattr(theirs, case_class),), {}))
 
@@ -137,4 +123,4 @@ def _define(prefix, path, what, load, case_class, adjust=lambda cls: cls):
 _define("TFOptimizerFile", TF_LSO_TEST, "TF's loss_scale_optimizer_test.py", _tf_modules,
         "MixedPrecisionLossScaleOptimizerTest")
 _define("TFKerasFile", TF_KERAS_LSO_TEST, "tf_keras's loss_scale_optimizer_test.py",
-        _tf_keras_modules, "LossScaleOptimizerTest", _skip_subclass_cases)
+        _tf_keras_modules, "LossScaleOptimizerTest")

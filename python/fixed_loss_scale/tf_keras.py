@@ -42,8 +42,14 @@ number (tf_keras rounds it to float16 first, the ops do not).
 
 Needs the tf-keras package (`pip install 'tf-fixed-loss-scale[tf-keras]'`);
 without it importing this module raises ImportError saying so. Importing it
-leaves `tf.keras` and Keras 3 as they are.
+leaves `tf.keras` and Keras 3 as they are; in tf_keras it wraps
+`convert_to_legacy_optimizer`, which then converts this package's V3 wrapper
+to its legacy one and everything else as before (NOTE [legacy conversion]).
 """
+
+import functools
+import importlib
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -298,5 +304,67 @@ class LossScaleOptimizerV3(_FusedScaling, LossScaleOptimizer, _tfk_lso.LossScale
 
 
 BaseLossScaleOptimizer = LossScaleOptimizer
+
+
+# NOTE [legacy conversion]: tf_keras's `convert_to_legacy_optimizer` (public
+# as `tf_keras.__internal__.optimizers.convert_to_legacy_optimizer`; its
+# `optimizers.get`, so `compile`, calls it when TF2 behaviour is off) rebuilds a
+# V3 wrapper from its class name lowercased, "lossscaleoptimizer", looked up
+# in the custom objects first and then in tf_keras's own table. Left alone it
+# turns our LossScaleOptimizerV3 into tf_keras's LossScaleOptimizer (tf_keras's
+# arithmetic, not the ops) and refuses a `skip_non_finite` config. Nothing a
+# class can declare reaches that lookup (not its registered name, not its
+# `from_config`), and binding the bare name globally would turn tf_keras's own
+# wrappers into ours too. So the function is wrapped, and only for an instance
+# of ours does the wrapper differ: it runs tf_keras's converter unchanged
+# inside a custom_object_scope (thread-local, consulted first) that binds that
+# one name to LegacyLossScaleOptimizer, so the inner optimizer, the config and
+# the variables are what tf_keras's conversion makes, in our class. Anything
+# else goes to tf_keras's function as it is. The wrapper replaces the function
+# under each name tf_keras holds it by (modules imported later copy it from
+# tf_keras.src.optimizers), keeps it as `__wrapped__`, and
+# `_restore_tf_keras_converter()` puts it back.
+_CONVERTER = "convert_to_legacy_optimizer"
+_CONVERTER_MODULES = ("tf_keras.src.optimizers", "tf_keras.__internal__.optimizers",
+                      "tf_keras.api._v2.keras.__internal__.optimizers")
+
+
+def _tf_keras_converter():
+  current = getattr(importlib.import_module(_CONVERTER_MODULES[0]), _CONVERTER)
+  return current.__wrapped__ if getattr(current, "_fls_wrapper", False) else current
+
+
+def _set_tf_keras_converter(function):
+  """Binds `function` wherever tf_keras holds its converter or a wrapper of it."""
+  original = _tf_keras_converter()
+  for name in _CONVERTER_MODULES:
+    module = sys.modules.get(name)
+    held = getattr(module, _CONVERTER, None)
+    if held is not None and (held is original or getattr(held, "__wrapped__", None) is original):
+      setattr(module, _CONVERTER, function)
+
+
+def _install_tf_keras_converter():
+  original = _tf_keras_converter()
+
+  @functools.wraps(original)
+  def convert_to_legacy_optimizer(optimizer):
+    if isinstance(optimizer, LossScaleOptimizerV3):
+      with tf_keras.saving.custom_object_scope({"lossscaleoptimizer": LegacyLossScaleOptimizer}):
+        return original(optimizer)
+    return original(optimizer)
+
+  convert_to_legacy_optimizer._fls_wrapper = True  # pylint: disable=protected-access
+  _set_tf_keras_converter(convert_to_legacy_optimizer)
+
+
+def _restore_tf_keras_converter():
+  """Gives tf_keras its own `convert_to_legacy_optimizer` back (NOTE [legacy
+  conversion]); `_install_tf_keras_converter()` wraps it again."""
+  _set_tf_keras_converter(_tf_keras_converter())
+
+
+_install_tf_keras_converter()
+
 __all__ = ["BaseLossScaleOptimizer", "LegacyLossScaleOptimizer", "LossScaleOptimizer",
            "LossScaleOptimizerV3"]

@@ -2,15 +2,11 @@
 configs, serialization, errors and warnings).
 
 Upstream, version, license and method: see test_tf_keras_lso_restated.py.
-One case cannot hold for a subclass and is restated with the difference said:
-testConvertToLegacyOptimizer asserts that `convert_to_legacy_optimizer` of a
-V3 wrapper gives tf_keras's legacy `LossScaleOptimizer`. tf_keras's converter
-rebuilds the wrapper from the lowercased class name, so it gives tf_keras's own
-class for ours too (the same config, upstream's second assertion, holds): a
-converted wrapper runs tf_keras's arithmetic, not the package's ops.
-testSerializationWithBuiltInOptimizer's "v1" case renames a saved config to the
-deleted LossScaleOptimizerV1, which loads as tf_keras's class; ours never had
-a V1, so for ours that case is its "v2" case.
+testConvertToLegacyOptimizer and testSerializationWithBuiltInOptimizer's "v1"
+case (a config renamed to the deleted LossScaleOptimizerV1) hold for this
+package's classes as for tf_keras's: the converted wrapper and the loaded one
+are the package's (NOTE [legacy conversion] in fixed_loss_scale/tf_keras.py;
+the saved config's registered name outranks its class name).
 """
 
 import os
@@ -21,7 +17,6 @@ import tensorflow as tf
 import tf_keras
 from tensorflow.python.platform import tf_logging
 from tf_keras.src import optimizers as tfk_optimizers
-from tf_keras.src.mixed_precision import loss_scale_optimizer as tfk_lso
 
 from tf_keras_restate import CLASSES
 from tf_keras_restate import FULL
@@ -199,9 +194,8 @@ def test_serialization_with_built_in_optimizer(which, lso_type, mode):
       opt = CLASSES[which]["legacy"](SGD["legacy"](2.0, momentum=0.5), initial_scale=2.0,
                                      dynamic_growth_steps=3.0)
       config = tf_keras.optimizers.serialize(opt)
-      if lso_type == "v1" and which == "tf_keras":
-        # The deleted LossScaleOptimizerV1's configs load as tf_keras's class;
-        # ours are saved under this package's registered name instead.
+      if lso_type == "v1":
+        # The deleted LossScaleOptimizerV1: loads as the (non-V1) class that saved it.
         config["class_name"] = "LossScaleOptimizerV1"
     opt = tf_keras.optimizers.deserialize(config)
     opt.learning_rate  # pylint: disable=pointless-statement
@@ -252,8 +246,7 @@ def test_convert_to_legacy_optimizer(which):
   for learning_rate in (lambda: 1.0, lambda: HalvingSchedule(1.0)):
     opt = CLASSES[which]["base"](SGD["new"](learning_rate()))
     converted = tfk_optimizers.convert_to_legacy_optimizer(opt)
-    # tf_keras's legacy class for ours too (the module docstring says why).
-    assert type(converted) is tfk_lso.LossScaleOptimizer
+    assert type(converted) is CLASSES[which]["legacy"]
     reference = CLASSES[which]["base"](SGD["legacy"](learning_rate()))
     reference_config = reference.get_config()
     assert converted.get_config() == reference_config
