@@ -62,14 +62,16 @@ def arm_passes(arm, counts):
 
 def trace_arms(kind, variables, hybrids):
   """({arm: timed callable}, {arm: op counts}, {arm: why it is not timed})."""
-  optimizers, missing = step_arms.wrapper_optimizers(kind)
+  shared = step_arms.inner_optimizer(kind)  # NOTE [shared slots] in step_arms.py
+  shared.build(variables)
+  optimizers, missing = step_arms.wrapper_optimizers(kind, inner=shared)
   if hybrids:
     available, why_not = op_builds("fixed_check_grads")
     for arm in step_arms.HYBRID_ARMS:
       if arm.startswith("hybrid_check") and not available:
         missing[arm] = why_not
       else:
-        optimizers[arm] = step_arms.inner_optimizer(kind)
+        optimizers[arm] = shared
   scale = tf.Variable(LOSS_SCALE, dtype=tf.float32)
   x = tf.constant(1e-3)
   fns, counts = {}, {}

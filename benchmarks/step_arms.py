@@ -58,8 +58,18 @@ def _takes_fused_update(cls):
   return "fused_update" in inspect.signature(cls.__init__).parameters
 
 
-def wrapper_optimizers(kind, arms=WRAPPER_ARMS):
-  """({arm: optimizer}, {arm: why it is not there}) for the wrapper arms."""
+# NOTE [shared slots]: the step arms of one model and optimizer kind wrap ONE
+# inner optimizer (`inner`): the same variables, the same slot variables, the
+# same memory. With an inner optimizer per arm, two traces of the very same
+# bare step (bare, bare_again) differed by up to 20-40 ms on bert_like Adam,
+# steadily, round after round: where the slots' pages landed, not what the
+# arms ran. A wrapper's own state (its scale, its step counter) is a few
+# scalars; Keras's optimizers build once (`build` returns when built), so a
+# wrapper built over a built inner optimizer reuses its slots.
+def wrapper_optimizers(kind, arms=WRAPPER_ARMS, inner=None):
+  """({arm: optimizer}, {arm: why it is not there}) for the wrapper arms: each
+  wraps `inner` (NOTE [shared slots]) or, where it is None, its own new inner
+  optimizer of `kind`."""
   import keras  # pylint: disable=import-outside-toplevel
   from fixed_loss_scale import keras as fls_keras  # pylint: disable=import-outside-toplevel
   dynamic = getattr(fls_keras, "LossScaleOptimizer", None)
@@ -67,13 +77,16 @@ def wrapper_optimizers(kind, arms=WRAPPER_ARMS):
     dynamic = None
   fixed = fls_keras.FixedLossScaleOptimizer
   optimizers, missing = {}, {}
+
+  def an_inner():
+    return inner if inner is not None else inner_optimizer(kind)
+
   for arm in arms:
     if arm in ("bare", "bare_again"):
-      optimizers[arm] = inner_optimizer(kind)
+      optimizers[arm] = an_inner()
       continue
     if arm == "keras_lso":
-      optimizers[arm] = keras.optimizers.LossScaleOptimizer(inner_optimizer(kind),
-                                                            initial_scale=LOSS_SCALE)
+      optimizers[arm] = keras.optimizers.LossScaleOptimizer(an_inner(), initial_scale=LOSS_SCALE)
       continue
     cls = dynamic if arm.startswith("ours_dynamic") else fixed
     if cls is None:
@@ -86,9 +99,9 @@ def wrapper_optimizers(kind, arms=WRAPPER_ARMS):
       missing[arm] = f"{cls.__name__} takes no fused_update argument in this build"
       continue
     if cls is fixed:
-      optimizers[arm] = cls(inner_optimizer(kind), LOSS_SCALE, skip_non_finite=True, **kwargs)
+      optimizers[arm] = cls(an_inner(), LOSS_SCALE, skip_non_finite=True, **kwargs)
     else:
-      optimizers[arm] = cls(inner_optimizer(kind), initial_scale=LOSS_SCALE, **kwargs)
+      optimizers[arm] = cls(an_inner(), initial_scale=LOSS_SCALE, **kwargs)
   return optimizers, missing
 
 
