@@ -60,12 +60,15 @@ def _takes_fused_update(cls):
 
 # NOTE [shared slots]: the step arms of one model and optimizer kind wrap ONE
 # inner optimizer (`inner`): the same variables, the same slot variables, the
-# same memory. With an inner optimizer per arm, two traces of the very same
-# bare step (bare, bare_again) differed by up to 20-40 ms on bert_like Adam,
-# steadily, round after round: where the slots' pages landed, not what the
-# arms ran. A wrapper's own state (its scale, its step counter) is a few
-# scalars; Keras's optimizers build once (`build` returns when built), so a
-# wrapper built over a built inner optimizer reuses its slots.
+# same memory, so that where an optimizer's slots landed is not one of the
+# differences between arms. It does not make identical arms agree: two traces
+# of the very same bare step, sharing everything, still differed steadily by
+# 2-20 ms on bert_like Adam in single runs (the bare_again control; 3 traces
+# per arm called in turn agreed within 1 ms). So gaps between arms below the
+# bare_again control's are not read as real. A wrapper's own state (its scale,
+# its step counter) is a few scalars; Keras's optimizers build once (`build`
+# returns when built), so a wrapper over a built inner optimizer reuses its
+# slots.
 def wrapper_optimizers(kind, arms=WRAPPER_ARMS, inner=None):
   """({arm: optimizer}, {arm: why it is not there}) for the wrapper arms: each
   wraps `inner` (NOTE [shared slots]) or, where it is None, its own new inner
