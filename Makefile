@@ -84,8 +84,9 @@ $(BUILD_DIR)/tf_ops/tf/%.o: tf_ops/tf/%.cc $(HEADERS) config.mk
 
 # ---- CUDA -----------------------------------------------------------------------
 # With WITH_CUDA=1 the library also holds the GPU kernels (docs/GPU.md).
-# tf_ops/core/gpu/multi_tensor_scale.cu becomes one host object holding the
-# fatbinary, by the toolchain configure.sh chose (CUDA_TOOLCHAIN):
+# Each .cu file of tf_ops/core/gpu/ (multi_tensor_scale.cu, fused_update.cu)
+# becomes one host object holding its fatbinary, by the toolchain configure.sh
+# chose (CUDA_TOOLCHAIN):
 #   clang  tools/build_cuda_object.sh: clang-19 + the CUDA 12.9 wheels' ptxas,
 #          cubins for $(CUDA_ARCHS) plus $(CUDA_PTX_ARCH) PTX (NOTE [clang
 #          device code] in tools/cuda12_toolchain.sh)
@@ -119,34 +120,36 @@ HOST_EMULATION_TEST := $(BUILD_DIR)/tests/host_emulation_test
 LAUNCHER_DRIVER := $(BUILD_DIR)/tests/launcher_driver
 GPU_CHECK_ARGS ?=
 ifeq ($(WITH_CUDA),1)
-CUDA_LAUNCHER_OBJ := $(BUILD_DIR)/tf_ops/core/gpu/multi_tensor_scale.o
+# One host object per .cu file: the unscale launchers and the fused update's.
+CUDA_LAUNCHER_OBJS := $(BUILD_DIR)/tf_ops/core/gpu/multi_tensor_scale.o \
+                      $(BUILD_DIR)/tf_ops/core/gpu/fused_update.o
 DEVICE_SUPPORT_OBJ := $(BUILD_DIR)/tf_ops/core/gpu/device_support.o
-GPU_OBJS := $(CUDA_LAUNCHER_OBJ) $(DEVICE_SUPPORT_OBJ) $(BUILD_DIR)/tf_ops/tf/kernels/fixed_loss_scale_gpu.o
+GPU_OBJS := $(CUDA_LAUNCHER_OBJS) $(DEVICE_SUPPORT_OBJ) $(BUILD_DIR)/tf_ops/tf/kernels/fixed_loss_scale_gpu.o
 GPU_LDFLAGS := -ldl
 $(BUILD_DIR)/tf_ops/tf/kernels/fixed_loss_scale_kernels.o \
 $(BUILD_DIR)/tf_ops/tf/kernels/fixed_loss_scale_gpu.o: \
     CPU_CXXFLAGS := $(CXXFLAGS_COMMON) $(GPU_DEFINES) -isystem $(TF_CUDA_INCLUDE)
 ifeq ($(CUDA_TOOLCHAIN),clang)
-$(CUDA_LAUNCHER_OBJ): tf_ops/core/gpu/multi_tensor_scale.cu $(HEADERS) config.mk \
-                      tools/build_cuda_object.sh tools/make_fatbin.py
+$(CUDA_LAUNCHER_OBJS): $(BUILD_DIR)/%.o: %.cu $(HEADERS) config.mk \
+                       tools/build_cuda_object.sh tools/make_fatbin.py
 	@mkdir -p $(dir $@)
 	CLANG=$(CLANG) CUDA12_PATH=$(CUDA12_PATH) CUDA_ARCHS="$(CUDA_ARCHS)" \
 	CUDA_PTX_ARCH=$(CUDA_PTX_ARCH) PYTHON=$(PYTHON_BIN) CLANG_CUDA_FLAGS="$(CLANG_CUDA_FLAGS)" \
 	    tools/build_cuda_object.sh $< $@ -I.
 # The driver is host code only: g++ against the wheel's runtime headers and
 # its libcudart.so.12 (the major version TensorFlow loads).
-$(LAUNCHER_DRIVER): tf_ops/tests/launcher_driver.cu $(CUDA_LAUNCHER_OBJ) tf_ops/tests/gpu_kernel_cases.h $(HEADERS)
+$(LAUNCHER_DRIVER): tf_ops/tests/launcher_driver.cu $(CUDA_LAUNCHER_OBJS) tf_ops/tests/gpu_kernel_cases.h $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CXX) $(TEST_CXX_FLAGS) -I. -isystem $(CUDA12_PATH)/include -x c++ $< -x none \
-	    $(CUDA_LAUNCHER_OBJ) -o $@ -L$(CUDA12_PATH)/lib64 -l:libcudart.so.12 \
+	    $(CUDA_LAUNCHER_OBJS) -o $@ -L$(CUDA12_PATH)/lib64 -l:libcudart.so.12 \
 	    -Wl,-rpath,$(CUDA12_PATH)/lib64
 else
-$(CUDA_LAUNCHER_OBJ): tf_ops/core/gpu/multi_tensor_scale.cu $(HEADERS) config.mk
+$(CUDA_LAUNCHER_OBJS): $(BUILD_DIR)/%.o: %.cu $(HEADERS) config.mk
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCC_FLAGS) -I. -c $< -o $@
-$(LAUNCHER_DRIVER): tf_ops/tests/launcher_driver.cu $(CUDA_LAUNCHER_OBJ) tf_ops/tests/gpu_kernel_cases.h $(HEADERS)
+$(LAUNCHER_DRIVER): tf_ops/tests/launcher_driver.cu $(CUDA_LAUNCHER_OBJS) tf_ops/tests/gpu_kernel_cases.h $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCC_FLAGS) -I. -o $@ $< $(CUDA_LAUNCHER_OBJ) -ldl
+	$(NVCC) $(NVCC_FLAGS) -I. -o $@ $< $(CUDA_LAUNCHER_OBJS) -ldl
 endif
 $(DEVICE_SUPPORT_OBJ): tf_ops/core/gpu/device_support.cc $(HEADERS) config.mk
 	@mkdir -p $(dir $@)
@@ -167,11 +170,24 @@ gpu-check:
 	tools/gpu_check.sh $(GPU_CHECK_ARGS)
 gpu-check-bundle: config.mk
 	tools/gpu_check.sh --prepare
-$(HOST_EMULATION_TEST): tf_ops/tests/host_emulation_test.cc tf_ops/tests/gpu_kernel_cases.h $(HEADERS)
+$(HOST_EMULATION_TEST): tf_ops/tests/host_emulation_test.cc tf_ops/tests/gpu_kernel_cases.h \
+                        tf_ops/tests/checked_memory.h $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CXX) $(TEST_CXX_FLAGS) -I. -o $@ $<
 host-emulation-test: $(HOST_EMULATION_TEST)
 	$(HOST_EMULATION_TEST)
+# make fused-update-emulation-test: the fused update's kernel body against
+# the CPU core it must match bit for bit, so linked with that core; no
+# contraction anywhere (NOTE [fused update numerics]).
+FUSED_EMULATION_TEST := $(BUILD_DIR)/tests/fused_update_emulation_test
+$(FUSED_EMULATION_TEST): tf_ops/tests/fused_update_emulation_test.cc tf_ops/tests/checked_memory.h \
+                         tf_ops/tests/fused_update_cases.h \
+                         tf_ops/tests/gpu_kernel_cases.h $(CORE_CPU_SRCS) $(FUSED_CPU_SRCS) $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXX_FLAGS) -ffp-contract=off -I. -o $@ $< $(CORE_CPU_SRCS) $(FUSED_CPU_SRCS)
+.PHONY: fused-update-emulation-test
+fused-update-emulation-test: $(FUSED_EMULATION_TEST)
+	$(FUSED_EMULATION_TEST)
 # NOTE [where the GPU kernels run]: the load-time decision for drivers and GPUs
 # no test machine has (g++ only, runs in CPU-only builds too).
 DEVICE_SUPPORT_TEST := $(BUILD_DIR)/tests/device_support_test

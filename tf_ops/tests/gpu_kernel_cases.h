@@ -689,7 +689,7 @@ std::unique_ptr<gpu::InlineTable<kCapacity>> EmulatedTable(gpu::InlineTableOf<kC
   return std::unique_ptr<gpu::InlineTable<kCapacity>>(new gpu::InlineTable<kCapacity>());
 }
 
-inline std::unique_ptr<gpu::BufferTable> EmulatedTable(gpu::BufferTableOf, uint8_t* device_scratch,
+inline std::unique_ptr<gpu::BufferTable> EmulatedTable(gpu::BufferTableOf<>, uint8_t* device_scratch,
                                                        int64_t num_tensors, ScaleFactor factor,
                                                        size_t* table_bytes) {
   *table_bytes = gpu::BufferLayoutFor(num_tensors).total_bytes;

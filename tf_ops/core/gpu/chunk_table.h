@@ -271,40 +271,72 @@ FLS_HOST_DEVICE int64_t TensorOfChunk(const Table& table, int64_t chunk) {
 }
 
 // ---- Which table a launch uses -------------------------------------------------
+// NOTE [table families]: the tables of one kind of launch form a family: the
+// inline tables of three capacities and the buffer table, all read by the
+// kernel body through the same member names. The unscale launches' family is
+// ScaleTables (a row: in, out, num_elements, dtype); the fused optimizer update
+// has its own rows (update_table.h, UpdateTables). A family gives
+//   template <int64_t kCapacity> using Inline;  using Buffer;
+//   kSmall, kMedium, kLarge: its inline capacities, in tensors; kSmall fits
+//   kLegacyMaxKernelParamBytes, kMedium is kSmall (no medium table) or does
+//   not fit it, kLarge fits kMaxKernelParamBytes (its header's
+//   static_asserts).
+// TableKindFor and VisitTable pick a member of a family; TensorOfChunk needs
+// only num_tensors and chunk_begin, and so serves every family.
+// A family from its table templates and its medium and large capacities; its
+// small capacity is the unscale tables'. A family without a medium table
+// gives kMedium = kSmallInlineTensors (its lists of kSmall + 1 tensors and
+// more take the large table).
+template <template <int64_t> class InlineT, typename BufferT, int64_t kMediumCapacity,
+          int64_t kLargeCapacity>
+struct TableFamily {
+  template <int64_t kCapacity>
+  using Inline = InlineT<kCapacity>;
+  using Buffer = BufferT;
+  static constexpr int64_t kSmall = kSmallInlineTensors;
+  static constexpr int64_t kMedium = kMediumCapacity;
+  static constexpr int64_t kLarge = kLargeCapacity;
+};
+using ScaleTables =
+    TableFamily<InlineTable, BufferTable, kMediumInlineTensors, kLargeInlineTensors>;
+
 // `large_params`: whether the device takes 32 KB kernel parameters (NOTE
 // [kernel parameter size]).
 enum class TableKind { kSmallInline, kMediumInline, kLargeInline, kBuffer };
 
-inline TableKind TableKindFor(int64_t num_tensors, bool large_params) {
-  if (num_tensors <= kSmallInlineTensors) return TableKind::kSmallInline;
+template <typename Family = ScaleTables>
+TableKind TableKindFor(int64_t num_tensors, bool large_params) {
+  if (num_tensors <= Family::kSmall) return TableKind::kSmallInline;
   if (!large_params) return TableKind::kBuffer;
-  if (num_tensors <= kMediumInlineTensors) return TableKind::kMediumInline;
-  if (num_tensors <= kLargeInlineTensors) return TableKind::kLargeInline;
+  if (num_tensors <= Family::kMedium) return TableKind::kMediumInline;
+  if (num_tensors <= Family::kLarge) return TableKind::kLargeInline;
   return TableKind::kBuffer;
 }
 
 // What VisitTable hands its visitor: an inline table's capacity, or the
-// buffer table.
-template <int64_t kCapacity>
+// buffer table, of one family.
+template <int64_t kCapacity, typename Family = ScaleTables>
 struct InlineTableOf {
-  using Table = InlineTable<kCapacity>;
+  using Table = typename Family::template Inline<kCapacity>;
 };
+template <typename Family = ScaleTables>
 struct BufferTableOf {
-  using Table = BufferTable;
+  using Table = typename Family::Buffer;
 };
 
-// The one switch over TableKind: calls `visit(InlineTableOf<capacity>())` or
-// `visit(BufferTableOf())`. kWithLargeTables false leaves the two 32 KB
-// capacities out of the instantiation (the sm_60 device pass of the .cu,
-// whose host code, which picks them, is never run from that pass).
-template <bool kWithLargeTables = true, typename Visitor>
+// The one switch over TableKind: calls `visit(InlineTableOf<capacity,
+// Family>())` or `visit(BufferTableOf<Family>())`. kWithLargeTables false
+// leaves the two 32 KB capacities out of the instantiation (the sm_60 device
+// pass of the .cu files, whose host code, which picks them, is never run from
+// that pass).
+template <bool kWithLargeTables = true, typename Family = ScaleTables, typename Visitor>
 auto VisitTable(TableKind kind, Visitor&& visit) {
-  if (kind == TableKind::kSmallInline) return visit(InlineTableOf<kSmallInlineTensors>());
+  if (kind == TableKind::kSmallInline) return visit(InlineTableOf<Family::kSmall, Family>());
   if constexpr (kWithLargeTables) {
-    if (kind == TableKind::kMediumInline) return visit(InlineTableOf<kMediumInlineTensors>());
-    if (kind == TableKind::kLargeInline) return visit(InlineTableOf<kLargeInlineTensors>());
+    if (kind == TableKind::kMediumInline) return visit(InlineTableOf<Family::kMedium, Family>());
+    if (kind == TableKind::kLargeInline) return visit(InlineTableOf<Family::kLarge, Family>());
   }
-  return visit(BufferTableOf());
+  return visit(BufferTableOf<Family>());
 }
 
 }  // namespace gpu
