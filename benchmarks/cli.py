@@ -59,6 +59,10 @@ def parse_args(argv):
                       help="--overflow: the inner optimizers whose steps on the first model "
                            "also time the hybrid control arms (default %(default)s; '' for "
                            "none)")
+  parser.add_argument("--traces", type=int, default=1,
+                      help="--overflow: traces of each optimizer step arm, called in turn within "
+                           "a round (default %(default)s; identical traces can differ by more "
+                           "than the arms do: NOTE [shared slots] in benchmarks/step_arms.py)")
   parser.add_argument("--no-fit", action="store_true",
                       help="--overflow: skip the transformer's train step")
   parser.add_argument("--sets", default=None,

@@ -60,8 +60,22 @@ def arm_passes(arm, counts):
                                  UNSCALE_OPS)
 
 
-def trace_arms(kind, variables, hybrids):
-  """({arm: timed callable}, {arm: op counts}, {arm: why it is not timed})."""
+def in_turn(functions, x):
+  """A callable that calls `functions` one after another, one per call."""
+  turn = [0]
+
+  def call():
+    function = functions[turn[0] % len(functions)]
+    turn[0] += 1
+    return function(x)
+
+  return call
+
+
+def trace_arms(kind, variables, hybrids, traces=1):
+  """({arm: timed callable}, {arm: op counts}, {arm: why it is not timed}).
+  Each arm is traced `traces` times and its callable calls the traces in turn
+  (NOTE [shared slots] in step_arms.py)."""
   shared = step_arms.inner_optimizer(kind)  # NOTE [shared slots] in step_arms.py
   shared.build(variables)
   optimizers, missing = step_arms.wrapper_optimizers(kind, inner=shared)
@@ -79,9 +93,10 @@ def trace_arms(kind, variables, hybrids):
     began = time.perf_counter()
     try:
       opt.build(variables)
-      fn = step_arms.step_function(arm, opt, variables, scale)
-      counts[arm] = optimized_op_counts(fn, x)
-      fn(x)
+      functions = [step_arms.step_function(arm, opt, variables, scale) for _ in range(traces)]
+      # Each trace's first call under its own collection: TF keeps the graphs of
+      # a function first run outside one for the next export.
+      counts[arm] = [optimized_op_counts(fn, x) for fn in functions][0]
     except Exception as error:  # pylint: disable=broad-except
       # A wrapper this build cannot run: said in the table, the others timed.
       missing[arm] = f"its step failed: {type(error).__name__}: {str(error)[:300]}"
@@ -91,7 +106,7 @@ def trace_arms(kind, variables, hybrids):
     log(f"  {arm}: traced in {time.perf_counter() - began:.1f} s; {op_note(counts[arm])}" +
         ("" if ok else f" -- {why_not}, not timed"))
     if ok:
-      fns[arm] = (lambda f=fn: f(x))
+      fns[arm] = in_turn(functions, x)
     else:
       missing[arm] = f"{why_not} ({op_note(counts[arm])})"
   return fns, counts, missing
@@ -136,7 +151,7 @@ def timed_entry(times, counts, missing):
   return entry
 
 
-def run_step(model, kind, quick, rounds, reps, threads, hybrids):
+def run_step(model, kind, quick, rounds, reps, threads, hybrids, traces=1):
   """One model's variables and one optimizer, every arm: the result entry.
   Run in a child process (overflow_optimizer_steps): a traced Keras step keeps
   its optimizer's slots alive for the life of the process."""
@@ -145,7 +160,7 @@ def run_step(model, kind, quick, rounds, reps, threads, hybrids):
   shapes = set_shapes(model, quick)
   rng = np.random.default_rng(5)
   variables = [tf.Variable(rng.standard_normal(s, dtype=np.float32) + 0.5) for s in shapes]
-  fns, counts, missing = trace_arms(kind, variables, hybrids)
+  fns, counts, missing = trace_arms(kind, variables, hybrids, traces)
   roofline = NumpyRoofline(shapes, ["float32"] * len(shapes), threads)
   times = interleaved({**fns, COPY: roofline.copy}, rounds, reps)
   roofline.close()
@@ -153,7 +168,7 @@ def run_step(model, kind, quick, rounds, reps, threads, hybrids):
   parameters = sum(elements(s) for s in shapes)
   entry = {"model": model, "optimizer": kind, "parameters": parameters,
            "gradient_bytes": 4 * parameters, "num_variables": len(shapes),
-           "rounds": rounds, "reps": reps, "bandwidth": float(bytes_per_s),
+           "rounds": rounds, "reps": reps, "traces": traces, "bandwidth": float(bytes_per_s),
            **timed_entry(times, counts, missing)}
   entry["traffic"] = {arm: traffic.arm_bytes(kind, arm_passes(arm, counts.get(arm, {})))
                       for arm in times}
@@ -169,7 +184,7 @@ def overflow_optimizer_steps(args):
     for kind in args.step_optimizers:
       entry = child.call(run_step, {
           "model": model, "kind": kind, "quick": args.quick, "rounds": args.optimizer_rounds,
-          "reps": args.reps, "threads": args.threads,
+          "reps": args.reps, "threads": args.threads, "traces": args.traces,
           "hybrids": number == 0 and kind in args.hybrid_optimizers})
       if isinstance(entry, str):
         raise RuntimeError(f"optimizer step {model} {kind}: {entry}")
