@@ -124,10 +124,13 @@ ifeq ($(WITH_CUDA),1)
 CUDA_LAUNCHER_OBJS := $(BUILD_DIR)/tf_ops/core/gpu/multi_tensor_scale.o \
                       $(BUILD_DIR)/tf_ops/core/gpu/fused_update.o
 DEVICE_SUPPORT_OBJ := $(BUILD_DIR)/tf_ops/core/gpu/device_support.o
-GPU_OBJS := $(CUDA_LAUNCHER_OBJS) $(DEVICE_SUPPORT_OBJ) $(BUILD_DIR)/tf_ops/tf/kernels/fixed_loss_scale_gpu.o
+GPU_OBJS := $(CUDA_LAUNCHER_OBJS) $(DEVICE_SUPPORT_OBJ) $(BUILD_DIR)/tf_ops/tf/kernels/fixed_loss_scale_gpu.o \
+            $(BUILD_DIR)/tf_ops/tf/kernels/fused_update_gpu.o
 GPU_LDFLAGS := -ldl
 $(BUILD_DIR)/tf_ops/tf/kernels/fixed_loss_scale_kernels.o \
-$(BUILD_DIR)/tf_ops/tf/kernels/fixed_loss_scale_gpu.o: \
+$(BUILD_DIR)/tf_ops/tf/kernels/fixed_loss_scale_gpu.o \
+$(BUILD_DIR)/tf_ops/tf/kernels/fused_update_kernels.o \
+$(BUILD_DIR)/tf_ops/tf/kernels/fused_update_gpu.o: \
     CPU_CXXFLAGS := $(CXXFLAGS_COMMON) $(GPU_DEFINES) -isystem $(TF_CUDA_INCLUDE)
 ifeq ($(CUDA_TOOLCHAIN),clang)
 $(CUDA_LAUNCHER_OBJS): $(BUILD_DIR)/%.o: %.cu $(HEADERS) config.mk \
@@ -138,7 +141,8 @@ $(CUDA_LAUNCHER_OBJS): $(BUILD_DIR)/%.o: %.cu $(HEADERS) config.mk \
 	    tools/build_cuda_object.sh $< $@ -I.
 # The driver is host code only: g++ against the wheel's runtime headers and
 # its libcudart.so.12 (the major version TensorFlow loads).
-$(LAUNCHER_DRIVER): tf_ops/tests/launcher_driver.cu $(CUDA_LAUNCHER_OBJS) tf_ops/tests/gpu_kernel_cases.h $(HEADERS)
+$(LAUNCHER_DRIVER): tf_ops/tests/launcher_driver.cu $(CUDA_LAUNCHER_OBJS) tf_ops/tests/gpu_kernel_cases.h \
+                    tf_ops/tests/fused_update_cases.h $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CXX) $(TEST_CXX_FLAGS) -I. -isystem $(CUDA12_PATH)/include -x c++ $< -x none \
 	    $(CUDA_LAUNCHER_OBJS) -o $@ -L$(CUDA12_PATH)/lib64 -l:libcudart.so.12 \
@@ -147,7 +151,8 @@ else
 $(CUDA_LAUNCHER_OBJS): $(BUILD_DIR)/%.o: %.cu $(HEADERS) config.mk
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCC_FLAGS) -I. -c $< -o $@
-$(LAUNCHER_DRIVER): tf_ops/tests/launcher_driver.cu $(CUDA_LAUNCHER_OBJS) tf_ops/tests/gpu_kernel_cases.h $(HEADERS)
+$(LAUNCHER_DRIVER): tf_ops/tests/launcher_driver.cu $(CUDA_LAUNCHER_OBJS) tf_ops/tests/gpu_kernel_cases.h \
+                    tf_ops/tests/fused_update_cases.h $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCC_FLAGS) -I. -o $@ $< $(CUDA_LAUNCHER_OBJS) -ldl
 endif

@@ -153,7 +153,8 @@ def test_cuda_runtime_symbols_bind_to_tensorflow_at_load(tmp_path):
 
 
 def _fatbin_entries(path):
-  """(kind, sm, version) of every entry of the .nv_fatbin section.
+  """(kind, sm, version) of every entry of each fatbinary of the .nv_fatbin
+  section: one list per fatbinary (one per .cu file of tf_ops/core/gpu/).
 
   kind is "elf" or "ptx"; version is (major, minor): the PTX ISA of a PTX
   entry, the ELF ABI of a cubin. Reads the fatbinary container cuobjdump reads
@@ -170,11 +171,13 @@ def _fatbin_entries(path):
   with open(path, "rb") as f:
     f.seek(offset)
     data = f.read(size)
-  entries, position = [], 0
+  fatbins, position = [], 0
   while position + 16 <= len(data):
     magic, _, header_size, payload_size = struct.unpack_from("<IHHQ", data, position)
     if magic != 0xBA55ED50:
       break
+    entries = []
+    fatbins.append(entries)
     entry, end = position + header_size, position + header_size + payload_size
     while entry < end:
       kind, _, entry_header_size, padded_size = struct.unpack_from("<HHIQ", data, entry)
@@ -182,7 +185,7 @@ def _fatbin_entries(path):
       entries.append(({1: "ptx", 2: "elf"}.get(kind, str(kind)), sm, (major, minor)))
       entry += entry_header_size + padded_size
     position = end
-  return entries
+  return fatbins
 
 
 def _version(text):
@@ -192,22 +195,24 @@ def _version(text):
 def test_device_code_covers_every_configured_architecture():
   archs = CONFIG["CUDA_ARCHS"].split()
   ptx_arch = CONFIG["CUDA_PTX_ARCH"].replace("compute_", "sm_")
-  entries = _fatbin_entries(LIBRARY)
-  assert sorted(sm for kind, sm, _ in entries if kind == "elf") == \
-      sorted(int(arch[3:]) for arch in archs), entries
-  ptx = [(sm, version) for kind, sm, version in entries if kind == "ptx"]
-  assert [sm for sm, _ in ptx] == [int(ptx_arch[3:])], entries
-  assert ptx[0][1] <= _version(CONFIG["CUDA_PTX_ISA"]), entries
+  fatbins = _fatbin_entries(LIBRARY)
+  assert len(fatbins) == 2, fatbins  # multi_tensor_scale.cu, fused_update.cu
+  for entries in fatbins:
+    assert sorted(sm for kind, sm, _ in entries if kind == "elf") == \
+        sorted(int(arch[3:]) for arch in archs), entries
+    ptx = [(sm, version) for kind, sm, version in entries if kind == "ptx"]
+    assert [sm for sm, _ in ptx] == [int(ptx_arch[3:])], entries
+    assert ptx[0][1] <= _version(CONFIG["CUDA_PTX_ISA"]), entries
 
 
 def test_clang_route_reaches_every_tensorflow_gpu():
   """cubins for sm_60..sm_90 and PTX a CUDA 12 driver JITs."""
   if CONFIG.get("CUDA_TOOLCHAIN") != "clang":
     pytest.skip(f"CUDA_TOOLCHAIN={CONFIG.get('CUDA_TOOLCHAIN')}: a user's nvcc sets its own reach")
-  entries = _fatbin_entries(LIBRARY)
-  cubins = {sm for kind, sm, _ in entries if kind == "elf"}
-  assert {60, 70, 75, 80, 86, 89, 90} <= cubins, entries
-  assert all(version < (9, 0) for kind, _, version in entries if kind == "ptx"), entries
+  for entries in _fatbin_entries(LIBRARY):
+    cubins = {sm for kind, sm, _ in entries if kind == "elf"}
+    assert {60, 70, 75, 80, 86, 89, 90} <= cubins, entries
+    assert all(version < (9, 0) for kind, _, version in entries if kind == "ptx"), entries
   assert CONFIG["CUDA_MIN_DRIVER"] == "12010" and CONFIG["CUDA_PTX_MIN_DRIVER"] == "12050"
 
 

@@ -17,7 +17,8 @@ optimizer is exactly `keras.optimizers.SGD`, `Adam` or `AdamW` (a subclass may
 change the step), without `use_ema`, `gradient_accumulation_steps`,
 `clipnorm` or `clipvalue` (a `global_clipnorm` is applied from the squared
 norm of the check pass), with Python-number hyperparameters; the variables are
-known to it, float32 and on the CPU, none is overwritten with its gradient;
+known to it, float32, on the CPU or on a GPU where the library's GPU kernels
+are registered, none is overwritten with its gradient;
 the gradients are dense float32 tensors (None ones are left out, as Keras
 does); and the op can run: a graph that XLA does not compile
 (`scaling.uses_custom_ops`), no distribution strategy other than the default,
@@ -35,6 +36,8 @@ follow, and `iterations` grows by one -- by the flag, when one is given: a step
 the op skips does not count, as Keras's LossScaleOptimizer does not run its
 inner `apply` on one.
 """
+
+import functools
 
 import keras
 import tensorflow as tf
@@ -72,11 +75,26 @@ def ineligible_reason(optimizer):
   return None
 
 
-def _on_cpu(variable):
-  """Whether `variable` (a tf.Variable, or a replica's component) lives on a CPU."""
+@functools.lru_cache(maxsize=None)
+def _gpu_kernels_registered():
+  """Whether this process's library registered the ops' GPU kernels (NOTE
+  [where the GPU kernels run]: a CUDA build, on a driver and GPUs it runs on)."""
+  from tensorflow.python.framework import kernels  # pylint: disable=import-outside-toplevel
+  return any(k.device_type == "GPU"
+             for k in kernels.get_registered_kernels_for_op("FixedApplyAdam").kernel)
+
+
+def _device_reason(variable):
+  """Why the ops cannot update `variable` (a tf.Variable, or a replica's
+  component) where it lives, or None: on a CPU, or on a GPU where the GPU
+  kernels are registered (the op runs where its resources live)."""
   device = tf.DeviceSpec.from_string(variable.device or "")
-  kind = device.device_type or scaling.unplaced_device_type()
-  return kind.upper() == "CPU"
+  kind = (device.device_type or scaling.unplaced_device_type()).upper()
+  if kind == "CPU" or (kind == "GPU" and _gpu_kernels_registered()):
+    return None
+  if kind == "GPU":
+    return "is on a GPU, and this library's GPU kernels are not registered here"
+  return f"is on a {kind}, where the ops have no kernel"
 
 
 def _strategy_reason(clipping):
@@ -111,8 +129,9 @@ def _pairs_reason(optimizer, grads, variables):
       return None, f"the gradient of {name} is not a dense tensor"
     if g.dtype != tf.float32 or v.dtype != tf.float32:
       return None, f"variable {name} or its gradient is not float32"
-    if not _on_cpu(_tf_variable(v)):
-      return None, f"variable {name} is not on a CPU"
+    where = _device_reason(_tf_variable(v))
+    if where is not None:
+      return None, f"variable {name} {where}"
   return pairs, None
 
 

@@ -18,6 +18,7 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor_reference.h"
 #include "tf_ops/tf/kernels/fixed_loss_scale.h"
+#include "tf_ops/tf/kernels/gpu_scratch.h"
 #include "tf_ops/core/gpu/multi_tensor_scale.h"
 
 namespace fixed_loss_scale {
@@ -41,10 +42,18 @@ absl::Status AllocateDeviceScratch(OpKernelContext* context, int64_t bytes, Tens
   return context->allocate_temp(tensorflow::DT_INT8, tensorflow::TensorShape({bytes}), device);
 }
 
-absl::Status AllocateTableScratch(OpKernelContext* context, int64_t bytes, Tensor* host,
-                                  Tensor* device) {
-  TF_RETURN_IF_ERROR(AllocatePinnedHostScratch(context, bytes, host));
-  return AllocateDeviceScratch(context, bytes, device);
+}  // namespace
+
+// gpu_scratch.h: shared with the fused update's adapter (fused_update_gpu.cc).
+absl::Status TableScratch::Allocate(OpKernelContext* context, int64_t bytes) {
+  bytes_ = bytes;
+  if (bytes == 0) return absl::OkStatus();
+  TF_RETURN_IF_ERROR(AllocatePinnedHostScratch(context, bytes, &host_));
+  return AllocateDeviceScratch(context, bytes, &device_);
+}
+
+void TableScratch::Release(OpKernelContext* context) {
+  if (bytes_ > 0) ReleaseWhenStreamPasses(context, host_);
 }
 
 // NOTE [pinned table lifetime]: the cudaMemcpyAsync of the table reads the
@@ -70,24 +79,18 @@ absl::Status LaunchStatus(OpKernelContext* context, cudaError_t launched) {
                                           " (", cudaGetErrorString(launched), ")"));
 }
 
-}  // namespace
-
 template <>
 absl::Status MultiTensorScale<Eigen::GpuDevice>::operator()(OpKernelContext* context,
                                                            const std::vector<TensorSpan>& spans,
                                                            ScaleFactor factor) const {
   const int64_t num_tensors = static_cast<int64_t>(spans.size());
-  const int64_t scratch_bytes = static_cast<int64_t>(MultiTensorScaleScratchBytes(num_tensors));
-  Tensor host_scratch;
-  Tensor device_scratch;
-  if (scratch_bytes > 0) {
-    TF_RETURN_IF_ERROR(AllocateTableScratch(context, scratch_bytes, &host_scratch, &device_scratch));
-  }
-  const cudaError_t launched = LaunchMultiTensorScale(
-      spans.data(), num_tensors, factor,
-      scratch_bytes > 0 ? host_scratch.data() : nullptr,
-      scratch_bytes > 0 ? device_scratch.data() : nullptr, context->eigen_gpu_device().stream());
-  if (scratch_bytes > 0) ReleaseWhenStreamPasses(context, host_scratch);
+  TableScratch scratch;
+  TF_RETURN_IF_ERROR(scratch.Allocate(
+      context, static_cast<int64_t>(MultiTensorScaleScratchBytes(num_tensors))));
+  const cudaError_t launched =
+      LaunchMultiTensorScale(spans.data(), num_tensors, factor, scratch.host(), scratch.device(),
+                             context->eigen_gpu_device().stream());
+  scratch.Release(context);
   return LaunchStatus(context, launched);
 }
 

@@ -1,9 +1,11 @@
-// OpKernels of FixedApplySgd and FixedApplyAdam (CPU): validate every input,
-// look up and lock the variables, then update them in place in one pass over
-// the list, split into the core's element shards (tf_ops/core/cpu/
+// OpKernels of FixedApplySgd and FixedApplyAdam: validate every input, look up
+// and lock the variables, then update them in place in one pass over the list
+// (the device's part: FusedUpdateDevice, fused_update.h). On the CPU the pass
+// is split into the core's element shards (tf_ops/core/cpu/
 // fused_update_cpu.h) shared between the calling thread and helpers on
 // TensorFlow's inter-op threads, as the unscale kernels do (NOTE [helpers] in
-// fixed_loss_scale_cpu.cc).
+// fixed_loss_scale_cpu.cc); on a GPU it is one kernel launch
+// (fused_update_gpu.cc).
 //
 // Variables: each resource is looked up, all their mutexes are taken in
 // address order (each once), and each tensor is made exclusively owned
@@ -19,6 +21,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -30,6 +33,10 @@
 #include "tensorflow/core/platform/threadpool.h"
 #include "tf_ops/core/cpu/fused_update_cpu.h"
 #include "tf_ops/core/tensor_span.h"
+#include "tf_ops/tf/kernels/fused_update.h"
+#if GOOGLE_CUDA
+#include "tf_ops/core/gpu/device_support.h"
+#endif
 
 namespace fixed_loss_scale {
 namespace {
@@ -109,10 +116,33 @@ void RunUpdate(OpKernelContext* context, UpdateRule rule,
 struct Layout {
   std::vector<const char*> lists;
   bool last_is_optional;
-  std::vector<const char*> scalars;  // float32 scalar inputs, in UpdateScalars' use
+  std::vector<const char*> scalars;  // float32 scalar inputs (ScalarFieldFor names)
 };
 
-// The shared kernel: validation, locking, one RunUpdate.
+}  // namespace
+
+template <>
+absl::Status FusedUpdateDevice<CPUDevice>::Prepare(OpKernelContext* context, Var* var) {
+  return tensorflow::PrepareToUpdateVariable<CPUDevice, float>(context, var->tensor(),
+                                                               var->copy_on_read_mode.load());
+}
+
+template <>
+absl::Status FusedUpdateDevice<CPUDevice>::Run(OpKernelContext* context,
+                                               const FusedUpdateInputs& inputs) {
+  UpdateScalars scalars;
+  scalars.unscale = inputs.unscale;
+  for (const auto& [name, value] : inputs.scalars) {
+    *ScalarFieldFor(&scalars, name) = value->scalar<float>()();
+  }
+  RunUpdate(context, inputs.rule, inputs.tensors, scalars);
+  return absl::OkStatus();
+}
+
+namespace {
+
+// The shared kernel: validation, locking, one FusedUpdateDevice<Device>::Run.
+template <typename Device>
 class FusedUpdateOp : public OpKernel {
  public:
   FusedUpdateOp(OpKernelConstruction* context, Layout layout)
@@ -123,8 +153,6 @@ class FusedUpdateOp : public OpKernel {
 
   // The rule, given whether the optional slot list is present.
   virtual UpdateRule Rule(bool with_optional) const = 0;
-  // Sets the rule's fields of `scalars` from the scalar inputs, in Layout order.
-  virtual void SetScalars(const std::vector<float>& values, UpdateScalars* scalars) const = 0;
 
   void Compute(OpKernelContext* context) override {
     OpInputList grads;
@@ -142,11 +170,9 @@ class FusedUpdateOp : public OpKernel {
     OP_REQUIRES(context, decay_.empty() || static_cast<int>(decay_.size()) == n,
                 Invalid("decay has ", decay_.size(), " entries; expected none or ", n));
     if (layout_.last_is_optional && lists.back().size() == 0) lists.pop_back();
-    const UpdateRule rule = Rule(lists.size() == layout_.lists.size());
-
-    UpdateScalars scalars;
-    bool all_finite = false;
-    OP_REQUIRES_OK(context, ReadScalars(context, &scalars, &all_finite));
+    FusedUpdateInputs inputs;
+    inputs.rule = Rule(lists.size() == layout_.lists.size());
+    OP_REQUIRES_OK(context, ReadScalars(context, &inputs));
 
     // Look up every resource, check it, and lock them all in address order.
     std::vector<tensorflow::core::RefCountPtr<Var>> vars(lists.size() * n);
@@ -172,9 +198,13 @@ class FusedUpdateOp : public OpKernel {
         OP_REQUIRES_OK(context, CheckVariable(*vars[l * n + i], l, i, grads[i]));
       }
     }
-    if (!all_finite) return;  // NOTE [fused update numerics]: nothing is written.
+    // NOTE [fused update numerics]: nothing is written where the flag is false
+    // (on a GPU the kernel reads it).
+    using Dev = FusedUpdateDevice<Device>;
+    constexpr bool kFlagInHostMemory = std::is_same<Device, CPUDevice>::value;
+    if (kFlagInHostMemory && !inputs.all_finite->scalar<bool>()()) return;
 
-    std::vector<UpdateTensor> tensors;
+    std::vector<UpdateTensor>& tensors = inputs.tensors;
     tensors.reserve(n);
     for (int i = 0; i < n; ++i) {
       if (grads[i].NumElements() == 0) continue;
@@ -184,13 +214,12 @@ class FusedUpdateOp : public OpKernel {
                           scalar_factors_first_ && grads[i].dims() >= 1};
       for (size_t l = 0; l < lists.size(); ++l) {
         Var* var = vars[l * n + i].get();
-        OP_REQUIRES_OK(context, tensorflow::PrepareToUpdateVariable<CPUDevice, float>(
-                                    context, var->tensor(), var->copy_on_read_mode.load()));
+        OP_REQUIRES_OK(context, Dev::Prepare(context, var));
         tensor.state[l] = var->tensor()->flat<float>().data();
       }
       tensors.push_back(tensor);
     }
-    if (!tensors.empty()) RunUpdate(context, rule, tensors, scalars);
+    if (!tensors.empty()) OP_REQUIRES_OK(context, Dev::Run(context, inputs));
   }
 
  protected:
@@ -206,8 +235,10 @@ class FusedUpdateOp : public OpKernel {
     return names;
   }
 
-  absl::Status ReadScalars(OpKernelContext* context, UpdateScalars* scalars,
-                           bool* all_finite) const {
+  // The flag and the per-step scalars, checked to be scalars (their values
+  // are read by the device, FusedUpdateDevice::Run); the loss scale, in host
+  // memory on every device, checked and turned into the unscaling factor.
+  absl::Status ReadScalars(OpKernelContext* context, FusedUpdateInputs* inputs) const {
     const Tensor* loss_scale = nullptr;
     const Tensor* flag = nullptr;
     TF_RETURN_IF_ERROR(context->input("loss_scale", &loss_scale));
@@ -215,15 +246,14 @@ class FusedUpdateOp : public OpKernel {
     if (!tensorflow::TensorShapeUtils::IsScalar(flag->shape())) {
       return Invalid("all_finite must be a scalar, got shape ", flag->shape().DebugString());
     }
-    *all_finite = flag->scalar<bool>()();
-    std::vector<float> values;
+    inputs->all_finite = flag;
     for (const char* name : layout_.scalars) {
       const Tensor* value = nullptr;
       TF_RETURN_IF_ERROR(context->input(name, &value));
       if (!tensorflow::TensorShapeUtils::IsScalar(value->shape())) {
         return Invalid(name, " must be a scalar, got shape ", value->shape().DebugString());
       }
-      values.push_back(value->scalar<float>()());
+      inputs->scalars.emplace_back(name, value);
     }
     if (!tensorflow::TensorShapeUtils::IsScalar(loss_scale->shape())) {
       return Invalid("loss_scale must be a scalar, got shape ",
@@ -236,8 +266,7 @@ class FusedUpdateOp : public OpKernel {
       return Invalid("loss_scale must be a positive, finite, normal float32 (>= 2^-126), got ",
                      scale);
     }
-    scalars->unscale = TensorReciprocalFactorFor(scale).f;
-    SetScalars(values, scalars);
+    inputs->unscale = TensorReciprocalFactorFor(scale).f;
     return absl::OkStatus();
   }
 
@@ -279,10 +308,11 @@ class FusedUpdateOp : public OpKernel {
   bool scalar_factors_first_ = true;
 };
 
-class FixedApplySgdOp : public FusedUpdateOp {
+template <typename Device>
+class FixedApplySgdOp : public FusedUpdateOp<Device> {
  public:
   explicit FixedApplySgdOp(OpKernelConstruction* context)
-      : FusedUpdateOp(context, Layout{{"var", "momentums"}, true,
+      : FusedUpdateOp<Device>(context, Layout{{"var", "momentums"}, true,
                                       {"clip", "lr", "momentum", "weight_decay",
                                        "weight_decay_lr"}}) {
     OP_REQUIRES_OK(context, context->GetAttr("nesterov", &nesterov_));
@@ -292,22 +322,16 @@ class FixedApplySgdOp : public FusedUpdateOp {
     if (!with_momentum) return UpdateRule::kSgd;
     return nesterov_ ? UpdateRule::kSgdNesterov : UpdateRule::kSgdMomentum;
   }
-  void SetScalars(const std::vector<float>& values, UpdateScalars* s) const override {
-    s->clip = values[0];
-    s->lr = values[1];
-    s->momentum = values[2];
-    s->weight_decay = values[3];
-    s->weight_decay_lr = values[4];
-  }
 
  private:
   bool nesterov_ = false;
 };
 
-class FixedApplyAdamOp : public FusedUpdateOp {
+template <typename Device>
+class FixedApplyAdamOp : public FusedUpdateOp<Device> {
  public:
   explicit FixedApplyAdamOp(OpKernelConstruction* context)
-      : FusedUpdateOp(context,
+      : FusedUpdateOp<Device>(context,
                       Layout{{"var", "m", "v", "vhat"}, true,
                              {"clip", "lr", "alpha", "one_minus_beta_1", "one_minus_beta_2",
                               "epsilon", "weight_decay", "weight_decay_lr"}}) {}
@@ -315,20 +339,43 @@ class FixedApplyAdamOp : public FusedUpdateOp {
   UpdateRule Rule(bool amsgrad) const override {
     return amsgrad ? UpdateRule::kAdamAmsgrad : UpdateRule::kAdam;
   }
-  void SetScalars(const std::vector<float>& values, UpdateScalars* s) const override {
-    s->clip = values[0];
-    s->lr = values[1];
-    s->alpha = values[2];
-    s->one_minus_beta_1 = values[3];
-    s->one_minus_beta_2 = values[4];
-    s->epsilon = values[5];
-    s->weight_decay = values[6];
-    s->weight_decay_lr = values[7];
-  }
 };
 
-REGISTER_KERNEL_BUILDER(Name("FixedApplySgd").Device(tensorflow::DEVICE_CPU), FixedApplySgdOp);
-REGISTER_KERNEL_BUILDER(Name("FixedApplyAdam").Device(tensorflow::DEVICE_CPU), FixedApplyAdamOp);
+REGISTER_KERNEL_BUILDER(Name("FixedApplySgd").Device(tensorflow::DEVICE_CPU),
+                        FixedApplySgdOp<CPUDevice>);
+REGISTER_KERNEL_BUILDER(Name("FixedApplyAdam").Device(tensorflow::DEVICE_CPU),
+                        FixedApplyAdamOp<CPUDevice>);
+
+#if GOOGLE_CUDA
+// NOTE [where the GPU kernels run] (tf_ops/core/gpu/device_support.h): the
+// same load-time decision as the unscale ops' GPU kernels (which print its
+// message), from the same device-code targets (GPU_DEFINES). The loss scale
+// is read on the host, as by every op of this library; the flag and the
+// per-step scalars stay in device memory, where the check and Keras's step
+// compute them, and the kernel reads them there.
+const bool gpu_kernels_registered = [] {
+  const gpu::DeviceCodeTargets built{{FLS_CUDA_CUBIN_ARCHS}, FLS_CUDA_PTX_ARCH,
+                                     FLS_CUDA_MIN_DRIVER, FLS_CUDA_PTX_MIN_DRIVER};
+  if (!gpu::DecideGpuSupport(built, gpu::QueryGpuSystem()).register_gpu_kernels) return false;
+  const auto register_op = [](const char* op_name,
+                              OpKernel* (*make_kernel)(OpKernelConstruction*)) {
+    ::tensorflow::kernel_factory::OpKernelRegistrar registrar(
+        ::tensorflow::register_kernel::Name(op_name)
+            .Device(tensorflow::DEVICE_GPU)
+            .HostMemory("loss_scale")
+            .Build(),
+        absl::StrCat(op_name, "Op<Eigen::GpuDevice>"), make_kernel);
+    (void)registrar;
+  };
+  register_op("FixedApplySgd", [](OpKernelConstruction* context) -> OpKernel* {
+    return new FixedApplySgdOp<Eigen::GpuDevice>(context);
+  });
+  register_op("FixedApplyAdam", [](OpKernelConstruction* context) -> OpKernel* {
+    return new FixedApplyAdamOp<Eigen::GpuDevice>(context);
+  });
+  return true;
+}();
+#endif  // GOOGLE_CUDA
 
 }  // namespace
 }  // namespace fixed_loss_scale
