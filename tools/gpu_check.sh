@@ -4,11 +4,12 @@
 # few files (no config.mk, no .venv). Run from the repository root:
 #
 #   tools/gpu_check.sh --prepare   here, where configure.sh set up the clang
-#                                  route: puts the CUDA 12 build of the launcher
-#                                  (the library's own device code) and the
-#                                  driver's host object, plus libcudart.so.12,
-#                                  in .gpucheck/ (git-ignored, ~31 MB), which the
-#                                  GPU machine needs beside the sources
+#                                  route: puts the CUDA 12 build of the launchers
+#                                  (the library's own device code: the unscale
+#                                  kernels and the fused optimizer update) and
+#                                  the driver's host object, plus
+#                                  libcudart.so.12, in .gpucheck/ (git-ignored),
+#                                  which the GPU machine needs beside the sources
 #   tools/gpu_check.sh             on the GPU machine (= make gpu-check): builds
 #                                  the launcher and launcher_driver with the
 #                                  local nvcc for the local GPU, links the CUDA
@@ -22,7 +23,10 @@
 #                 (FixedCheckGrads, no tensor byte written) of those cases plus
 #                 the poison cases and checked lists: flag exact, sum of
 #                 squares against a double reference, and (full check only)
-#                 both bit for bit against the host emulation
+#                 both bit for bit against the host emulation; then the fused
+#                 optimizer update (every rule, flag true and false, all table
+#                 kinds) bit for bit against the CPU kernels' element math
+#                 under x86 FTZ/DAZ (--quick: fewer cases, sizes <= 4096)
 #   tf-stream     lists of 991, 992 and 2,000 tensors on a driver-API stream
 #                 with cuMemHostAlloc'ed table scratch, as TensorFlow launches,
 #                 unchecked, checked and read-only
@@ -35,7 +39,8 @@
 #   4K params     check --quick and tf-stream through the 4 KB-parameter path
 #                 (lists > 16 tensors in a buffer table), as on a Pascal GPU
 #   memcheck      compute-sanitizer --tool memcheck on check --quick + tf-stream
-#   SASS          per kernel (unchecked, checked, read-only), in the sm_XX code
+#   SASS          per kernel (unchecked, checked, read-only, fused update), in
+#                 the sm_XX code
 #                 of both builds: 128-bit global loads and stores (LDG.E.128 /
 #                 STG.E.128; the read-only kernels no store at all), no local
 #                 memory (LDL/STL); registers
@@ -46,7 +51,11 @@
 #                 device-to-device copy; the checked launch and the read-only
 #                 check without and with the sum of squares; the fused launch
 #                 against the read-only check plus a later unscale launch) and
-#                 benchmarks/gpu_torch.py (torch's foreach kernels), same sets
+#                 benchmarks/gpu_torch.py (torch's foreach kernels), same sets;
+#                 the fused Adam update on bert_like and few_large against a
+#                 copy of the same bytes (28 per element: grad, var, m, v read,
+#                 var, m, v written) and torch._fused_adam_ / _fused_sgd_ on
+#                 the same sets
 #
 # Exit status: 0 all passed, 1 a check failed (or the CUDA 12 bundle is
 # missing), 3 no GPU here (after building everything). GPU_CHECK_BUDGET_S
@@ -55,6 +64,10 @@ set -u -o pipefail
 cd "$(dirname "$0")/.."
 BUNDLE=.gpucheck
 WORK=build/gpu-check
+# The launchers: one object per .cu file of tf_ops/core/gpu/.
+UNITS=(multi_tensor_scale fused_update)
+# objects DIR KIND: each unit's object in DIR, named UNIT.KIND.o.
+objects() { local unit; for unit in "${UNITS[@]}"; do echo "$1/$unit.$2.o"; done; }
 
 # ---- --prepare: the CUDA 12 (clang route) objects -------------------------------
 if [[ "${1:-}" == --prepare ]]; then
@@ -62,17 +75,17 @@ if [[ "${1:-}" == --prepare ]]; then
   get() { sed -n "s/^$1 := //p" config.mk; }
   [[ -f config.mk && "$(get CUDA_TOOLCHAIN)" == clang ]] ||
       { echo "gpu_check --prepare: needs config.mk with CUDA_TOOLCHAIN=clang (run ./configure.sh)" >&2; exit 1; }
-  make -s build/tf_ops/core/gpu/multi_tensor_scale.o
+  for unit in "${UNITS[@]}"; do make -s "build/tf_ops/core/gpu/$unit.o"; done
   cuda12=$(get CUDA12_PATH)
   rm -rf "$BUNDLE"; mkdir -p "$BUNDLE"
-  cp build/tf_ops/core/gpu/multi_tensor_scale.o "$BUNDLE/multi_tensor_scale.cuda12.o"
+  for unit in "${UNITS[@]}"; do cp "build/tf_ops/core/gpu/$unit.o" "$BUNDLE/$unit.cuda12.o"; done
   ${CXX:-g++} $(get TEST_CXX_FLAGS) -I. -isystem "$cuda12/include" -x c++ \
       -c tf_ops/tests/launcher_driver.cu -o "$BUNDLE/launcher_driver.cuda12.o"
   cp "$cuda12/lib64/libcudart.so.12" "$BUNDLE/"
   # Also linked here, with libstdc++ static, for a GPU machine whose g++ is
   # older than this one's (its libstdc++ would lack symbols the objects need).
   ${CXX:-g++} -o "$BUNDLE/launcher_driver.cuda12" "$BUNDLE/launcher_driver.cuda12.o" \
-      "$BUNDLE/multi_tensor_scale.cuda12.o" -L"$BUNDLE" -l:libcudart.so.12 \
+      $(objects "$BUNDLE" cuda12) -L"$BUNDLE" -l:libcudart.so.12 \
       -static-libstdc++ -static-libgcc -Wl,-rpath,'$ORIGIN' -ldl
   {
     echo "commit $(git rev-parse HEAD 2>/dev/null)$(git diff --quiet -- tf_ops 2>/dev/null || echo ' + uncommitted tf_ops changes')"
@@ -115,19 +128,22 @@ echo "building for $SM; CUDA 12 bundle: $(cat $BUNDLE/MANIFEST 2>/dev/null | hea
 
 step "build (nvcc for $SM; CUDA 12 objects linked with g++)"
 builds=()
-if "$NVCC" -std=c++17 -O3 -I. -gencode "arch=compute_${SM#sm_},code=$SM" \
-       -gencode "arch=compute_${SM#sm_},code=compute_${SM#sm_}" -Xcompiler -fPIC \
-       -c tf_ops/core/gpu/multi_tensor_scale.cu -o "$WORK/multi_tensor_scale.nvcc.o" &&
+nvcc_unit() {
+  "$NVCC" -std=c++17 -O3 -I. -gencode "arch=compute_${SM#sm_},code=$SM" \
+      -gencode "arch=compute_${SM#sm_},code=compute_${SM#sm_}" -Xcompiler -fPIC \
+      -c "tf_ops/core/gpu/$1.cu" -o "$WORK/$1.nvcc.o"
+}
+if nvcc_unit multi_tensor_scale && nvcc_unit fused_update &&
    "$NVCC" -std=c++17 -O2 -I. -gencode "arch=compute_${SM#sm_},code=$SM" \
        -o "$WORK/launcher_driver.nvcc" tf_ops/tests/launcher_driver.cu \
-       "$WORK/multi_tensor_scale.nvcc.o" -ldl; then
+       $(objects "$WORK" nvcc) -ldl; then
   builds+=(nvcc)
 else
   failures+=("nvcc build")
 fi
-if [[ -f "$BUNDLE/multi_tensor_scale.cuda12.o" ]]; then
+if [[ -f "$BUNDLE/multi_tensor_scale.cuda12.o" && -f "$BUNDLE/fused_update.cuda12.o" ]]; then
   if ${CXX:-g++} -o "$WORK/launcher_driver.cuda12" "$BUNDLE/launcher_driver.cuda12.o" \
-         "$BUNDLE/multi_tensor_scale.cuda12.o" -L"$BUNDLE" -l:libcudart.so.12 \
+         $(objects "$BUNDLE" cuda12) -L"$BUNDLE" -l:libcudart.so.12 \
          -Wl,-rpath,"$PWD/$BUNDLE" -ldl; then
     builds+=(cuda12)
   elif [[ -x "$BUNDLE/launcher_driver.cuda12" ]]; then
@@ -175,7 +191,8 @@ run "memcheck tf-stream" 60 "$SANITIZER" --tool memcheck --error-exitcode 9 "$d"
 
 step "SASS ($SM): 128-bit global accesses, registers, local memory, per kernel"
 CUOBJDUMP=$(command -v cuobjdump || echo "$CUDA_BIN/cuobjdump")
-# Every kernel, unchecked (Scale*TableKernel) and checked (Checked*, of a job
+# Every kernel, unchecked (Scale*TableKernel), the fused update (Update*, one
+# per rule and table) and checked (Checked*, of a job
 # Job<writes, ...>), must load in 128-bit packs and touch no local memory;
 # those that write (all but the read-only check's, Job<false, ...>: mangled
 # JobILb0E) store in 128-bit packs, the read-only ones store no pack at all.
@@ -193,7 +210,7 @@ sass_per_kernel() {
       bad = 0
       for (i = 1; i <= n; i++) {
         k = kernels[i]; short = k
-        sub(/^_ZN16fixed_loss_scale3gpu[0-9]*_GLOBAL__N__?[0-9a-f_]*(multi_tensor_scale_cu_[0-9a-f]*)?/, "", short)
+        sub(/^_ZN16fixed_loss_scale3gpu[0-9]*_GLOBAL__N__?[0-9a-f_]*([a-z_]+_cu_[0-9a-f]*)?/, "", short)
         read_only = k ~ /JobILb0E/
         ok = loads[k] > 0 && (read_only ? stores[k] == 0 : stores[k] > 0) && locals[k] == 0
         if (!ok) bad = 1
@@ -203,12 +220,12 @@ sass_per_kernel() {
       exit bad
     }'
 }
-for object in "$WORK/multi_tensor_scale.nvcc.o" "$BUNDLE/multi_tensor_scale.cuda12.o"; do
+for object in $(objects "$WORK" nvcc) $(objects "$BUNDLE" cuda12); do
   [[ -f "$object" ]] || continue
   echo "$object:"
   if "$CUOBJDUMP" -sass -arch "$SM" "$object" 2>&1 | sass_per_kernel; then sass_ok=1; else sass_ok=0; fi
   "$CUOBJDUMP" -res-usage -arch "$SM" "$object" 2>&1 | grep -E 'Function|REG' |
-      sed -E 's/_ZN16fixed_loss_scale3gpu[0-9]*_GLOBAL__N__?[0-9a-f_]*(multi_tensor_scale_cu_[0-9a-f]*)?//; s/^/  /' | head -48
+      sed -E 's/_ZN16fixed_loss_scale3gpu[0-9]*_GLOBAL__N__?[0-9a-f_]*([a-z_]+_cu_[0-9a-f]*)?//; s/^/  /' | head -48
   if (( sass_ok )); then
     echo "--- SASS $(basename "$object"): ok"
   else

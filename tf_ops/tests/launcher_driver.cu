@@ -13,7 +13,11 @@
 //                                     squares against a double reference and,
 //                                     unless --quick, bit for bit against the host
 //                                     emulation; --quick keeps sizes <= 4096 and
-//                                     the lists (for compute-sanitizer)
+//                                     the lists (for compute-sanitizer); then the
+//                                     fused optimizer update (LaunchFusedUpdate)
+//                                     on the cases of fused_update_cases.h,
+//                                     against the CPU kernels' element math
+//                                     under x86 FTZ/DAZ, bit for bit
 //   launcher_driver tf-stream         lists of 991, 992 and 2,000 tensors launched
 //                                     as TensorFlow launches: on a stream made with
 //                                     the driver API in the primary context, with
@@ -35,7 +39,9 @@
 //                                     without and with the sum of squares, and
 //                                     the safe path's two shapes: the fused
 //                                     launch against the read-only check plus a
-//                                     later unscale launch
+//                                     later unscale launch; then the fused Adam
+//                                     update on bert_like and few_large against
+//                                     a copy of the bytes it moves
 //
 // Exit status: 0 passed, 1 failed (any CUDA error included), 2 usage, 3 no GPU:
 // no NVIDIA driver installed (no libcuda.so.1) or cudaErrorNoDevice. Tests
@@ -54,7 +60,10 @@
 #include <string>
 #include <vector>
 
+#include "tf_ops/core/gpu/fused_update.h"
+#include "tf_ops/core/gpu/fused_update_body.h"
 #include "tf_ops/core/gpu/multi_tensor_scale.h"
+#include "tf_ops/tests/fused_update_cases.h"
 #include "tf_ops/tests/gpu_kernel_cases.h"
 
 namespace fixed_loss_scale {
@@ -294,6 +303,133 @@ bool RunCheckedCase(const testing::ListCase& list, uint64_t seed, Buffer& arena,
                         buffers, emulate, stream, read_only);
 }
 
+// ---- check: the fused optimizer update ------------------------------------------------
+// The CPU kernels' element math on the host: every rule of fused_update_math.h
+// through ScalarMath, the CPU kernels' scalar loop, whose bits their vector
+// loops share (make fused-update-emulation-test compares every path), under
+// x86 FTZ/DAZ as on TensorFlow's threads (the caller holds a
+// ScopedFlushToZero). No FMA: this file is compiled for baseline x86-64.
+template <typename Rule, bool kDecay, bool kFold>
+void ReferenceElements(const UpdateTensor& tensor, const fused::Coefficients<fused::ScalarMath>& c) {
+  for (int64_t i = 0; i < tensor.num_elements; ++i) {
+    float s[Rule::kStates];
+    for (int k = 0; k < Rule::kStates; ++k) s[k] = tensor.state[k][i];
+    fused::UpdateGroup<Rule, kDecay, kFold, fused::ScalarMath>(tensor.grad[i], s, c);
+    for (int k = 0; k < Rule::kStates; ++k) tensor.state[k][i] = s[k];
+  }
+}
+
+void ReferenceUpdate(UpdateRule rule, const UpdateTensor& tensor, const UpdateScalars& s) {
+  const fused::Coefficients<fused::ScalarMath> c{
+      s.unscale, s.clip, s.lr, s.weight_decay, s.momentum, s.alpha, s.one_minus_beta_1,
+      s.one_minus_beta_2, s.epsilon, s.weight_decay_lr, s.clip * s.lr};
+  gpu::VisitRule(rule, [&](auto rule_type) {
+    using Rule = decltype(rule_type);
+    switch (UpdateVariant(tensor)) {
+      case 0:
+        return ReferenceElements<Rule, false, false>(tensor, c);
+      case 1:
+        return ReferenceElements<Rule, true, false>(tensor, c);
+      case 2:
+        return ReferenceElements<Rule, false, true>(tensor, c);
+      default:
+        return ReferenceElements<Rule, true, true>(tensor, c);
+    }
+  });
+}
+
+// A host pointer of the case's arena as the same offset in the device copy.
+template <typename T>
+T* OnDevice(T* host, const uint8_t* host_base, uint8_t* device_base) {
+  return host == nullptr ? nullptr
+                         : reinterpret_cast<T*>(device_base + (reinterpret_cast<const uint8_t*>(
+                                                                   host) - host_base));
+}
+
+// One case: the arena laid out on the host, its expected state by the
+// reference, uploaded from its 64-byte aligned base (so every array keeps its
+// offset), one launch, downloaded and compared whole (guards included).
+bool RunFusedCase(const testing::UpdateCase& c, Buffer& arena, Scratch& scratch,
+                  testing::CaseTotals* totals, cudaStream_t stream) {
+  testing::Rng rng(c.seed);
+  std::vector<uint8_t> bytes;
+  const testing::ArenaLayout layout = testing::LayOut(c, rng, &bytes, totals);
+  uint8_t* base = bytes.data() + (64 - reinterpret_cast<uintptr_t>(bytes.data()) % 64) % 64;
+  base[0] = c.all_finite ? 1 : 0;
+  const testing::CaseScalars scalars = testing::DrawScalars(rng, base, c.loss_scale);
+  const size_t size = bytes.size() - (base - bytes.data());
+  std::vector<uint8_t> expected(base, base + size);
+  if (c.all_finite) {
+#if defined(__x86_64__) || defined(__i386__)
+    testing::ScopedFlushToZero flush;
+#endif
+    for (UpdateTensor tensor : layout.tensors) {
+      tensor.grad = OnDevice(tensor.grad, base, expected.data());
+      for (int k = 0; k < UpdateStates(c.rule); ++k) {
+        tensor.state[k] = OnDevice(tensor.state[k], base, expected.data());
+      }
+      ReferenceUpdate(c.rule, tensor, scalars.cpu);
+    }
+  }
+  uint8_t* device = static_cast<uint8_t*>(arena.Reserve(size));
+  std::vector<UpdateTensor> tensors = layout.tensors;
+  for (UpdateTensor& tensor : tensors) {
+    tensor.grad = OnDevice(tensor.grad, base, device);
+    for (float*& state : tensor.state) state = OnDevice(state, base, device);
+  }
+  UpdateScalarPointers pointers = scalars.device;
+  for (const float** p : {&pointers.clip, &pointers.lr, &pointers.weight_decay,
+                          &pointers.momentum, &pointers.alpha, &pointers.one_minus_beta_1,
+                          &pointers.one_minus_beta_2, &pointers.epsilon,
+                          &pointers.weight_decay_lr}) {
+    *p = OnDevice(*p, base, device);
+  }
+  const int64_t count = static_cast<int64_t>(tensors.size());
+  const size_t scratch_bytes = FusedUpdateScratchBytes(count);
+  Check(cudaMemcpyAsync(device, base, size, cudaMemcpyHostToDevice, stream), "upload");
+  Check(LaunchFusedUpdate(c.rule, tensors.data(), count, scalars.cpu.unscale, pointers,
+                          reinterpret_cast<const bool*>(device),
+                          scratch_bytes > 0 ? scratch.host.Reserve(scratch_bytes) : nullptr,
+                          scratch_bytes > 0 ? scratch.device.Reserve(scratch_bytes) : nullptr,
+                          stream),
+        "LaunchFusedUpdate");
+  std::vector<uint8_t> got(size);
+  Check(cudaMemcpyAsync(got.data(), device, size, cudaMemcpyDeviceToHost, stream), "download");
+  Check(cudaStreamSynchronize(stream), "download");
+  const std::string failure = testing::CompareArena(got.data(), size, {expected}, totals);
+  ++totals->cases;
+  totals->tensors += count;
+  for (int64_t n : c.sizes) totals->elements += n;
+  if (failure.empty()) return true;
+  if (totals->failed++ < 10) {
+    std::printf("  FAILED fused update %s: %s\n", testing::Describe(c).c_str(), failure.c_str());
+  }
+  return false;
+}
+
+// Returns the number of failed cases.
+int64_t RunFusedUpdateCheck(bool quick, cudaStream_t stream) {
+  if (!testing::kHardwareFlushReference) {
+    std::printf("GPU check, fused update: skipped (its reference needs x86 FTZ/DAZ)\n");
+    return 0;
+  }
+  Buffer arena(false);
+  Scratch scratch;
+  testing::CaseTotals totals;
+  for (const testing::UpdateCase& c :
+       testing::MakeUpdateCases(quick ? 12 : 60, quick ? 4096 : int64_t{1} << 40)) {
+    RunFusedCase(c, arena, scratch, &totals, stream);
+  }
+  std::printf("GPU check, fused update: %lld cases, %lld tensors, %lld elements (%lld packed, "
+              "%lld element by element), %lld failed; %lld NaN results of another payload (two "
+              "NaN operands); reference: the CPU kernels' element math under x86 FTZ/DAZ\n",
+              static_cast<long long>(totals.cases), static_cast<long long>(totals.tensors),
+              static_cast<long long>(totals.elements), static_cast<long long>(totals.packed),
+              static_cast<long long>(totals.unpacked), static_cast<long long>(totals.failed),
+              static_cast<long long>(totals.nan_choices));
+  return totals.failed;
+}
+
 int RunCheck(bool quick) {
   if (const int status = DeviceExitStatus()) return status;
   cudaStream_t stream;
@@ -352,6 +488,7 @@ int RunCheck(bool quick) {
                 quick ? "" : ", flag and sum bit-identical to the host emulation");
     failed += checked_failed;
   }
+  failed += RunFusedUpdateCheck(quick, stream);
   Check(cudaStreamDestroy(stream), "cudaStreamDestroy");
   std::printf("GPU check: %s\n", failed == 0 ? "PASSED" : "FAILED");
   return failed == 0 ? 0 : kExitFailed;
@@ -874,6 +1011,89 @@ void BenchSet(const GradientSet& set, DType dtype, cudaStream_t stream) {
   Check(cudaFree(copy_target), "cudaFree");
 }
 
+// The fused Adam update (LaunchFusedUpdate, kAdam) over one set: each element
+// reads grad, var, m and v and writes var, m and v, 28 bytes
+// (UpdateBytesPerElement), against a device-to-device copy of 14 bytes per
+// element (14 read + 14 written: the same traffic), the time a memory-bound
+// kernel cannot beat. The flag and the scalars in device memory, as
+// TensorFlow passes them; values 1, 0, 0 and a gradient of 1 stay finite.
+void BenchFusedAdam(const GradientSet& set, cudaStream_t stream) {
+  constexpr int kArrays = 4;  // grad, var, m, v
+  std::vector<int64_t> offsets;
+  int64_t padded = 0;
+  int64_t total_elements = 0;
+  for (int64_t size : set.sizes) {
+    offsets.push_back(padded);
+    padded += testing::RoundUp(size, 64);  // 256-byte aligned, as TensorFlow's allocator
+    total_elements += size;
+  }
+  const int64_t bytes_per_element = UpdateBytesPerElement(UpdateRule::kAdam);
+  const size_t copy_bytes = static_cast<size_t>(total_elements * bytes_per_element / 2);
+  void* arrays_bytes = nullptr;
+  void* copy_source = nullptr;
+  void* copy_target = nullptr;
+  void* scalar_bytes = nullptr;
+  Check(cudaMalloc(&arrays_bytes, sizeof(float) * kArrays * padded), "cudaMalloc");
+  Check(cudaMalloc(&copy_source, copy_bytes), "cudaMalloc");
+  Check(cudaMalloc(&copy_target, copy_bytes), "cudaMalloc");
+  Check(cudaMalloc(&scalar_bytes, 64), "cudaMalloc");
+  float* arrays = static_cast<float*>(arrays_bytes);
+  float* scalars = static_cast<float*>(scalar_bytes);
+  {
+    std::vector<float> init(static_cast<size_t>(kArrays * padded), 0.0f);
+    std::fill(init.begin(), init.begin() + 2 * padded, 1.0f);  // grad and var
+    // flag (true), lr, alpha, 1 - beta_1, 1 - beta_2, epsilon
+    const float host_scalars[] = {BitCast<float>(1u), 1e-3f, 3e-4f, 0.1f, 1e-3f, 1e-7f};
+    Check(cudaMemcpyAsync(arrays, init.data(), sizeof(float) * init.size(), cudaMemcpyHostToDevice,
+                          stream), "upload");
+    Check(cudaMemcpyAsync(scalars, host_scalars, sizeof(host_scalars), cudaMemcpyHostToDevice,
+                          stream), "upload");
+    Check(cudaStreamSynchronize(stream), "upload");
+  }
+  std::vector<UpdateTensor> tensors;
+  for (size_t t = 0; t < set.sizes.size(); ++t) {
+    float* grad = arrays + offsets[t];
+    tensors.push_back(UpdateTensor{grad,
+                                   {grad + padded, grad + 2 * padded, grad + 3 * padded, nullptr},
+                                   set.sizes[t], false, true});
+  }
+  const int64_t count = static_cast<int64_t>(tensors.size());
+  if (FusedUpdateScratchBytes(count) != 0) {
+    std::printf("  %s: longer than an inline update table, skipped\n", set.name.c_str());
+    return;
+  }
+  UpdateScalarPointers pointers;
+  pointers.lr = scalars + 1;
+  pointers.alpha = scalars + 2;
+  pointers.one_minus_beta_1 = scalars + 3;
+  pointers.one_minus_beta_2 = scalars + 4;
+  pointers.epsilon = scalars + 5;
+  const bool* flag = reinterpret_cast<const bool*>(scalars);
+  const int iterations = copy_bytes > (size_t{64} << 20) ? 20 : 200;
+  const double copy_us = TimeMicros(stream, iterations, [&] {
+    Check(cudaMemcpyAsync(copy_target, copy_source, copy_bytes, cudaMemcpyDeviceToDevice, stream),
+          "cudaMemcpyAsync");
+  });
+  const double adam_us = TimeMicros(stream, iterations, [&] {
+    Check(LaunchFusedUpdate(UpdateRule::kAdam, tensors.data(), count, 1.0f, pointers, flag,
+                            nullptr, nullptr, stream),
+          "LaunchFusedUpdate");
+  });
+  const double bytes_moved = static_cast<double>(total_elements * bytes_per_element);
+  std::printf("  %-10s fused Adam %4zu tensors %11lld elements %9.1f MB moved (28 B/element)\n",
+              set.name.c_str(), set.sizes.size(), static_cast<long long>(total_elements),
+              bytes_moved / 1e6);
+  const double copy_gbps = bytes_moved / (copy_us * 1e3);
+  PrintArm("copy of the same bytes (14 + 14 B/el.)", copy_us, bytes_moved, copy_gbps);
+  PrintArm("fused Adam (one launch)", adam_us, bytes_moved, copy_gbps);
+  std::printf("    fused Adam: %.1f%% of the memory-bound time (copy / Adam)\n",
+              100.0 * copy_us / adam_us);
+  Check(cudaFree(arrays), "cudaFree");
+  Check(cudaFree(copy_source), "cudaFree");
+  Check(cudaFree(copy_target), "cudaFree");
+  Check(cudaFree(scalars), "cudaFree");
+}
+
 int RunBench(const char* sets_path) {
   const std::vector<GradientSet> sets = ReadGradientSets(sets_path);
   if (const int status = DeviceExitStatus()) return status;
@@ -885,6 +1105,11 @@ int RunBench(const char* sets_path) {
     for (DType dtype : {DType::kFloat, DType::kHalf, DType::kBFloat16}) {
       BenchSet(set, dtype, stream);
     }
+  }
+  std::printf("fused Adam update (LaunchFusedUpdate); GB/s = 28 bytes per element / time; "
+              "%% of copy = that against a device-to-device copy of the same bytes\n");
+  for (const GradientSet& set : sets) {
+    if (set.name == "bert_like" || set.name == "few_large") BenchFusedAdam(set, stream);
   }
   Check(cudaStreamDestroy(stream), "cudaStreamDestroy");
   return bench_failed ? kExitFailed : 0;
