@@ -10,14 +10,15 @@ copy of the same bytes measured in the same run):
   * torch._foreach_mul_(tensors, inv_scale)
   * torch._amp_foreach_non_finite_check_and_unscale_(tensors, found_inf, inv_scale)
 and, on bert_like and few_large in float32, PyTorch's fused optimizer steps
-against the launcher driver's fused Adam arm, with the AMP arguments
-(grad_scale, found_inf) that make them unscale and skip as ours does:
+against the launcher driver's fused Adam arm:
   * torch._fused_adam_: reads param, grad, exp_avg, exp_avg_sq and writes
     param, exp_avg, exp_avg_sq, 28 bytes per element (ours: the same arrays)
   * torch._fused_sgd_ with momentum: reads param, grad, momentum buffer and
     writes param and buffer, 20 bytes per element
-each against a device-to-device copy of the same bytes (half read, half
-written), in the same run.
+each also with the AMP arguments (grad_scale, found_inf) that make it unscale
+and skip as ours does; it then also writes the unscaled gradients back (32 and
+24 bytes per element). Each arm against a device-to-device copy of the same
+bytes (half read, half written), in the same run.
 Needs PyTorch only (no TensorFlow, no numpy): the sets come through the plain-
 Python reader benchmarks.gradient_sets. Exits 0 with a message where torch
 with CUDA cannot be imported.
@@ -95,38 +96,43 @@ OPTIMIZER_SETS = ("bert_like", "few_large")
 
 
 def bench_fused_optimizers(torch, name, sizes):
-  """torch._fused_adam_ and torch._fused_sgd_ (where this PyTorch has them)."""
+  """torch._fused_adam_ and torch._fused_sgd_ (where this PyTorch has them),
+  without and with grad_scale and found_inf."""
   def fresh(value):
     return [torch.full((size,), value, dtype=torch.float32, device="cuda") for size in sizes]
   params, grads = fresh(1.0), fresh(1.0)
-  grad_scale = torch.ones((), dtype=torch.float32, device="cuda")
-  found_inf = torch.zeros((), dtype=torch.float32, device="cuda")
+  amp = {"grad_scale": torch.ones((), dtype=torch.float32, device="cuda"),
+         "found_inf": torch.zeros((), dtype=torch.float32, device="cuda")}
   elements = sum(sizes)
-  arms = []
+  arms = []  # (label, bytes per element, keyword arguments -> None)
   if hasattr(torch, "_fused_adam_"):
     exp_avgs, exp_avg_sqs = fresh(0.0), fresh(0.0)
-    steps = [torch.zeros((), dtype=torch.float32, device="cuda") for _ in sizes]
-    arms.append(("torch _fused_adam_", 28, lambda: torch._fused_adam_(
-        params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=1e-3, beta1=0.9, beta2=0.999,
-        weight_decay=0.0, eps=1e-7, amsgrad=False, maximize=False, grad_scale=grad_scale,
-        found_inf=found_inf)))
+    steps = [torch.ones((), dtype=torch.float32, device="cuda") for _ in sizes]
+    def adam(**extra):
+      torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=1e-3, beta1=0.9,
+                         beta2=0.999, weight_decay=0.0, eps=1e-7, amsgrad=False,
+                         maximize=False, **extra)
+    arms += [("torch _fused_adam_", 28, adam), ("torch _fused_adam_ + AMP", 32, adam)]
   if hasattr(torch, "_fused_sgd_"):
     buffers = fresh(0.0)
-    arms.append(("torch _fused_sgd_ (momentum)", 20, lambda: torch._fused_sgd_(
-        params, grads, buffers, weight_decay=0.0, momentum=0.9, lr=1e-3, dampening=0.0,
-        nesterov=False, maximize=False, is_first_step=False, grad_scale=grad_scale,
-        found_inf=found_inf)))
+    def sgd(**extra):
+      torch._fused_sgd_(params, grads, buffers, weight_decay=0.0, momentum=0.9, lr=1e-3,
+                        dampening=0.0, nesterov=False, maximize=False, is_first_step=False,
+                        **extra)
+    arms += [("torch _fused_sgd_ (momentum)", 20, sgd),
+             ("torch _fused_sgd_ (momentum) + AMP", 24, sgd)]
   if not arms:
     print(f"  {name}: this PyTorch has neither torch._fused_adam_ nor torch._fused_sgd_")
     return
-  for arm, bytes_per_element, body in arms:
+  for arm, bytes_per_element, step in arms:
+    extra = amp if arm.endswith("AMP") else {}
     bytes_moved = float(elements * bytes_per_element)
     half = torch.ones(elements * bytes_per_element // 8, dtype=torch.float32, device="cuda")
     target = torch.empty_like(half)
     iterations = 20 if bytes_moved > (128 << 20) else 200
     copy_us = time_micros(torch, lambda: target.copy_(half), iterations)  # pylint: disable=cell-var-from-loop
     try:
-      micros = time_micros(torch, body, iterations)
+      micros = time_micros(torch, lambda: step(**extra), iterations)  # pylint: disable=cell-var-from-loop
     except (RuntimeError, TypeError) as error:  # a signature this PyTorch does not have
       print(f"  {name}: {arm} refused: {error}")
       continue
@@ -135,7 +141,7 @@ def bench_fused_optimizers(torch, name, sizes):
     copy_gbps = bytes_moved / (copy_us * 1e3)
     for label, value in (("copy of the same bytes", copy_us), (arm, micros)):
       gbps = bytes_moved / (value * 1e3)
-      print(f"    {label:<30} {value:10.1f} us {gbps:8.1f} GB/s "
+      print(f"    {label:<36} {value:10.1f} us {gbps:8.1f} GB/s "
             f"{100.0 * gbps / copy_gbps:7.1f}% of copy")
     del half, target
 
@@ -155,7 +161,7 @@ def main():
   for name, sizes in counts.items():
     for dtype_name in DTYPES:
       bench_set(torch, name, sizes, dtype_name)
-  print("PyTorch's fused optimizer steps, float32, with grad_scale and found_inf; "
+  print("PyTorch's fused optimizer steps, float32 (+ AMP: with grad_scale and found_inf); "
         "% of copy = against a device-to-device copy of the same bytes")
   for name in OPTIMIZER_SETS:
     if name in counts:
