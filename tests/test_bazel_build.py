@@ -195,12 +195,13 @@ def test_bazel_device_code_is_the_make_builds(bazel_lib):
 
 @pytest.mark.slow
 def test_bazel_runs_the_core_cpp_tests(bazel_lib):
-  """The host emulation, the GPU-support decision and the sanitizer test (one
-  per CPU path) ran as Bazel cc_test targets, built from tf_ops/core/ without
+  """The host emulations (the unscale kernels', the fused update's), the
+  GPU-support decision and the sanitizer test (one per CPU path) ran as Bazel
+  cc_test targets, built from tf_ops/core/ without
   TensorFlow, and passed."""
   output = _BUILD_OUTPUT[-1]
-  targets = ["host_emulation_test", "device_support_test"] + [f"cpu_core_sanitizer_test_{path}"
-                                       for path in ("scalar", "avx2", "avx512")]
+  targets = ["host_emulation_test", "fused_update_emulation_test", "device_support_test"] + [
+      f"cpu_core_sanitizer_test_{path}" for path in ("scalar", "avx2", "avx512")]
   for target in targets:
     assert re.search(rf"//tf_ops/tests:{target}\s+(\(cached\) )?PASSED", output), output[-4000:]
   assert re.search(rf"Executed \d+ out of {len(targets)} tests: {len(targets)} tests pass",
