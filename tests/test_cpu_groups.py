@@ -128,6 +128,14 @@ def test_groups_of_cpu_placed_gradients_ignore_the_unplaced_device_type(unplaced
   assert scaling.unscale_groups(tensors, unplaced) == [[0, 1, 2, 3], [4], [5, 6]]
 
 
+def test_cpu_group_bytes_zero_puts_each_cpu_gradient_alone_and_keeps_gpu_groups():
+  # unscale_deferred's split: one op per CPU gradient (even the smallest), one
+  # per GPU as always.
+  tensors = graph_tensors(["/CPU:0", "/GPU:0", "/CPU:0", "/GPU:0", "/CPU:0"], 1)
+  assert scaling.unscale_groups(tensors, "CPU", cpu_group_bytes=0) == [[0], [1, 3], [2], [4]]
+  assert scaling.unscale_groups(tensors, "CPU") == [[0, 2, 4], [1, 3]]
+
+
 def test_gpu_placed_gradients_are_one_group_whatever_their_size():
   tensors = graph_tensors(["/GPU:0"] * 4, 3 * QUARTER)
   for unplaced in ("CPU", "GPU"):

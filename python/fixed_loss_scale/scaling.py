@@ -121,7 +121,7 @@ def _device_key(device, unplaced_device_type):
           (spec.device_type or unplaced_device_type).upper(), spec.device_index or 0)
 
 
-def unscale_groups(dense, unplaced_device_type):
+def unscale_groups(dense, unplaced_device_type, cpu_group_bytes=CPU_GROUP_BYTES):
   """Splits `dense` into groups that get one FixedUnscaleGrads each (NOTE [CPU groups]).
 
   A pure function of the tensors' devices, static shapes and dtypes and of
@@ -130,8 +130,9 @@ def unscale_groups(dense, unplaced_device_type):
   - the gradients on one non-CPU device (a GPU) form one group, wherever they
     are in the list;
   - the gradients on one CPU device form runs, in list order, of at most
-    CPU_GROUP_BYTES (a larger gradient, or one of unknown size, is a group of
-    its own); gradients on other devices in between do not break a run;
+    `cpu_group_bytes` (a larger gradient, or one of unknown size, is a group
+    of its own; 0: one gradient per group); gradients on other devices in
+    between do not break a run;
   - gradients on different devices never share a group.
 
   Args:
@@ -159,7 +160,7 @@ def unscale_groups(dense, unplaced_device_type):
       current[0].append(position)
       continue
     size = _static_bytes(tensor)
-    if current is None or (current[0] and current[1] + size > CPU_GROUP_BYTES):
+    if current is None or (current[0] and current[1] + size > cpu_group_bytes):
       current = open_group[key] = [[], 0]
       groups.append(current[0])
     current[0].append(position)
@@ -345,8 +346,12 @@ def unscale_gradients(grads, loss_scale):
 # a CPU, check_before_update gives each group the read-only FixedCheckGrads
 # (the same flag and sum), which runs as the group's gradients appear, while
 # they are in cache, and writes nothing; unscale_deferred then divides them
-# inside the apply branch, next to their update, which finds the quotients in
-# cache (the kernel reuses a gradient's buffer where nothing else reads it).
+# inside the apply branch, one op per gradient, each handed to a thread that
+# runs its variable's update next (NOTE [dispatched in the apply branch] in
+# fixed_loss_scale_kernels.cc), which finds the quotients in cache (the kernel
+# reuses a gradient's buffer where nothing else reads it). Per gradient and
+# dispatched measured faster than groups, and than inline ops, which all ran
+# before any update (docs/BENCHMARKS.md, "Overflow safety").
 # A GPU keeps the fused op: one launch instead of two, and no cache that would
 # hold the gradients. A global-norm clip with no skip keeps it too: no
 # decision would hold a later unscale back, so it would run as early as the
@@ -392,15 +397,15 @@ def check_before_update(grads, loss_scale, sum_of_squares=False, defer_everywher
 def unscale_deferred(grads, deferred, loss_scale):
   """`grads` (a list) with the positions in `deferred` divided by `loss_scale`
   (the scale given to `check_before_update`): the same numbers as
-  `unscale_gradients`, one FixedUnscaleGradsByTensor per group of NOTE [CPU
-  groups] (NOTE [check before the skip])."""
+  `unscale_gradients`: one FixedUnscaleGradsByTensor per CPU gradient, one
+  per other device (NOTE [check before the skip])."""
   grads = list(grads)
   if not deferred:
     return grads
   if not tf.is_tensor(loss_scale):
     loss_scale = ops.loss_scale_tensor(loss_scale)
   dense = [_dense_part(grads[i]) for i in deferred]
-  for group in unscale_groups(dense, unplaced_device_type()):
+  for group in unscale_groups(dense, unplaced_device_type(), cpu_group_bytes=0):
     unscaled = ops.fixed_unscale_grads_by_tensor([dense[j] for j in group], loss_scale)
     for j, u in zip(group, unscaled):
       grads[deferred[j]] = _rebuild(grads[deferred[j]], u)

@@ -225,6 +225,18 @@ class FixedUnscaleGradsByTensorOp : public ScaleOpBase {
     OP_REQUIRES_OK(context,
                    MultiTensorScale<Device>()(context, spans, TensorReciprocalFactorFor(*value)));
   }
+
+  // NOTE [dispatched in the apply branch]: this op divides the gradients
+  // inside a skip's apply branch (scaling.unscale_deferred), where every
+  // gradient becomes ready at once, when the branch's predicate arrives. Run
+  // inline (NOTE [inline]), the executor's thread would take every unscale
+  // back to back before any update reads one, and the quotients would go out
+  // to memory and come back. Reported expensive, as TF's own elementwise
+  // kernels are, each is handed to an inter-op thread, whose own queue runs
+  // the update that reads it next, while it is in cache; TF's executor still
+  // runs it inline where its measured cost is small. Measured on Keras 3 Adam
+  // steps: docs/BENCHMARKS.md, "Overflow safety".
+  bool IsExpensive() override { return true; }
 };
 
 // FixedCheckGrads: FixedUnscaleGradsAndCheck's all_finite and sum_of_squares
