@@ -9,7 +9,10 @@
 #                                  kernels and the fused optimizer update) and
 #                                  the driver's host object, plus
 #                                  libcudart.so.12, in .gpucheck/ (git-ignored),
-#                                  which the GPU machine needs beside the sources
+#                                  which the GPU machine needs beside the sources;
+#                                  gzipped (62 MB -> 12 MB: the device tool
+#                                  carries 64 MiB with the sources), unpacked
+#                                  into build/gpu-check/bundle/ there
 #   tools/gpu_check.sh             on the GPU machine (= make gpu-check): builds
 #                                  the launcher and launcher_driver with the
 #                                  local nvcc for the local GPU, links the CUDA
@@ -62,7 +65,7 @@
 # (default 450) caps the steps' total time; GPU_CHECK_SM picks the arch.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
-BUNDLE=.gpucheck
+BUNDLE=.gpucheck   # as sent; on the GPU machine, its unpacked copy in $WORK/bundle
 WORK=build/gpu-check
 # The launchers: one object per .cu file of tf_ops/core/gpu/.
 UNITS=(multi_tensor_scale fused_update)
@@ -91,6 +94,7 @@ if [[ "${1:-}" == --prepare ]]; then
     echo "commit $(git rev-parse HEAD 2>/dev/null)$(git diff --quiet -- tf_ops 2>/dev/null || echo ' + uncommitted tf_ops changes')"
     echo "device code: $(get CLANG) + ptxas 12.9; cubins $(get CUDA_ARCHS); PTX $(get CUDA_PTX_ARCH) ISA $(get CUDA_PTX_ISA)"
   } > "$BUNDLE/MANIFEST"
+  find "$BUNDLE" -type f ! -name MANIFEST -exec gzip -f {} +
   du -sh "$BUNDLE"; cat "$BUNDLE/MANIFEST"
   exit 0
 fi
@@ -116,6 +120,17 @@ run() {
   else echo "--- $name: FAILED (exit $rc${rc/#124/, timed out after ${limit}s})"; failures+=("$name"); fi
   return 0
 }
+
+# The bundle travels gzipped; everything below reads the unpacked copy.
+if compgen -G "$BUNDLE/*.gz" >/dev/null; then
+  rm -rf "$WORK/bundle"; mkdir -p "$WORK/bundle"
+  for packed in "$BUNDLE"/*.gz; do
+    gzip -dc "$packed" > "$WORK/bundle/$(basename "${packed%.gz}")" || failures+=("unpack $packed")
+  done
+  chmod +x "$WORK/bundle/launcher_driver.cuda12" 2>/dev/null
+  cp "$BUNDLE/MANIFEST" "$WORK/bundle/" 2>/dev/null
+fi
+BUNDLE=$WORK/bundle
 
 step "machine"
 nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv,noheader 2>&1 || true
@@ -155,7 +170,7 @@ if [[ -f "$BUNDLE/multi_tensor_scale.cuda12.o" && -f "$BUNDLE/fused_update.cuda1
     failures+=("cuda12 link")
   fi
 else
-  echo "no $BUNDLE/: the library's CUDA 12 device code is NOT checked (run tools/gpu_check.sh --prepare where it is built, and send $BUNDLE/)"
+  echo "no .gpucheck/: the library's CUDA 12 device code is NOT checked (run tools/gpu_check.sh --prepare where it is built, and send .gpucheck/)"
   failures+=("cuda12 bundle missing")
 fi
 
