@@ -6,7 +6,10 @@ of the kernel's element math (IEEE arithmetic with x86 flush-to-zero and
 denormals-are-zero in software, NOTE [fused update on the GPU]) against this
 CPU's own ops under FTZ/DAZ, on values around FLT_MIN, subnormals, Inf and NaN;
 then the kernel body of tf_ops/core/gpu/fused_update_body.h for every (block,
-thread) of the launches LaunchFusedUpdate makes, over random lists of every
+thread) of the launches LaunchFusedUpdate makes (each packed element first
+through plain IEEE ops, screened, and through the flushing math only where the
+screen marks it: NOTE [plain IEEE first]; the screen itself on ordinary and
+marked element groups), over random lists of every
 rule (SGD, momentum, nesterov, Adam, amsgrad; weight decay and the folded
 scalar factors per tensor), odd sizes, chunk edges, empty tensors, misaligned
 arrays, every table kind, non-power-of-two loss scales and a false all-finite
@@ -35,6 +38,8 @@ def test_fused_update_kernel_body_matches_the_cpu_kernels_bit_for_bit():
   element = re.search(r"fused element math: (\d+) pairs x 6 ops against x86 FTZ/DAZ, (\d+) differ",
                       output)
   assert element and int(element.group(1)) >= 400_000 and element.group(2) == "0", output
+  screen = re.search(r"screen of the first pass: (\d+) element groups .*?, (\d+) wrong", output)
+  assert screen and int(screen.group(1)) >= 500_000 and screen.group(2) == "0", output
   launches = re.search(r"fused update launches: (\d+) cases, (\d+) tensors, (\d+) elements "
                        r"\((\d+) packed, (\d+) element by element\) against the CPU kernels "
                        r"\(([^)]*)\), (\d+) failed", output)

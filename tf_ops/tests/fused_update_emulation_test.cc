@@ -5,7 +5,8 @@
 // First the element math: each op of FlushedMath (fused_update_body.h, IEEE
 // arithmetic with x86 FTZ/DAZ in software) against the same op run by this
 // x86 CPU under FTZ/DAZ, on values around FLT_MIN, subnormals, zeros, Inf and
-// NaNs with payloads, and random ones.
+// NaNs with payloads, and random ones; then the screen of the first pass
+// (NOTE [plain IEEE first]) on packs with and without such values.
 //
 // Then the launches: for random lists of every rule (SGD, momentum, nesterov,
 // Adam, amsgrad; weight decay and NOTE [scalar factors]' fold per tensor), of
@@ -137,6 +138,68 @@ int64_t CheckElementMath(int64_t pairs_per_op) {
   return failed;
 }
 
+// ---- The first pass's screen (NOTE [plain IEEE first]) -----------------------------
+// ScreenedUpdate on element groups of ordinary values (the second moments
+// non-negative, as Adam's are) and on groups with one subnormal or NaN among
+// the gradient and the states: an ordinary group must pass the screen with
+// FlushedMath's bits, else every element would take both passes, which the
+// launches' bit comparison cannot see; a marked one must not pass.
+int64_t CheckScreen(int64_t groups_per_rule) {
+  Rng rng(0x5c4ee9);
+  gpu::UpdateCoefficients c;
+  c.unscale = 0x1p-10f;
+  c.clip = 0.75f;
+  c.lr = 1e-3f;
+  c.weight_decay = 4e-3f;
+  c.momentum = 0.9f;
+  c.alpha = 1.2e-3f;
+  c.one_minus_beta_1 = 0.1f;
+  c.one_minus_beta_2 = 1e-3f;
+  c.epsilon = 1e-7f;
+  c.weight_decay_lr = 4e-6f;
+  c.clip_lr = FlushedMath::Mul(c.clip, c.lr);
+  bool screenable = false;
+  const fused::Coefficients<gpu::ScreenedMath> screened = gpu::Screen(c, &screenable);
+  int64_t failed = screenable ? 0 : 1, groups = 0;
+  for (int r = 0; r < kNumUpdateRules; ++r) {
+    gpu::VisitRule(static_cast<UpdateRule>(r), [&](auto rule) {
+      using Rule = decltype(rule);
+      constexpr int kValues = Rule::kStates + 1;  // the gradient, then the states
+      for (int64_t i = 0; i < 2 * groups_per_rule; ++i, ++groups) {
+        float values[kValues];
+        for (int k = 0; k < kValues; ++k) {
+          const float x = RandomValue(rng, 0);
+          values[k] = k >= 3 ? std::fabs(x) : x;
+        }
+        const bool marked = i % 2 == 1;
+        if (marked) {
+          const uint32_t sign = rng.Uniform(0, 1) ? 0x80000000u : 0u;
+          const uint32_t bits = rng.Uniform(0, 1) ? static_cast<uint32_t>(rng.Uniform(1, 0x7fffff))
+                                                  : 0x7fc00000u;
+          values[rng.Uniform(0, kValues - 1)] = FloatOfBits(sign | bits);
+        }
+        float first[Rule::kStates], flushed[Rule::kStates];
+        std::memcpy(first, values + 1, sizeof(first));
+        std::memcpy(flushed, values + 1, sizeof(flushed));
+        const uint32_t key = gpu::ScreenedUpdate<Rule, true, false>(values[0], first, screened);
+        fused::UpdateGroup<Rule, true, false, FlushedMath>(values[0], flushed, c);
+        const bool passed = key >= gpu::kScreenLimit;
+        const bool same = std::memcmp(first, flushed, sizeof(first)) == 0;
+        if ((marked ? passed : !(passed && same)) && failed++ < 5) {
+          std::printf("  screen, rule %d, %s group %lld: key %08x, %s FlushedMath's bits\n", r,
+                      marked ? "marked" : "ordinary", static_cast<long long>(i), key,
+                      same ? "with" : "without");
+        }
+      }
+      return 0;
+    });
+  }
+  std::printf("screen of the first pass: %lld element groups (half ordinary, half with a "
+              "subnormal or a NaN), %lld wrong\n",
+              static_cast<long long>(groups), static_cast<long long>(failed));
+  return failed;
+}
+
 // The CPU kernels' result on a copy of the arena, with `path`, as TensorFlow
 // runs them (FTZ/DAZ); nothing where the flag is false.
 std::vector<uint8_t> CpuReference(const UpdateCase& c, const std::vector<uint8_t>& arena,
@@ -235,6 +298,7 @@ CaseTotals RunLaunchCases(const std::vector<CpuPath>& paths) {
 int Main() {
 #if defined(__x86_64__) || defined(__i386__)
   int64_t failed = CheckElementMath(400000);
+  failed += CheckScreen(50000);
   std::vector<CpuPath> paths;
   for (CpuPath path : {CpuPath::kScalar, CpuPath::kAvx2, CpuPath::kAvx512}) {
     if (CpuPathSupported(path)) paths.push_back(path);

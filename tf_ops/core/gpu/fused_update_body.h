@@ -24,10 +24,27 @@
 //   * NaNs as x86 makes them: an operand's NaN, quietened (the first
 //     operand's when both are), else the default NaN 0xffc00000; max is
 //     Eigen's `a < b ? b : a`, a select, which returns `a` unchanged.
-// Only results at or below FLT_MIN (or NaN) take the slow branch, so an
-// ordinary element costs one compare per op more than plain IEEE.
 // The host emulation compares every rule with the CPU kernels run under
 // FTZ/DAZ, on values placed around FLT_MIN, subnormals, Inf and NaN.
+//
+// NOTE [plain IEEE first]: FlushedMath's flushing costs about ten
+// instructions an op (both operands tested, the result tested, a branch),
+// a dozen and more ops an Adam element, enough to make the update bound by
+// instructions rather than bytes. Yet its bits differ from the _rn ops'
+// alone only where an operand is subnormal (DAZ), a result is non-zero and at
+// or below FLT_MIN (FTZ), or a NaN appears (x86's NaN rules); where none of
+// that happens in an element's update, FlushedMath computes the same values
+// op for op. So each element of a pack first takes ScreenedMath: the _rn ops,
+// each value carrying the smallest ScreenKey of the values it was computed
+// from (an integer multiply-add and two mins an op; the per-step
+// coefficients are screened once instead), a key below kScreenLimit marking a
+// subnormal or tiny value on the way. An element marked so, or with a NaN
+// among its results (every op passes a NaN operand on to its result; Max, a
+// select, marks one), is updated again by FlushedMath from its loaded values,
+// still in registers. The singles (a row's head and tail, rows not in packs)
+// take FlushedMath alone. The host emulation's IEEE ops return a NaN no x86
+// op makes (MarkNaN), so that its comparison with the CPU kernels shows any
+// element the screen let through wrongly.
 //
 // NOTE [flag read once per block]: the all-finite flag and the per-step
 // scalars are device scalars; one thread of each block reads them
@@ -49,39 +66,49 @@ namespace fixed_loss_scale {
 namespace gpu {
 
 // ---- IEEE float32 ops, rounded once to nearest ---------------------------------
+// On the host (the emulation) a NaN result is a signalling NaN, which no x86
+// op returns (x86 quietens operand NaNs, and makes 0xffc00000): the GPU's is
+// its one canonical NaN, 0x7fffffff, whatever the operands, and either way a
+// NaN of an IEEE op that reached memory would differ from the CPU kernels'.
+// The emulation's comparison fails on a signalling NaN, so it shows any that
+// FlushedMath (which makes x86's NaNs) did not replace.
+constexpr uint32_t kEmulatedIeeeNaNBits = 0x7fa5a5a5u;  // the quiet bit clear
+FLS_HOST_DEVICE float MarkNaN(float r) {
+  return r != r ? BitCast<float>(kEmulatedIeeeNaNBits) : r;
+}
 FLS_HOST_DEVICE float RnAdd(float a, float b) {
 #if defined(__CUDA_ARCH__)
   return __fadd_rn(a, b);
 #else
-  return a + b;
+  return MarkNaN(a + b);
 #endif
 }
 FLS_HOST_DEVICE float RnSub(float a, float b) {
 #if defined(__CUDA_ARCH__)
   return __fsub_rn(a, b);
 #else
-  return a - b;
+  return MarkNaN(a - b);
 #endif
 }
 FLS_HOST_DEVICE float RnMul(float a, float b) {
 #if defined(__CUDA_ARCH__)
   return __fmul_rn(a, b);
 #else
-  return a * b;
+  return MarkNaN(a * b);
 #endif
 }
 FLS_HOST_DEVICE float RnDiv(float a, float b) {
 #if defined(__CUDA_ARCH__)
   return __fdiv_rn(a, b);
 #else
-  return a / b;
+  return MarkNaN(a / b);
 #endif
 }
 FLS_HOST_DEVICE float RnSqrt(float a) {
 #if defined(__CUDA_ARCH__)
   return __fsqrt_rn(a);
 #else
-  return std::sqrt(a);
+  return MarkNaN(std::sqrt(a));
 #endif
 }
 
@@ -171,6 +198,61 @@ struct FlushedMath {
 
 using UpdateCoefficients = fused::Coefficients<FlushedMath>;
 
+// ---- Plain IEEE first (NOTE [plain IEEE first]) -----------------------------------
+// 2 * bits - 2 (mod 2^32), the sign bit shifted out: below kScreenLimit
+// exactly for the values whose magnitude is in [the smallest subnormal,
+// FLT_MIN]. Zeros, normals above FLT_MIN, Infs and NaNs are above it.
+constexpr uint32_t kScreenLimit = kFloatMinNormalBits * 2u;
+FLS_HOST_DEVICE uint32_t ScreenKey(float x) { return BitCast<uint32_t>(x) * 2u - 2u; }
+FLS_HOST_DEVICE uint32_t MinU32(uint32_t a, uint32_t b) { return a < b ? a : b; }
+
+struct Screened {
+  float x;
+  uint32_t key;  // the smallest ScreenKey of x and of what x was computed from
+};
+
+// The fused update's `Math` policy of the first pass.
+struct ScreenedMath {
+  using V = Screened;
+  FLS_HOST_DEVICE static V Splat(float x) { return V{x, ScreenKey(x)}; }
+  FLS_HOST_DEVICE static V Add(V a, V b) { return Of(RnAdd(a.x, b.x), a, b); }
+  FLS_HOST_DEVICE static V Sub(V a, V b) { return Of(RnSub(a.x, b.x), a, b); }
+  FLS_HOST_DEVICE static V Mul(V a, V b) { return Of(RnMul(a.x, b.x), a, b); }
+  FLS_HOST_DEVICE static V Div(V a, V b) { return Of(RnDiv(a.x, b.x), a, b); }
+  FLS_HOST_DEVICE static V Sqrt(V a) { return Of(RnSqrt(a.x), a, a); }
+  // Eigen's select (FlushedMath::Max) passes a NaN operand on only when it is
+  // the first: a NaN either way is marked here.
+  FLS_HOST_DEVICE static V Max(V a, V b) {
+    const bool nan = a.x != a.x || b.x != b.x;
+    return V{a.x < b.x ? b.x : a.x, nan ? 0u : MinU32(a.key, b.key)};
+  }
+
+ private:
+  FLS_HOST_DEVICE static V Of(float r, V a, V b) {
+    return V{r, MinU32(MinU32(a.key, b.key), ScreenKey(r))};
+  }
+};
+
+// The coefficients as ScreenedMath's values. They carry no key (~0, which the
+// compiler folds out of every op): *pass says whether all of them pass the
+// screen, checked here once rather than in every op.
+FLS_HOST_DEVICE fused::Coefficients<ScreenedMath> Screen(const UpdateCoefficients& c, bool* pass) {
+  uint32_t key = ~0u;
+  const auto value = [&key](float x) {
+    key = MinU32(key, ScreenKey(x));
+    return Screened{x, ~0u};
+  };
+  const fused::Coefficients<ScreenedMath> screened = {
+      value(c.unscale),          value(c.clip),
+      value(c.lr),               value(c.weight_decay),
+      value(c.momentum),         value(c.alpha),
+      value(c.one_minus_beta_1), value(c.one_minus_beta_2),
+      value(c.epsilon),          value(c.weight_decay_lr),
+      value(c.clip_lr)};
+  *pass = key >= kScreenLimit;
+  return screened;
+}
+
 // ---- Once per block (NOTE [flag read once per block]) -----------------------------
 template <typename Memory>
 FLS_HOST_DEVICE float ScalarOr(const float* address, float absent, const Memory& memory) {
@@ -204,10 +286,11 @@ FLS_HOST_DEVICE bool ReadBlockScalars(const UpdateHeader& header, const Memory& 
 // per thread, against the unscale kernel's 64), and the elements outside the
 // packs (a packed row's head and tail, or every element of a row that is not
 // packed) go through one loop. Each kernel holds the rule's element math
-// once per lane of a pack plus once for those elements, for each of the four
-// variants: 20 kernels for 9 architectures, in an object that
-// tools/gpu_check.sh ships to the GPU machine (two packs per thread and
-// separate head and tail code made it three times larger).
+// twice per lane of a pack (NOTE [plain IEEE first]) plus once for those
+// elements, for each of the four variants: 20 kernels for 9 architectures,
+// in the library and in the bundle tools/gpu_check.sh ships to the GPU
+// machine (two packs per thread and separate head and tail code made it three
+// times larger).
 
 // Element i of the gradient and of every state.
 template <typename Rule, bool kDecay, bool kFold, typename Memory>
@@ -221,28 +304,58 @@ FLS_HOST_DEVICE void UpdateOneElement(const float* grad, float* const* state, in
   for (int k = 0; k < Rule::kStates; ++k) memory.Store(state[k] + i, s[k]);
 }
 
+// The first pass on one element group: the states `s` updated through
+// ScreenedMath; returns the smallest key of the results, 0 where one is a NaN
+// (NOTE [plain IEEE first]).
+template <typename Rule, bool kDecay, bool kFold>
+FLS_HOST_DEVICE uint32_t ScreenedUpdate(float grad, float* s,
+                                        const fused::Coefficients<ScreenedMath>& c) {
+  Screened v[Rule::kStates];
+  FLS_UNROLL
+  for (int k = 0; k < Rule::kStates; ++k) v[k] = ScreenedMath::Splat(s[k]);
+  fused::UpdateGroup<Rule, kDecay, kFold, ScreenedMath>(ScreenedMath::Splat(grad), v, c);
+  uint32_t key = ~0u;
+  FLS_UNROLL
+  for (int k = 0; k < Rule::kStates; ++k) {
+    s[k] = v[k].x;
+    key = MinU32(key, v[k].x != v[k].x ? 0u : v[k].key);
+  }
+  return key;
+}
+
 // Packs [0, num_packs) of 16-byte aligned arrays; pack p is done by thread
-// p % kBlockSize (as ScalePacks).
+// p % kBlockSize (as ScalePacks). Each lane takes the first pass, and
+// FlushedMath from its loaded values where the screen marked it or the
+// coefficients did not pass it (NOTE [plain IEEE first]); a lane at a time,
+// so that a lane's loaded values die once it is done.
 template <typename Rule, bool kDecay, bool kFold, typename Memory>
 FLS_HOST_DEVICE void UpdatePacks(const Pack<float>* grad, Pack<float>* const* state, int num_packs,
                                  int thread, const UpdateCoefficients& c, const Memory& memory) {
   constexpr int kStates = Rule::kStates;
+  bool screenable;
+  const fused::Coefficients<ScreenedMath> screened = Screen(c, &screenable);
   for (int p = thread; p < num_packs; p += kBlockSize) {
     const Pack<float> g = memory.Load(grad + p);
-    Pack<float> s[kStates];
+    Pack<float> in[kStates];
     FLS_UNROLL
-    for (int k = 0; k < kStates; ++k) s[k] = memory.Load(state[k] + p);
+    for (int k = 0; k < kStates; ++k) in[k] = memory.Load(state[k] + p);
+    Pack<float> out[kStates];
     FLS_UNROLL
     for (int lane = 0; lane < Pack<float>::kLanes; ++lane) {
-      float lanes[kStates];
+      float s[kStates];
       FLS_UNROLL
-      for (int k = 0; k < kStates; ++k) lanes[k] = s[k].Lane(lane);
-      fused::UpdateGroup<Rule, kDecay, kFold, FlushedMath>(g.Lane(lane), lanes, c);
+      for (int k = 0; k < kStates; ++k) s[k] = in[k].Lane(lane);
+      if (!screenable ||
+          ScreenedUpdate<Rule, kDecay, kFold>(g.Lane(lane), s, screened) < kScreenLimit) {
+        FLS_UNROLL
+        for (int k = 0; k < kStates; ++k) s[k] = in[k].Lane(lane);
+        fused::UpdateGroup<Rule, kDecay, kFold, FlushedMath>(g.Lane(lane), s, c);
+      }
       FLS_UNROLL
-      for (int k = 0; k < kStates; ++k) s[k].SetLane(lane, lanes[k]);
+      for (int k = 0; k < kStates; ++k) out[k].SetLane(lane, s[k]);
     }
     FLS_UNROLL
-    for (int k = 0; k < kStates; ++k) memory.Store(state[k] + p, s[k]);
+    for (int k = 0; k < kStates; ++k) memory.Store(state[k] + p, out[k]);
   }
 }
 
