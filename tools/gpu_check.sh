@@ -58,7 +58,8 @@
 #                 the fused Adam update on bert_like and few_large against a
 #                 copy of the same bytes (28 per element: grad, var, m, v read,
 #                 var, m, v written) and torch._fused_adam_ / _fused_sgd_ on
-#                 the same sets
+#                 the same sets; then that fused Adam launch as shipped and
+#                 with FlushedMath alone (both nvcc builds), twice in turn
 #
 # Exit status: 0 all passed, 1 a check failed (or the CUDA 12 bundle is
 # missing), 3 no GPU here (after building everything). GPU_CHECK_BUDGET_S
@@ -143,16 +144,26 @@ echo "building for $SM; CUDA 12 bundle: $(cat $BUNDLE/MANIFEST 2>/dev/null | hea
 
 step "build (nvcc for $SM; CUDA 12 objects linked with g++)"
 builds=()
+# nvcc_unit UNIT KIND [FLAGS...]: $WORK/UNIT.KIND.o; nvcc_driver KIND OBJECTS...
 nvcc_unit() {
+  local unit=$1 kind=$2; shift 2
   "$NVCC" -std=c++17 -O3 -I. -gencode "arch=compute_${SM#sm_},code=$SM" \
-      -gencode "arch=compute_${SM#sm_},code=compute_${SM#sm_}" -Xcompiler -fPIC \
-      -c "tf_ops/core/gpu/$1.cu" -o "$WORK/$1.nvcc.o"
+      -gencode "arch=compute_${SM#sm_},code=compute_${SM#sm_}" -Xcompiler -fPIC "$@" \
+      -c "tf_ops/core/gpu/$unit.cu" -o "$WORK/$unit.$kind.o"
 }
-if nvcc_unit multi_tensor_scale && nvcc_unit fused_update &&
-   "$NVCC" -std=c++17 -O2 -I. -gencode "arch=compute_${SM#sm_},code=$SM" \
-       -o "$WORK/launcher_driver.nvcc" tf_ops/tests/launcher_driver.cu \
-       $(objects "$WORK" nvcc) -ldl; then
+nvcc_driver() {
+  local kind=$1; shift
+  "$NVCC" -std=c++17 -O2 -I. -gencode "arch=compute_${SM#sm_},code=$SM" \
+      -o "$WORK/launcher_driver.$kind" tf_ops/tests/launcher_driver.cu "$@" -ldl
+}
+if nvcc_unit multi_tensor_scale nvcc && nvcc_unit fused_update nvcc &&
+   nvcc_driver nvcc $(objects "$WORK" nvcc); then
   builds+=(nvcc)
+  # The fused update with FlushedMath alone, for the bench step's A/B of NOTE
+  # [plain IEEE first] (fused_update_body.h); informational.
+  nvcc_unit fused_update flushed -DFLS_FUSED_UPDATE_PLAIN_FIRST=0 &&
+      nvcc_driver flushed "$WORK/multi_tensor_scale.nvcc.o" "$WORK/fused_update.flushed.o" ||
+      echo "the FlushedMath-alone variant did not build (the bench step skips its A/B)"
 else
   failures+=("nvcc build")
 fi
@@ -279,6 +290,15 @@ step "bench: ${builds[-1]} launcher (vs device-to-device copy), then PyTorch"
 run "bench" 150 "$d" bench benchmarks/gradient_sets.txt
 PYTHON=${PYTHON:-python3}
 run "bench torch" 120 "$PYTHON" benchmarks/gpu_torch.py
+if [[ -x "$WORK/launcher_driver.flushed" ]]; then
+  step "bench: the fused Adam launch's two shapes, nvcc for $SM, in turn: plain IEEE first (as shipped) and FlushedMath alone (NOTE [plain IEEE first])"
+  for round in 1 2; do
+    for kind in nvcc flushed; do
+      echo "[$kind, round $round]"
+      run "bench-update $kind $round" 30 "$WORK/launcher_driver.$kind" bench-update benchmarks/gradient_sets.txt
+    done
+  done
+fi
 
 step "summary"
 echo "builds: ${builds[*]}; elapsed $(( $(date +%s) - start ))s; report: $WORK/report.txt"

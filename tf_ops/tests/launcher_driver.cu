@@ -42,6 +42,8 @@
 //                                     later unscale launch; then the fused Adam
 //                                     update on bert_like and few_large against
 //                                     a copy of the bytes it moves
+//   launcher_driver bench-update [FILE]
+//                                     the fused Adam update part of bench alone
 //
 // Exit status: 0 passed, 1 failed (any CUDA error included), 2 usage, 3 no GPU:
 // no NVIDIA driver installed (no libcuda.so.1) or cudaErrorNoDevice. Tests
@@ -1094,16 +1096,18 @@ void BenchFusedAdam(const GradientSet& set, cudaStream_t stream) {
   Check(cudaFree(scalars), "cudaFree");
 }
 
-int RunBench(const char* sets_path) {
+int RunBench(const char* sets_path, bool update_only) {
   const std::vector<GradientSet> sets = ReadGradientSets(sets_path);
   if (const int status = DeviceExitStatus()) return status;
   cudaStream_t stream;
   Check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
-  std::printf("in-place scale of each set; GB/s = the bytes an arm moves / time; %% of copy = "
-              "that against a device-to-device copy of the same gradients\n");
-  for (const GradientSet& set : sets) {
-    for (DType dtype : {DType::kFloat, DType::kHalf, DType::kBFloat16}) {
-      BenchSet(set, dtype, stream);
+  if (!update_only) {
+    std::printf("in-place scale of each set; GB/s = the bytes an arm moves / time; %% of copy = "
+                "that against a device-to-device copy of the same gradients\n");
+    for (const GradientSet& set : sets) {
+      for (DType dtype : {DType::kFloat, DType::kHalf, DType::kBFloat16}) {
+        BenchSet(set, dtype, stream);
+      }
     }
   }
   std::printf("fused Adam update (LaunchFusedUpdate); GB/s = 28 bytes per element / time; "
@@ -1125,11 +1129,13 @@ int main(int argc, char** argv) {
   if (mode == "tf-stream") return fixed_loss_scale::RunTfStream();
   if (mode == "edges") return fixed_loss_scale::RunEdges();
   if (mode == "huge") return fixed_loss_scale::RunHuge();
-  if (mode == "bench") {
-    return fixed_loss_scale::RunBench(argc > 2 ? argv[2] : "benchmarks/gradient_sets.txt");
+  if (mode == "bench" || mode == "bench-update") {
+    return fixed_loss_scale::RunBench(argc > 2 ? argv[2] : "benchmarks/gradient_sets.txt",
+                                      mode == "bench-update");
   }
   std::fprintf(stderr,
-               "usage: %s check [--quick] | tf-stream | edges | huge | bench [GRADIENT_SETS_FILE]\n",
+               "usage: %s check [--quick] | tf-stream | edges | huge | "
+               "bench [GRADIENT_SETS_FILE] | bench-update [GRADIENT_SETS_FILE]\n",
                argv[0]);
   return fixed_loss_scale::kExitUsage;
 }

@@ -199,6 +199,11 @@ struct FlushedMath {
 using UpdateCoefficients = fused::Coefficients<FlushedMath>;
 
 // ---- Plain IEEE first (NOTE [plain IEEE first]) -----------------------------------
+// 0 builds the kernels with FlushedMath alone: tools/gpu_check.sh times both
+// shapes of the fused Adam launch on a GPU with it.
+#ifndef FLS_FUSED_UPDATE_PLAIN_FIRST
+#define FLS_FUSED_UPDATE_PLAIN_FIRST 1
+#endif
 // 2 * bits - 2 (mod 2^32), the sign bit shifted out: below kScreenLimit
 // exactly for the values whose magnitude is in [the smallest subnormal,
 // FLT_MIN]. Zeros, normals above FLT_MIN, Infs and NaNs are above it.
@@ -345,7 +350,7 @@ FLS_HOST_DEVICE void UpdatePacks(const Pack<float>* grad, Pack<float>* const* st
       float s[kStates];
       FLS_UNROLL
       for (int k = 0; k < kStates; ++k) s[k] = in[k].Lane(lane);
-      if (!screenable ||
+      if (!FLS_FUSED_UPDATE_PLAIN_FIRST || !screenable ||
           ScreenedUpdate<Rule, kDecay, kFold>(g.Lane(lane), s, screened) < kScreenLimit) {
         FLS_UNROLL
         for (int k = 0; k < kStates; ++k) s[k] = in[k].Lane(lane);
