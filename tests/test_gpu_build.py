@@ -306,6 +306,22 @@ def test_gpu_check_script_builds_both_variants_and_skips_without_a_gpu():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("probe", ["element_probe.cu", "update_probe.cu"])
+def test_sass_probes_build(probe, tmp_path):
+  """The probe kernels tools/gpu_check.sh counts instructions of (informational
+  there, so a probe that no longer builds would only be reported)."""
+  nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+  if not os.access(nvcc, os.X_OK):
+    pytest.skip("no nvcc here")
+  result = subprocess.run([nvcc, "-std=c++17", "-O3", "-I.", "-cubin", "-arch=sm_90",
+                           os.path.join("tf_ops", "tests", probe), "-o",
+                           str(tmp_path / "probe.cubin")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert (tmp_path / "probe.cubin").stat().st_size > 0
+
+
+@pytest.mark.slow
 @pytest.mark.gpu
 def test_every_kernel_case_on_the_gpu():
   reason = _gpu_absent_reason()

@@ -49,7 +49,9 @@
 #                 memory (LDL/STL); registers
 #   SASS per element  tf_ops/tests/element_probe.cu built for the local GPU:
 #                 instructions per element of the paired float16/bfloat16
-#                 path against the per-element one and float32's (printed)
+#                 path against the per-element one and float32's, and
+#                 tf_ops/tests/update_probe.cu: of each fused update rule with
+#                 plain IEEE first and with FlushedMath alone (printed)
 #   bench         launcher_driver bench on float32, float16 and bfloat16 (vs a
 #                 device-to-device copy; the checked launch and the read-only
 #                 check without and with the sum of squares; the fused launch
@@ -259,7 +261,7 @@ for object in $(objects "$WORK" nvcc) $(objects "$BUNDLE" cuda12); do
   fi
 done
 
-step "SASS per element ($SM): the paired 16-bit path against the per-element one (tf_ops/tests/element_probe.cu)"
+step "SASS per element ($SM): the paired 16-bit path against the per-element one (tf_ops/tests/element_probe.cu); the fused update's plain IEEE first against FlushedMath alone (tf_ops/tests/update_probe.cu)"
 # Static instructions of each probe kernel less its Baseline (load and store),
 # per element: PairedOnly is what an ordinary float16/bfloat16 pack runs,
 # PerElement the per-element path it replaced, Paired both with the fallback.
@@ -284,6 +286,32 @@ if "$NVCC" -std=c++17 -O3 -I. -cubin -arch="$SM" tf_ops/tests/element_probe.cu \
     }' | sort
 else
   echo "  element_probe.cu did not build for $SM (informational step)"
+fi
+# The fused update's rules (tf_ops/tests/update_probe.cu): instructions from a
+# probe kernel's entry to its first EXIT (what an ordinary element runs), less
+# its Baseline's, per element: FlushedMath alone against plain IEEE first.
+if "$NVCC" -std=c++17 -O3 -I. -cubin -arch="$SM" tf_ops/tests/update_probe.cu \
+       -o "$WORK/update_probe.cubin" 2>&1; then
+  "$CUOBJDUMP" -sass "$WORK/update_probe.cubin" 2>/dev/null | awk '
+    /Function : / { name = $3; counting = 1; next }
+    counting && /\/\*[0-9a-f]+\*\/[ \t]+[@A-Z]/ && !/ NOP/ { n[name]++; if (/EXIT/) counting = 0 }
+    END {
+      for (k in n) {
+        if (!match(k, /(7SgdRule|SgdMomentumRuleILb[01]|AdamRuleILb[01])E*LNS0_9ProbeKindE[012]/)) continue
+        s = substr(k, RSTART, RLENGTH); kind = substr(s, length(s), 1)
+        rule = s; sub(/E*LNS0.*/, "", rule)
+        sub(/^7SgdRule$/, "SGD", rule); sub(/SgdMomentumRuleILb0/, "SGD momentum", rule)
+        sub(/SgdMomentumRuleILb1/, "SGD nesterov", rule); sub(/AdamRuleILb0/, "Adam", rule)
+        sub(/AdamRuleILb1/, "Adam amsgrad", rule)
+        count[rule, kind] = n[k]; rules[rule] = 1
+      }
+      for (r in rules) {
+        printf "  %-13s FlushedMath alone %6.1f, plain IEEE first %6.1f instructions per element\n",
+               r, (count[r, 2] - count[r, 0]) / 4, (count[r, 1] - count[r, 0]) / 4
+      }
+    }' | sort
+else
+  echo "  update_probe.cu did not build for $SM (informational step)"
 fi
 
 step "bench: ${builds[-1]} launcher (vs device-to-device copy), then PyTorch"
