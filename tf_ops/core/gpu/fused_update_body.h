@@ -204,11 +204,16 @@ using UpdateCoefficients = fused::Coefficients<FlushedMath>;
 #ifndef FLS_FUSED_UPDATE_PLAIN_FIRST
 #define FLS_FUSED_UPDATE_PLAIN_FIRST 1
 #endif
+
 // 2 * bits - 2 (mod 2^32), the sign bit shifted out: below kScreenLimit
 // exactly for the values whose magnitude is in [the smallest subnormal,
 // FLT_MIN]. Zeros, normals above FLT_MIN, Infs and NaNs are above it.
 constexpr uint32_t kScreenLimit = kFloatMinNormalBits * 2u;
 FLS_HOST_DEVICE uint32_t ScreenKey(float x) { return BitCast<uint32_t>(x) * 2u - 2u; }
+static_assert(1u * 2u - 2u < kScreenLimit && kFloatMinNormalBits * 2u - 2u < kScreenLimit &&
+                  (kFloatMinNormalBits + 1u) * 2u - 2u == kScreenLimit &&
+                  0u * 2u - 2u > kScreenLimit && (kFloatSignBit | 0u) * 2u - 2u > kScreenLimit,
+              "the smallest subnormal and FLT_MIN below the limit, the next float and +-0 not");
 FLS_HOST_DEVICE uint32_t MinU32(uint32_t a, uint32_t b) { return a < b ? a : b; }
 
 struct Screened {
@@ -290,12 +295,13 @@ FLS_HOST_DEVICE bool ReadBlockScalars(const UpdateHeader& header, const Memory& 
 // its rule before it computes (two to five packs, 32 to 80 bytes in flight
 // per thread, against the unscale kernel's 64), and the elements outside the
 // packs (a packed row's head and tail, or every element of a row that is not
-// packed) go through one loop. Each kernel holds the rule's element math
-// twice per lane of a pack (NOTE [plain IEEE first]) plus once for those
-// elements, for each of the four variants: 20 kernels for 9 architectures,
-// in the library and in the bundle tools/gpu_check.sh ships to the GPU
-// machine (two packs per thread and separate head and tail code made it three
-// times larger).
+// packed) go through one loop. Each kernel holds the rule's element math in
+// plain IEEE ops once per lane of a pack and in FlushedMath twice (the lanes
+// the screen marks, NOTE [plain IEEE first], and those elements), for each of
+// the four variants: 20 kernels for 9 architectures, in the library and in
+// the bundle tools/gpu_check.sh ships to the GPU machine (two packs per
+// thread and separate head and tail code made it three times larger;
+// FlushedMath once per lane, 1.6 times).
 
 // Element i of the gradient and of every state.
 template <typename Rule, bool kDecay, bool kFold, typename Memory>
@@ -328,15 +334,30 @@ FLS_HOST_DEVICE uint32_t ScreenedUpdate(float grad, float* s,
   return key;
 }
 
+// A lane of a pack in registers chosen at run time: selects, where an index
+// would move the pack to local memory.
+FLS_HOST_DEVICE float LaneAt(const Pack<float>& pack, int lane) {
+  float x = pack.Lane(0);
+  FLS_UNROLL
+  for (int i = 1; i < Pack<float>::kLanes; ++i) x = lane == i ? pack.Lane(i) : x;
+  return x;
+}
+FLS_HOST_DEVICE void SetLaneAt(Pack<float>& pack, int lane, float x) {
+  FLS_UNROLL
+  for (int i = 0; i < Pack<float>::kLanes; ++i) pack.SetLane(i, lane == i ? x : pack.Lane(i));
+}
+
 // Packs [0, num_packs) of 16-byte aligned arrays; pack p is done by thread
-// p % kBlockSize (as ScalePacks). Each lane takes the first pass, and
-// FlushedMath from its loaded values where the screen marked it or the
-// coefficients did not pass it (NOTE [plain IEEE first]); a lane at a time,
-// so that a lane's loaded values die once it is done.
+// p % kBlockSize (as ScalePacks). Every lane takes the first pass; the lanes
+// it marks, or all where the coefficients did not pass the screen, then take
+// FlushedMath from their loaded values, in a loop that is not unrolled, so
+// that a kernel holds FlushedMath's code once here (NOTE [plain IEEE first],
+// NOTE [update code size]).
 template <typename Rule, bool kDecay, bool kFold, typename Memory>
 FLS_HOST_DEVICE void UpdatePacks(const Pack<float>* grad, Pack<float>* const* state, int num_packs,
                                  int thread, const UpdateCoefficients& c, const Memory& memory) {
   constexpr int kStates = Rule::kStates;
+  constexpr int kLanes = Pack<float>::kLanes;
   bool screenable;
   const fused::Coefficients<ScreenedMath> screened = Screen(c, &screenable);
   for (int p = thread; p < num_packs; p += kBlockSize) {
@@ -345,19 +366,30 @@ FLS_HOST_DEVICE void UpdatePacks(const Pack<float>* grad, Pack<float>* const* st
     FLS_UNROLL
     for (int k = 0; k < kStates; ++k) in[k] = memory.Load(state[k] + p);
     Pack<float> out[kStates];
+    uint32_t again = 0;  // bit `lane`: FlushedMath redoes that lane
     FLS_UNROLL
-    for (int lane = 0; lane < Pack<float>::kLanes; ++lane) {
+    for (int lane = 0; lane < kLanes; ++lane) {
       float s[kStates];
       FLS_UNROLL
       for (int k = 0; k < kStates; ++k) s[k] = in[k].Lane(lane);
       if (!FLS_FUSED_UPDATE_PLAIN_FIRST || !screenable ||
           ScreenedUpdate<Rule, kDecay, kFold>(g.Lane(lane), s, screened) < kScreenLimit) {
-        FLS_UNROLL
-        for (int k = 0; k < kStates; ++k) s[k] = in[k].Lane(lane);
-        fused::UpdateGroup<Rule, kDecay, kFold, FlushedMath>(g.Lane(lane), s, c);
+        again |= 1u << lane;
       }
       FLS_UNROLL
       for (int k = 0; k < kStates; ++k) out[k].SetLane(lane, s[k]);
+    }
+#if defined(__CUDA_ARCH__)
+#pragma unroll 1
+#endif
+    for (int lane = 0; again != 0; ++lane, again >>= 1) {
+      if ((again & 1u) == 0) continue;
+      float s[kStates];
+      FLS_UNROLL
+      for (int k = 0; k < kStates; ++k) s[k] = LaneAt(in[k], lane);
+      fused::UpdateGroup<Rule, kDecay, kFold, FlushedMath>(LaneAt(g, lane), s, c);
+      FLS_UNROLL
+      for (int k = 0; k < kStates; ++k) SetLaneAt(out[k], lane, s[k]);
     }
     FLS_UNROLL
     for (int k = 0; k < kStates; ++k) memory.Store(state[k] + p, out[k]);
